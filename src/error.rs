@@ -1,0 +1,179 @@
+//! The crate's one error type.
+
+use std::fmt;
+
+/// What went wrong, broadly. More kinds arrive with sessions and transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A template failed to load, parse or render.
+    Template,
+    /// The data could not be turned into template values.
+    Data,
+    /// A template uses a construct the fragment engine cannot split
+    /// (it is then rendered as one fragment; this kind is reported only
+    /// where no such fallback exists).
+    Unsupported,
+    /// A wire frame or update could not be decoded or applied.
+    Protocol,
+}
+
+/// The crate's error: a kind, a message and, for template errors, the
+/// template name, the line in *the user's* template and a source excerpt.
+///
+/// `{}` prints one line; `{:#}` adds the source excerpt, like minijinja.
+pub struct Error {
+    repr: Box<Repr>,
+}
+
+struct Repr {
+    kind: ErrorKind,
+    message: String,
+    template: Option<String>,
+    line: Option<usize>,
+    excerpt: Option<String>,
+    source: Option<minijinja::Error>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            repr: Box::new(Repr {
+                kind,
+                message: message.into(),
+                template: None,
+                line: None,
+                excerpt: None,
+                source: None,
+            }),
+        }
+    }
+
+    /// Wraps a minijinja error that arose in the user's template itself
+    /// (its own name and line are kept).
+    pub(crate) fn from_template(err: minijinja::Error) -> Error {
+        let mut e = Error::new(ErrorKind::Template, err.to_string());
+        e.repr.template = err.name().map(str::to_owned);
+        e.repr.line = err.line();
+        let info = err.display_debug_info().to_string();
+        e.repr.excerpt = (!info.is_empty()).then_some(info);
+        e.repr.source = Some(err);
+        e
+    }
+
+    /// Wraps an error raised while rendering one piece of `template`, whose
+    /// source starts at `line` there. `offset_line` is the line within the
+    /// rendered piece minijinja reported, counted from the piece's start.
+    pub(crate) fn located(
+        err: minijinja::Error,
+        template: &str,
+        source: &str,
+        line: usize,
+    ) -> Error {
+        let mut e = Error::new(ErrorKind::Template, describe(&err));
+        e.repr.template = Some(template.to_owned());
+        e.repr.line = Some(line);
+        e.repr.excerpt = Some(excerpt(source, line));
+        e.repr.source = Some(err);
+        e
+    }
+
+    pub(crate) fn data(err: impl fmt::Display) -> Error {
+        Error::new(ErrorKind::Data, format!("data cannot be rendered: {err}"))
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        self.repr.kind
+    }
+
+    /// The name of the user's template the error points at, if any.
+    pub fn template_name(&self) -> Option<&str> {
+        self.repr.template.as_deref()
+    }
+
+    /// The 1-based line in the user's template, if known.
+    pub fn line(&self) -> Option<usize> {
+        self.repr.line
+    }
+
+    /// A few lines of the template source around the error, if known.
+    pub fn excerpt(&self) -> Option<&str> {
+        self.repr.excerpt.as_deref()
+    }
+}
+
+/// minijinja's message without its own (internal) location suffix.
+fn describe(err: &minijinja::Error) -> String {
+    let mut s = err.kind().to_string();
+    if let Some(detail) = err.detail() {
+        s.push_str(": ");
+        s.push_str(detail);
+    }
+    s
+}
+
+fn excerpt(source: &str, line: usize) -> String {
+    let lines: Vec<&str> = source.lines().collect();
+    let first = line.saturating_sub(3).max(1);
+    let last = (line + 2).min(lines.len());
+    let mut out = String::new();
+    for n in first..=last {
+        let marker = if n == line { ">" } else { " " };
+        out.push_str(&format!("{marker}{n:>4} | {}\n", lines[n - 1]));
+    }
+    out
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.repr.template, self.repr.line) {
+            (Some(t), Some(l))
+                if self.repr.kind == ErrorKind::Template
+                    && self
+                        .repr
+                        .source
+                        .as_ref()
+                        .is_none_or(|s| s.name() != Some(t.as_str())) =>
+            {
+                write!(f, "{} (in {t}:{l})", self.repr.message)?
+            }
+            _ => write!(f, "{}", self.repr.message)?,
+        }
+        if f.alternate() {
+            if let Some(x) = &self.repr.excerpt {
+                write!(f, "\n{x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.repr.kind)
+            .field("message", &self.repr.message)
+            .field("template", &self.repr.template)
+            .field("line", &self.repr.line)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.repr
+            .source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<minijinja::Error> for Error {
+    fn from(err: minijinja::Error) -> Error {
+        Error::from_template(err)
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

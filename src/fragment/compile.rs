@@ -1,0 +1,968 @@
+//! From a minijinja template to a [`Program`]: a tree of bodies whose static
+//! text is fixed and whose dynamic slots are leaves, conditionals, loops and
+//! sub-bodies. Each leaf, condition and loop source becomes a tiny synthetic
+//! template in the user's environment, so expressions, filters, macros and
+//! escaping behave exactly as minijinja renders them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use minijinja::Environment;
+use minijinja::machinery::ast::{self, CallArg, Expr, Stmt};
+use minijinja::machinery::parse;
+
+use super::html::{Ctx, scan};
+use crate::error::{Error, ErrorKind, Result};
+
+/// The data paths a piece of template reads.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Deps {
+    /// Reads something we cannot track: re-render on any change.
+    pub all: bool,
+    /// Dotted paths into the root data (`user.name`).
+    pub roots: Vec<Box<str>>,
+    /// `(loop id, LOOP_* flags)`: which loops' `loop` object is read.
+    pub loops: Vec<(u32, u8)>,
+}
+
+pub(crate) const LOOP_META: u8 = 1;
+pub(crate) const LOOP_NEIGHBORS: u8 = 2;
+
+impl Deps {
+    fn merge(&mut self, o: &Deps) {
+        self.all |= o.all;
+        for r in &o.roots {
+            if !self.roots.contains(r) {
+                self.roots.push(r.clone());
+            }
+        }
+        for l in &o.loops {
+            self.loops.push(*l);
+        }
+    }
+
+    pub(crate) fn loop_flags(&self, id: u32) -> u8 {
+        self.loops
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .fold(0, |a, (_, f)| a | f)
+    }
+
+    /// Whether any of `changed` (dotted paths, `""` meaning everything)
+    /// touches these dependencies.
+    pub(crate) fn affected(&self, changed: &[String]) -> bool {
+        if changed.is_empty() {
+            return false;
+        }
+        if self.all {
+            return true;
+        }
+        changed
+            .iter()
+            .any(|c| c.is_empty() || self.roots.iter().any(|r| overlaps(r, c)))
+    }
+}
+
+fn overlaps(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    long.starts_with(short) && (long.len() == short.len() || long.as_bytes()[short.len()] == b'.')
+}
+
+/// A synthetic template: one leaf, value or statement of a user template.
+#[derive(Debug)]
+pub(crate) struct Synth {
+    /// Its name in the environment.
+    pub name: Box<str>,
+    /// The user's template it came from, and that template's source.
+    pub origin: Arc<Origin>,
+    /// Line in the user's template where the piece starts.
+    pub line: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Origin {
+    pub name: Box<str>,
+    pub source: Arc<str>,
+}
+
+/// The static text of one body: `parts.len() == anchors.len() + 1`.
+#[derive(Debug)]
+pub(crate) struct Statics {
+    pub sid: u32,
+    pub parts: Vec<Box<str>>,
+    /// For each slot, the fragment id it is anchored as, if any.
+    pub anchors: Vec<Option<Arc<str>>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Body {
+    pub statics: Arc<Statics>,
+    pub ops: Vec<Op>,
+    /// Everything any op in this body (recursively) reads.
+    pub deps: Deps,
+}
+
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// `{{ expr }}` or a statement rendered whole: one text slot.
+    Leaf {
+        synth: Synth,
+        deps: Deps,
+    },
+    /// `if`/`elif`/`else`: `branches.len() == conds.len() + 1`.
+    If {
+        conds: Vec<(Synth, Deps)>,
+        branches: Vec<Body>,
+    },
+    For(Box<ForNode>),
+    /// A body of its own: a block, an include, `super()`, or `with`.
+    Sub {
+        with: Vec<(Vec<Box<str>>, Synth, Deps)>,
+        body: Body,
+    },
+    /// `set`: binds names, outputs nothing, takes no slot.
+    Set {
+        names: Vec<Box<str>>,
+        synth: Synth,
+        deps: Deps,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct ForNode {
+    pub target: Vec<Box<str>>,
+    pub unpack: bool,
+    pub iter: Synth,
+    pub iter_deps: Deps,
+    pub filter: Option<Synth>,
+    pub key: Option<Box<str>>,
+    pub body: Body,
+    pub else_body: Body,
+    /// Dependencies of the body and filter on the root data.
+    pub body_deps: Deps,
+    pub loop_flags: u8,
+    pub anchor: Option<Arc<str>>,
+}
+
+impl Op {
+    pub(crate) fn has_slot(&self) -> bool {
+        !matches!(self, Op::Set { .. })
+    }
+}
+
+/// A compiled template.
+#[derive(Debug)]
+pub(crate) struct Program {
+    pub root: Body,
+}
+
+/// Hands out statics ids and synthetic template names, engine-wide.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub sid: AtomicU32,
+    pub synth: AtomicU64,
+}
+
+/// A template source with what its bodies need from it.
+struct Src {
+    origin: Arc<Origin>,
+    prelude: String,
+    prelude_names: HashSet<String>,
+    prelude_vars: HashSet<String>,
+}
+
+#[derive(Clone)]
+enum Local {
+    LoopVar,
+    LoopObj(u32),
+    Set(Deps),
+}
+
+pub(crate) struct Compiler<'e> {
+    env: &'e Environment<'static>,
+    counters: &'e Counters,
+    /// Synthetic templates to add to the environment.
+    pub synths: Vec<(String, String)>,
+    next_node: u32,
+    scope: Vec<(String, Local)>,
+    depth: usize,
+}
+
+type Chain = Vec<Arc<Src>>;
+
+struct BodyCx<'c> {
+    src: &'c Arc<Src>,
+    in_item: bool,
+    /// For a block body: the remaining chain for `super()`.
+    block: Option<(&'c str, &'c [Arc<Src>])>,
+    overrides: &'c HashMap<String, Chain>,
+}
+
+fn unsupported(what: &str, origin: &Origin, line: u16) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "{what} is not split into fragments (in {}:{line})",
+            origin.name
+        ),
+    )
+}
+
+impl<'e> Compiler<'e> {
+    pub(crate) fn new(env: &'e Environment<'static>, counters: &'e Counters) -> Self {
+        Compiler {
+            env,
+            counters,
+            synths: Vec::new(),
+            next_node: 0,
+            scope: Vec::new(),
+            depth: 0,
+        }
+    }
+
+    pub(crate) fn compile(&mut self, name: &str) -> Result<Program> {
+        let root = self.template(name, &HashMap::new(), Ctx::Text, false)?.0;
+        Ok(Program { root })
+    }
+
+    /// A program that renders the whole template as one leaf: used when a
+    /// template needs something the splitter does not model.
+    pub(crate) fn whole(&mut self, name: &str) -> Result<Program> {
+        let source: Arc<str> = self.env.get_template(name)?.source().into();
+        let origin = Arc::new(Origin {
+            name: name.into(),
+            source: source.clone(),
+        });
+        let synth = self.add_synth(&origin, source.to_string(), 1);
+        let statics = self.statics(vec!["".into(), "".into()], vec![None]);
+        Ok(Program {
+            root: Body {
+                statics,
+                ops: vec![Op::Leaf {
+                    synth,
+                    deps: Deps {
+                        all: true,
+                        ..Deps::default()
+                    },
+                }],
+                deps: Deps {
+                    all: true,
+                    ..Deps::default()
+                },
+            },
+        })
+    }
+
+    fn load(&self, name: &str) -> Result<Arc<Src>> {
+        let source: Arc<str> = self.env.get_template(name)?.source().into();
+        let origin = Arc::new(Origin {
+            name: name.into(),
+            source: source.clone(),
+        });
+        let ast = parse(&source, name, self.env.syntax().clone()).map_err(Error::from_template)?;
+        let mut prelude = String::new();
+        let mut names = HashSet::new();
+        collect_prelude(&ast, &source, &mut prelude, &mut names);
+        let mut prelude_vars = HashSet::new();
+        if !prelude.is_empty() {
+            if let Ok(t) = self.env.template_from_str(&prelude) {
+                prelude_vars = t.undeclared_variables(true);
+            }
+            collect_import_vars(&ast, self.env, &mut prelude_vars);
+        }
+        Ok(Arc::new(Src {
+            origin,
+            prelude,
+            prelude_names: names,
+            prelude_vars,
+        }))
+    }
+
+    fn template(
+        &mut self,
+        name: &str,
+        overrides: &HashMap<String, Chain>,
+        ctx: Ctx,
+        in_item: bool,
+    ) -> Result<(Body, Ctx, i32)> {
+        self.depth += 1;
+        if self.depth > 32 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("templates nest too deeply at {name} (recursive include?)"),
+            ));
+        }
+        let src = self.load(name)?;
+        let source = src.origin.source.clone();
+        let ast = parse(&source, name, self.env.syntax().clone()).map_err(Error::from_template)?;
+        let Stmt::Template(t) = &ast else {
+            unreachable!("parse returns a template")
+        };
+        let parent = t.children.iter().find_map(|s| match s {
+            Stmt::Extends(e) => Some(e),
+            _ => None,
+        });
+        let out = if let Some(ext) = parent {
+            let Some(parent_name) = const_str(&ext.name) else {
+                return Err(unsupported(
+                    "a computed `extends`",
+                    &src.origin,
+                    ext.span().start_line,
+                ));
+            };
+            // This template's blocks override the parent's; more derived
+            // templates (already in `overrides`) come first in each chain.
+            let mut merged = overrides.clone();
+            let mut blocks = Vec::new();
+            collect_blocks(&t.children, &mut blocks);
+            for b in blocks {
+                merged.entry(b.to_owned()).or_default().push(src.clone());
+            }
+            // Top-level `set`s of a child run before the parent's body.
+            let mut sets = Vec::new();
+            for s in &t.children {
+                if let Stmt::Set(_) = s {
+                    let cx = BodyCx {
+                        src: &src,
+                        in_item,
+                        block: None,
+                        overrides,
+                    };
+                    let mut b = self.body(std::slice::from_ref(s), &cx, ctx)?;
+                    sets.append(&mut b.0.ops);
+                }
+            }
+            let (mut body, c, d) = self.template(&parent_name, &merged, ctx, in_item)?;
+            if !sets.is_empty() {
+                for op in &sets {
+                    if let Op::Set { deps, .. } = op {
+                        body.deps.merge(deps);
+                    }
+                }
+                sets.append(&mut body.ops);
+                body.ops = sets;
+            }
+            (body, c, d)
+        } else {
+            let cx = BodyCx {
+                src: &src,
+                in_item,
+                block: None,
+                overrides,
+            };
+            self.body(&t.children, &cx, ctx)?
+        };
+        self.depth -= 1;
+        Ok(out)
+    }
+
+    fn statics(&self, parts: Vec<Box<str>>, anchors: Vec<Option<Arc<str>>>) -> Arc<Statics> {
+        Arc::new(Statics {
+            sid: self.counters.sid.fetch_add(1, Ordering::Relaxed),
+            parts,
+            anchors,
+        })
+    }
+
+    fn add_synth(&mut self, origin: &Arc<Origin>, source: String, line: u16) -> Synth {
+        let n = self.counters.synth.fetch_add(1, Ordering::Relaxed);
+        // Ends with the user's template name, so that auto-escaping (chosen by
+        // file extension) is the same as in the original.
+        let name = format!("\u{1}st{n}/{}", origin.name);
+        self.synths.push((name.clone(), source));
+        Synth {
+            name: name.into(),
+            origin: origin.clone(),
+            line: line as u32,
+        }
+    }
+
+    fn synth_for(&mut self, src: &Src, piece: String, vars: &HashSet<String>, line: u16) -> Synth {
+        let needs_prelude = vars.iter().any(|v| src.prelude_names.contains(head(v)));
+        let source = if needs_prelude {
+            format!("{}{piece}", src.prelude)
+        } else {
+            piece
+        };
+        self.add_synth(&src.origin, source, line)
+    }
+
+    fn vars_of(&self, piece: &str) -> Result<HashSet<String>> {
+        Ok(self
+            .env
+            .template_from_str(piece)
+            .map_err(Error::from_template)?
+            .undeclared_variables(true))
+    }
+
+    fn classify(&self, vars: &HashSet<String>, src: &Src) -> Deps {
+        let mut deps = Deps::default();
+        let mut extra: Vec<&String> = Vec::new();
+        if vars.iter().any(|v| src.prelude_names.contains(head(v))) {
+            extra.extend(src.prelude_vars.iter());
+        }
+        for v in vars.iter().chain(extra) {
+            let h = head(v);
+            if src.prelude_names.contains(h) {
+                continue;
+            }
+            match self.scope.iter().rev().find(|(n, _)| n == h) {
+                Some((_, Local::LoopVar)) => {}
+                Some((_, Local::LoopObj(id))) => {
+                    let attr = v.split('.').nth(1);
+                    let flags = match attr {
+                        Some(
+                            "index" | "index0" | "first" | "revindex" | "revindex0" | "last"
+                            | "length" | "cycle" | "depth" | "depth0",
+                        ) => LOOP_META,
+                        _ => LOOP_META | LOOP_NEIGHBORS,
+                    };
+                    deps.loops.push((*id, flags));
+                }
+                Some((_, Local::Set(d))) => deps.merge(d),
+                None => match h {
+                    "super" | "self" | "caller" | "varargs" | "kwargs" => deps.all = true,
+                    _ => deps.roots.push(v.as_str().into()),
+                },
+            }
+        }
+        deps
+    }
+
+    fn node_id(&mut self) -> u32 {
+        self.next_node += 1;
+        self.next_node
+    }
+
+    fn body(
+        &mut self,
+        stmts: &[Stmt<'_>],
+        cx: &BodyCx<'_>,
+        mut ctx: Ctx,
+    ) -> Result<(Body, Ctx, i32)> {
+        let src = cx.src;
+        let source = src.origin.source.clone();
+        let mut parts: Vec<String> = vec![String::new()];
+        let mut anchors: Vec<Option<Arc<str>>> = Vec::new();
+        let mut ops = Vec::new();
+        let mut deps = Deps::default();
+        let mut depth = 0i32;
+        let scope_mark = self.scope.len();
+        for stmt in stmts {
+            let anchorable = ctx == Ctx::Text && !cx.in_item;
+            let (op, anchor_name): (Op, Option<String>) = match stmt {
+                Stmt::EmitRaw(r) => {
+                    parts.last_mut().expect("parts").push_str(r.raw);
+                    ctx = scan(ctx, r.raw, &mut depth);
+                    continue;
+                }
+                Stmt::EmitExpr(e) => {
+                    if is_super_call(&e.expr) {
+                        let Some((block, chain)) = cx.block.filter(|(_, c)| !c.is_empty()) else {
+                            return Err(unsupported(
+                                "`super()` outside an overriding block",
+                                &src.origin,
+                                e.span().start_line,
+                            ));
+                        };
+                        let (body, c2, d2) = self.block_body(block, chain, cx, ctx)?;
+                        let ok = c2 == ctx && d2 == 0;
+                        (
+                            Op::Sub {
+                                with: Vec::new(),
+                                body,
+                            },
+                            (anchorable && ok).then(|| self.node_id().to_string()),
+                        )
+                    } else {
+                        let piece = slice(&source, e.expr.span());
+                        let text = format!("{{{{ {piece} }}}}");
+                        let vars = self.vars_of(&text)?;
+                        let deps = self.classify(&vars, src);
+                        let synth = self.synth_for(src, text, &vars, e.span().start_line);
+                        (
+                            Op::Leaf { synth, deps },
+                            anchorable.then(|| self.node_id().to_string()),
+                        )
+                    }
+                }
+                Stmt::IfCond(i) => {
+                    let mut conds = Vec::new();
+                    let mut branches = Vec::new();
+                    let mut cur: &ast::IfCond<'_> = i;
+                    let mut balanced = true;
+                    loop {
+                        let piece = slice(&source, cur.expr.span());
+                        let (synth, d) =
+                            self.value_synth(src, &piece, cur.expr.span().start_line)?;
+                        conds.push((synth, d));
+                        let (b, c2, d2) = self.body(&cur.true_body, cx, ctx)?;
+                        balanced &= c2 == ctx && d2 == 0;
+                        branches.push(b);
+                        match cur.false_body.as_slice() {
+                            [Stmt::IfCond(next)] => cur = next,
+                            rest => {
+                                let (b, c2, d2) = self.body(rest, cx, ctx)?;
+                                balanced &= c2 == ctx && d2 == 0;
+                                branches.push(b);
+                                break;
+                            }
+                        }
+                    }
+                    (
+                        Op::If { conds, branches },
+                        (anchorable && balanced).then(|| self.node_id().to_string()),
+                    )
+                }
+                Stmt::ForLoop(f) => {
+                    if f.recursive {
+                        self.opaque(stmt, src, anchorable)?
+                    } else {
+                        let (node, balanced) = self.for_loop(f, cx, ctx, anchorable)?;
+                        let a = node.anchor.as_ref().map(|a| a.to_string());
+                        let _ = balanced;
+                        (Op::For(Box::new(node)), a)
+                    }
+                }
+                Stmt::Set(s) => {
+                    let names = target_names(&s.target).ok_or_else(|| {
+                        unsupported("`set` on an attribute", &src.origin, s.span().start_line)
+                    })?;
+                    let piece = format!("{{% {} %}}", slice(&source, s.span()));
+                    let vars = self.vars_of(&piece)?;
+                    let d = self.classify(&vars, src);
+                    let synth = self.synth_for(src, piece, &vars, s.span().start_line);
+                    for n in &names {
+                        self.scope.push((n.to_string(), Local::Set(d.clone())));
+                    }
+                    (
+                        Op::Set {
+                            names,
+                            synth,
+                            deps: d,
+                        },
+                        None,
+                    )
+                }
+                Stmt::SetBlock(s) => {
+                    let names = target_names(&s.target).ok_or_else(|| {
+                        unsupported("`set` on an attribute", &src.origin, s.span().start_line)
+                    })?;
+                    let piece = format!("{{% {} %}}", slice(&source, s.span()));
+                    let vars = self.vars_of(&piece)?;
+                    let d = self.classify(&vars, src);
+                    let synth = self.synth_for(src, piece, &vars, s.span().start_line);
+                    for n in &names {
+                        self.scope.push((n.to_string(), Local::Set(d.clone())));
+                    }
+                    (
+                        Op::Set {
+                            names,
+                            synth,
+                            deps: d,
+                        },
+                        None,
+                    )
+                }
+                Stmt::WithBlock(w) => {
+                    let mut with = Vec::new();
+                    let mark = self.scope.len();
+                    let mut pending = Vec::new();
+                    for (target, expr) in &w.assignments {
+                        let names = target_names(target).ok_or_else(|| {
+                            unsupported("this `with` target", &src.origin, w.span().start_line)
+                        })?;
+                        let piece = slice(&source, expr.span());
+                        let (synth, d) = self.value_synth(src, &piece, expr.span().start_line)?;
+                        for n in &names {
+                            pending.push((n.to_string(), Local::Set(d.clone())));
+                        }
+                        with.push((names, synth, d));
+                    }
+                    self.scope.extend(pending);
+                    let r = self.body(&w.body, cx, ctx);
+                    self.scope.truncate(mark);
+                    let (body, c2, d2) = r?;
+                    let ok = c2 == ctx && d2 == 0;
+                    (
+                        Op::Sub { with, body },
+                        (anchorable && ok).then(|| self.node_id().to_string()),
+                    )
+                }
+                Stmt::Block(b) => {
+                    let mut chain: Vec<Arc<Src>> =
+                        cx.overrides.get(b.name).cloned().unwrap_or_default();
+                    chain.push(src.clone());
+                    let (body, c2, d2) = self.block_body(b.name, &chain, cx, ctx)?;
+                    let ok = c2 == ctx && d2 == 0;
+                    (
+                        Op::Sub {
+                            with: Vec::new(),
+                            body,
+                        },
+                        (anchorable && ok).then(|| b.name.to_string()),
+                    )
+                }
+                Stmt::Include(inc) => match const_str(&inc.name) {
+                    Some(name) if !inc.ignore_missing => {
+                        let (body, c2, d2) =
+                            self.template(&name, &HashMap::new(), ctx, cx.in_item)?;
+                        let ok = c2 == ctx && d2 == 0;
+                        (
+                            Op::Sub {
+                                with: Vec::new(),
+                                body,
+                            },
+                            (anchorable && ok).then(|| self.node_id().to_string()),
+                        )
+                    }
+                    _ => self.opaque(stmt, src, anchorable)?,
+                },
+                Stmt::Macro(_) | Stmt::Import(_) | Stmt::FromImport(_) | Stmt::Extends(_) => {
+                    continue;
+                }
+                Stmt::AutoEscape(_) | Stmt::FilterBlock(_) | Stmt::CallBlock(_) => {
+                    self.opaque(stmt, src, anchorable)?
+                }
+                Stmt::Do(d) => return Err(unsupported("`do`", &src.origin, d.span().start_line)),
+                Stmt::Continue(c) => {
+                    return Err(unsupported("`continue`", &src.origin, c.span().start_line));
+                }
+                Stmt::Break(c) => {
+                    return Err(unsupported("`break`", &src.origin, c.span().start_line));
+                }
+                Stmt::Template(_) => continue,
+            };
+            match &op {
+                Op::Leaf { deps: d, .. } | Op::Set { deps: d, .. } => deps.merge(d),
+                Op::If { conds, branches } => {
+                    for (_, d) in conds {
+                        deps.merge(d);
+                    }
+                    for b in branches {
+                        deps.merge(&b.deps);
+                    }
+                }
+                Op::For(f) => {
+                    deps.merge(&f.iter_deps);
+                    deps.merge(&f.body_deps);
+                }
+                Op::Sub { with, body } => {
+                    for (_, _, d) in with {
+                        deps.merge(d);
+                    }
+                    deps.merge(&body.deps);
+                }
+            }
+            if op.has_slot() {
+                let anchor: Option<Arc<str>> = anchor_name.map(Into::into);
+                if let Some(a) = &anchor {
+                    parts
+                        .last_mut()
+                        .expect("parts")
+                        .push_str(&format!("<!--[{a}-->"));
+                }
+                parts.push(if anchor.is_some() {
+                    "<!--]-->".into()
+                } else {
+                    String::new()
+                });
+                anchors.push(anchor);
+            }
+            ops.push(op);
+        }
+        self.scope.truncate(scope_mark);
+        let statics = self.statics(parts.into_iter().map(Into::into).collect(), anchors);
+        Ok((Body { statics, ops, deps }, ctx, depth))
+    }
+
+    fn block_body(
+        &mut self,
+        name: &str,
+        chain: &[Arc<Src>],
+        cx: &BodyCx<'_>,
+        ctx: Ctx,
+    ) -> Result<(Body, Ctx, i32)> {
+        let src = chain[0].clone();
+        let source = src.origin.source.clone();
+        let ast = parse(&source, &src.origin.name, self.env.syntax().clone())
+            .map_err(Error::from_template)?;
+        let Some(block) = find_block(&ast, name) else {
+            return Err(Error::new(
+                ErrorKind::Template,
+                format!("block {name} not found in {}", src.origin.name),
+            ));
+        };
+        let inner = BodyCx {
+            src: &src,
+            in_item: cx.in_item,
+            block: Some((name, &chain[1..])),
+            overrides: cx.overrides,
+        };
+        self.body(&block.body, &inner, ctx)
+    }
+
+    /// A statement rendered whole by minijinja, as one leaf.
+    fn opaque(
+        &mut self,
+        stmt: &Stmt<'_>,
+        src: &Arc<Src>,
+        anchorable: bool,
+    ) -> Result<(Op, Option<String>)> {
+        let span = stmt_span(stmt);
+        let piece = format!("{{% {} %}}", slice(&src.origin.source, span));
+        let vars = self.vars_of(&piece)?;
+        let deps = self.classify(&vars, src);
+        let synth = self.synth_for(src, piece, &vars, span.start_line);
+        Ok((
+            Op::Leaf { synth, deps },
+            anchorable.then(|| self.node_id().to_string()),
+        ))
+    }
+
+    /// A synthetic template that evaluates `expr` into `__st_v`.
+    fn value_synth(&mut self, src: &Src, expr: &str, line: u16) -> Result<(Synth, Deps)> {
+        let piece = format!("{{% set __st_v = ({expr}) %}}");
+        let vars = self.vars_of(&piece)?;
+        let d = self.classify(&vars, src);
+        Ok((self.synth_for(src, piece, &vars, line), d))
+    }
+
+    fn for_loop(
+        &mut self,
+        f: &ast::Spanned<ast::ForLoop<'_>>,
+        cx: &BodyCx<'_>,
+        ctx: Ctx,
+        anchorable: bool,
+    ) -> Result<(ForNode, bool)> {
+        let src = cx.src;
+        let source = src.origin.source.clone();
+        let id = self.node_id();
+        let (target, unpack) = match &f.target {
+            Expr::Var(v) => (vec![Box::<str>::from(v.id)], false),
+            t => (
+                target_names(t).ok_or_else(|| {
+                    unsupported("this loop target", &src.origin, f.span().start_line)
+                })?,
+                true,
+            ),
+        };
+        let key = match &f.iter {
+            Expr::Filter(fl) if fl.name == "keyed" => match fl.args.as_slice() {
+                [CallArg::Pos(e)] => const_str(e).map(Into::into),
+                _ => None,
+            },
+            _ => None,
+        };
+        let iter_piece = slice(&source, f.iter.span());
+        let (iter, iter_deps) = self.value_synth(src, &iter_piece, f.iter.span().start_line)?;
+        let mark = self.scope.len();
+        for t in &target {
+            self.scope.push((t.to_string(), Local::LoopVar));
+        }
+        self.scope.push(("loop".into(), Local::LoopObj(id)));
+        let filter = match &f.filter_expr {
+            Some(e) => {
+                let piece = slice(&source, e.span());
+                Some(self.value_synth(src, &piece, e.span().start_line)?)
+            }
+            None => None,
+        };
+        let item_cx = BodyCx {
+            src,
+            in_item: true,
+            block: cx.block,
+            overrides: cx.overrides,
+        };
+        let body = self.body(&f.body, &item_cx, ctx);
+        self.scope.truncate(mark);
+        let (body, c1, d1) = body?;
+        let (else_body, c2, d2) = self.body(&f.else_body, &item_cx, ctx)?;
+        let balanced = c1 == ctx && c2 == ctx && d1 == 0 && d2 == 0;
+        let mut body_deps = Deps::default();
+        body_deps.merge(&body.deps);
+        body_deps.merge(&else_body.deps);
+        let loop_flags = body_deps.loop_flags(id);
+        let filter = filter.map(|(s, d)| {
+            body_deps.merge(&d);
+            s
+        });
+        Ok((
+            ForNode {
+                target,
+                unpack,
+                iter,
+                iter_deps,
+                filter,
+                key,
+                body,
+                else_body,
+                body_deps,
+                loop_flags,
+                anchor: (anchorable && balanced).then(|| id.to_string().into()),
+            },
+            balanced,
+        ))
+    }
+}
+
+fn head(path: &str) -> &str {
+    path.split('.').next().unwrap_or(path)
+}
+
+fn slice(source: &str, span: minijinja::machinery::Span) -> String {
+    source[span.start_offset as usize..span.end_offset as usize].to_owned()
+}
+
+fn const_str(e: &Expr<'_>) -> Option<String> {
+    match e {
+        Expr::Const(c) => c.value.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn is_super_call(e: &Expr<'_>) -> bool {
+    matches!(e, Expr::Call(c) if c.args.is_empty() && matches!(&c.expr, Expr::Var(v) if v.id == "super"))
+}
+
+fn target_names(e: &Expr<'_>) -> Option<Vec<Box<str>>> {
+    match e {
+        Expr::Var(v) => Some(vec![v.id.into()]),
+        Expr::List(l) => {
+            let mut out = Vec::new();
+            for i in &l.items {
+                out.extend(target_names(i)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+fn stmt_span(s: &Stmt<'_>) -> minijinja::machinery::Span {
+    match s {
+        Stmt::Template(s) => s.span(),
+        Stmt::EmitExpr(s) => s.span(),
+        Stmt::EmitRaw(s) => s.span(),
+        Stmt::ForLoop(s) => s.span(),
+        Stmt::IfCond(s) => s.span(),
+        Stmt::WithBlock(s) => s.span(),
+        Stmt::Set(s) => s.span(),
+        Stmt::SetBlock(s) => s.span(),
+        Stmt::AutoEscape(s) => s.span(),
+        Stmt::FilterBlock(s) => s.span(),
+        Stmt::Block(s) => s.span(),
+        Stmt::Import(s) => s.span(),
+        Stmt::FromImport(s) => s.span(),
+        Stmt::Extends(s) => s.span(),
+        Stmt::Include(s) => s.span(),
+        Stmt::Macro(s) => s.span(),
+        Stmt::CallBlock(s) => s.span(),
+        Stmt::Continue(s) => s.span(),
+        Stmt::Break(s) => s.span(),
+        Stmt::Do(s) => s.span(),
+    }
+}
+
+fn children<'a, 'b>(s: &'b Stmt<'a>) -> Vec<&'b [Stmt<'a>]> {
+    match s {
+        Stmt::Template(t) => vec![&t.children],
+        Stmt::ForLoop(f) => vec![&f.body, &f.else_body],
+        Stmt::IfCond(i) => vec![&i.true_body, &i.false_body],
+        Stmt::WithBlock(w) => vec![&w.body],
+        Stmt::SetBlock(b) => vec![&b.body],
+        Stmt::AutoEscape(b) => vec![&b.body],
+        Stmt::FilterBlock(b) => vec![&b.body],
+        Stmt::Block(b) => vec![&b.body],
+        _ => vec![],
+    }
+}
+
+/// Macros and imports of a template, verbatim, in source order: prepended
+/// to the synthetic templates that call them.
+fn collect_prelude(s: &Stmt<'_>, source: &str, out: &mut String, names: &mut HashSet<String>) {
+    match s {
+        Stmt::Macro(m) => {
+            out.push_str(&format!("{{% {} %}}", slice(source, m.span())));
+            names.insert(m.name.to_owned());
+        }
+        Stmt::Import(i) => {
+            out.push_str(&format!("{{% {} %}}", slice(source, i.span())));
+            if let Expr::Var(v) = &i.name {
+                names.insert(v.id.to_owned());
+            }
+        }
+        Stmt::FromImport(i) => {
+            out.push_str(&format!("{{% {} %}}", slice(source, i.span())));
+            for (n, alias) in &i.names {
+                if let Expr::Var(v) = alias.as_ref().unwrap_or(n) {
+                    names.insert(v.id.to_owned());
+                }
+            }
+        }
+        _ => {
+            for c in children(s) {
+                for s in c {
+                    collect_prelude(s, source, out, names);
+                }
+            }
+        }
+    }
+}
+
+/// Undeclared variables of imported templates: what their macros may read.
+fn collect_import_vars(s: &Stmt<'_>, env: &Environment<'static>, out: &mut HashSet<String>) {
+    let name = match s {
+        Stmt::Import(i) => const_str(&i.expr),
+        Stmt::FromImport(i) => const_str(&i.expr),
+        _ => {
+            for c in children(s) {
+                for s in c {
+                    collect_import_vars(s, env, out);
+                }
+            }
+            return;
+        }
+    };
+    if let Some(t) = name.and_then(|n| env.get_template(&n).ok()) {
+        out.extend(t.undeclared_variables(true));
+    }
+}
+
+fn collect_blocks<'a>(stmts: &[Stmt<'a>], out: &mut Vec<&'a str>) {
+    for s in stmts {
+        if let Stmt::Block(b) = s {
+            out.push(b.name);
+        }
+        for c in children(s) {
+            collect_blocks(c, out);
+        }
+    }
+}
+
+fn find_block<'a, 'b>(s: &'b Stmt<'a>, name: &str) -> Option<&'b ast::Block<'a>> {
+    if let Stmt::Block(b) = s {
+        if b.name == name {
+            return Some(b);
+        }
+    }
+    children(s)
+        .into_iter()
+        .flat_map(|c| c.iter())
+        .find_map(|s| find_block(s, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+
+    #[test]
+    fn path_overlap() {
+        assert!(overlaps("user", "user.name"));
+        assert!(overlaps("user.name", "user"));
+        assert!(overlaps("a.b", "a.b"));
+        assert!(!overlaps("user", "username"));
+        assert!(!overlaps("a.b", "a.c"));
+    }
+}

@@ -1,0 +1,167 @@
+//! Running synthetic templates against a scope: the root data plus the
+//! locals (loop variables, `set`s) our walk has bound.
+
+use std::fmt;
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, Value};
+use minijinja::{Environment, State};
+
+use super::compile::Synth;
+use crate::error::{Error, Result};
+
+struct Frame {
+    name: Box<str>,
+    value: Value,
+    parent: Option<Arc<Frame>>,
+}
+
+/// Root data plus a chain of local bindings; cheap to clone and extend.
+#[derive(Clone)]
+pub(crate) struct Scope {
+    locals: Option<Arc<Frame>>,
+    root: Value,
+}
+
+impl Scope {
+    pub(crate) fn new(root: Value) -> Scope {
+        Scope { locals: None, root }
+    }
+
+    pub(crate) fn bind(&self, name: &str, value: Value) -> Scope {
+        Scope {
+            locals: Some(Arc::new(Frame {
+                name: name.into(),
+                value,
+                parent: self.locals.clone(),
+            })),
+            root: self.root.clone(),
+        }
+    }
+
+    fn lookup(&self, key: &str) -> Option<Value> {
+        let mut f = self.locals.as_deref();
+        while let Some(frame) = f {
+            if &*frame.name == key {
+                return Some(frame.value.clone());
+            }
+            f = frame.parent.as_deref();
+        }
+        match self.root.get_attr(key) {
+            Ok(v) if !v.is_undefined() => Some(v),
+            _ => None,
+        }
+    }
+
+    fn value(&self) -> Value {
+        Value::from_object(ScopeObj(self.clone()))
+    }
+}
+
+struct ScopeObj(Scope);
+
+impl fmt::Debug for ScopeObj {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<scope>")
+    }
+}
+
+impl Object for ScopeObj {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.0.lookup(key.as_str()?)
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        // Enumerating the context (rare: `debug()`) shows the root data.
+        match self.0.root.try_iter() {
+            Ok(it) => Enumerator::Values(it.collect()),
+            Err(_) => Enumerator::Empty,
+        }
+    }
+}
+
+/// The `loop` variable, as minijinja's loops provide it.
+#[derive(Debug)]
+pub(crate) struct LoopObj {
+    pub index0: usize,
+    pub len: usize,
+    pub prev: Option<Value>,
+    pub next: Option<Value>,
+}
+
+impl Object for LoopObj {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let i = self.index0;
+        Some(match key.as_str()? {
+            "index0" => Value::from(i),
+            "index" => Value::from(i + 1),
+            "revindex" => Value::from(self.len - i),
+            "revindex0" => Value::from(self.len - i - 1),
+            "first" => Value::from(i == 0),
+            "last" => Value::from(i + 1 == self.len),
+            "length" => Value::from(self.len),
+            "depth" => Value::from(1),
+            "depth0" => Value::from(0),
+            "previtem" => self.prev.clone().unwrap_or(Value::UNDEFINED),
+            "nextitem" => self.next.clone().unwrap_or(Value::UNDEFINED),
+            _ => return None,
+        })
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        if method == "cycle" && !args.is_empty() {
+            return Ok(args[self.index0 % args.len()].clone());
+        }
+        Err(minijinja::Error::from(minijinja::ErrorKind::UnknownMethod))
+    }
+}
+
+fn locate(err: minijinja::Error, synth: &Synth) -> Error {
+    let line = synth.line as usize;
+    Error::located(err, &synth.origin.name, &synth.origin.source, line)
+}
+
+/// Renders a leaf to its output text.
+pub(crate) fn render_leaf(
+    env: &Environment<'static>,
+    synth: &Synth,
+    scope: &Scope,
+) -> Result<String> {
+    let t = env
+        .get_template(&synth.name)
+        .map_err(|e| locate(e, synth))?;
+    t.render(scope.value()).map_err(|e| locate(e, synth))
+}
+
+/// Runs a statement or `__st_v` assignment and reads back the named values.
+pub(crate) fn eval_names(
+    env: &Environment<'static>,
+    synth: &Synth,
+    scope: &Scope,
+    names: &[&str],
+) -> Result<Vec<Value>> {
+    let t = env
+        .get_template(&synth.name)
+        .map_err(|e| locate(e, synth))?;
+    let captured = t
+        .render_captured(scope.value())
+        .map_err(|e| locate(e, synth))?;
+    let state = captured.state();
+    Ok(names
+        .iter()
+        .map(|n| state.lookup(n).unwrap_or(Value::UNDEFINED))
+        .collect())
+}
+
+pub(crate) fn eval_value(
+    env: &Environment<'static>,
+    synth: &Synth,
+    scope: &Scope,
+) -> Result<Value> {
+    Ok(eval_names(env, synth, scope, &["__st_v"])?.remove(0))
+}

@@ -1,0 +1,923 @@
+//! The fragment engine: pure and synchronous. From a template and a sequence
+//! of data values to an initial annotated render and, for each next value,
+//! the smallest set of operations that turns the old page into the new one.
+//!
+//! See `docs/architecture.md` for the model and `docs/protocol.md` for the wire.
+
+mod compile;
+pub(crate) mod diff;
+mod eval;
+mod html;
+pub(crate) mod tree;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use minijinja::Environment;
+use minijinja::value::{Value, ValueKind};
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{Action, Update};
+use compile::{Body, Compiler, Counters, ForNode, LOOP_META, LOOP_NEIGHBORS, Op, Program};
+use eval::{LoopObj, Scope, eval_names, eval_value, render_leaf};
+use tree::{BodyOut, ItemOut, ListOut, SlotOut, WireWriter};
+
+/// The version of the wire format written by [`LivePage::encode`].
+pub const WIRE_VERSION: u32 = 1;
+
+/// Compiles templates into fragment programs and renders them.
+///
+/// Cheap to clone; clones share the environment and the compiled programs.
+/// It registers one filter in the environment, `keyed(attr)`, which leaves a
+/// sequence unchanged and tells the engine which attribute keys a loop's
+/// items: `{% for row in rows|keyed("slug") %}`. Without it, items are keyed
+/// by their `id` attribute when they have one, else by position.
+#[derive(Clone)]
+pub struct FragmentEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    env: RwLock<Environment<'static>>,
+    programs: RwLock<HashMap<String, Arc<Program>>>,
+    counters: Counters,
+}
+
+impl fmt::Debug for FragmentEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FragmentEngine").finish_non_exhaustive()
+    }
+}
+
+/// Registers the `keyed` filter on an environment (the engine does this
+/// itself; call it to render the same templates with plain minijinja).
+pub fn register_filters(env: &mut Environment<'_>) {
+    env.add_filter("keyed", |v: Value, _attr: String| v);
+}
+
+impl FragmentEngine {
+    /// Takes the user's environment (loaders, filters, globals all apply).
+    pub fn new(mut env: Environment<'static>) -> FragmentEngine {
+        register_filters(&mut env);
+        FragmentEngine {
+            inner: Arc::new(Inner {
+                env: RwLock::new(env),
+                programs: RwLock::new(HashMap::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    fn program(&self, name: &str) -> Result<Arc<Program>> {
+        if let Some(p) = self.inner.programs.read().expect("lock").get(name) {
+            return Ok(p.clone());
+        }
+        let mut env = self.inner.env.write().expect("lock");
+        // Another thread may have compiled it while we waited.
+        if let Some(p) = self.inner.programs.read().expect("lock").get(name) {
+            return Ok(p.clone());
+        }
+        let mut c = Compiler::new(&env, &self.inner.counters);
+        let program = match c.compile(name) {
+            Ok(p) => p,
+            Err(e) if e.kind() == ErrorKind::Unsupported => {
+                tracing::warn!(template = name, reason = %e, "rendering the template as one fragment");
+                c = Compiler::new(&env, &self.inner.counters);
+                c.whole(name)?
+            }
+            Err(e) => return Err(e),
+        };
+        let synths = std::mem::take(&mut c.synths);
+        for (n, s) in synths {
+            env.add_template_owned(n, s).map_err(Error::from_template)?;
+        }
+        let p = Arc::new(program);
+        self.inner
+            .programs
+            .write()
+            .expect("lock")
+            .insert(name.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    /// Renders `template` with `data` and returns the page, which keeps what
+    /// the client now holds so that [`LivePage::update`] can diff against it.
+    pub fn render<S: Serialize + ?Sized>(&self, template: &str, data: &S) -> Result<LivePage> {
+        let program = self.program(template)?;
+        let data = to_value(data)?;
+        let env = self.inner.env.read().expect("lock");
+        let root = render_fresh(&env, &program.root, &data)?;
+        drop(env);
+        Ok(LivePage {
+            engine: self.clone(),
+            program,
+            data,
+            root,
+            sent: HashSet::new(),
+            seq: 0,
+        })
+    }
+
+    /// The annotated HTML of a fresh render: what [`LivePage::html`] gives
+    /// for a new page. The oracle every diff is checked against.
+    pub fn render_html<S: Serialize + ?Sized>(&self, template: &str, data: &S) -> Result<String> {
+        Ok(self.render(template, data)?.html())
+    }
+
+    /// Runs `f` with the environment (for example, to render a template with
+    /// plain minijinja for comparison).
+    pub fn with_env<R>(&self, f: impl FnOnce(&Environment<'static>) -> R) -> R {
+        f(&self.inner.env.read().expect("lock"))
+    }
+}
+
+fn to_value<S: Serialize + ?Sized>(data: &S) -> Result<Value> {
+    let v = Value::from(minijinja::value::Serde(data));
+    if v.kind() == ValueKind::Invalid {
+        return Err(Error::data(v.to_string()));
+    }
+    Ok(v)
+}
+
+fn render_fresh(env: &Environment<'static>, body: &Body, data: &Value) -> Result<Arc<BodyOut>> {
+    let all = [String::new()];
+    let mut w = Walk {
+        env,
+        changed: &all,
+        force: true,
+        ops: Vec::new(),
+    };
+    Ok(w.body(body, &Scope::new(data.clone()), None)?.0)
+}
+
+/// One page as one client holds it: the last data and the rendered tree.
+pub struct LivePage {
+    engine: FragmentEngine,
+    program: Arc<Program>,
+    data: Value,
+    root: Arc<BodyOut>,
+    sent: HashSet<u32>,
+    seq: u64,
+}
+
+impl fmt::Debug for LivePage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LivePage")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The changes one render produced, not yet encoded.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    ops: Vec<PatchOp>,
+    seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum PatchOp {
+    Text {
+        id: Arc<str>,
+        text: Box<str>,
+    },
+    Body {
+        id: String,
+        body: Arc<BodyOut>,
+    },
+    Slots {
+        id: String,
+        body: Arc<BodyOut>,
+        slots: Vec<usize>,
+    },
+    List {
+        id: Arc<str>,
+        list: Arc<ListOut>,
+    },
+    Insert {
+        list: Arc<str>,
+        key: Arc<str>,
+        after: Option<Arc<str>>,
+        body: Arc<BodyOut>,
+    },
+    Remove {
+        list: Arc<str>,
+        key: Arc<str>,
+    },
+    Move {
+        list: Arc<str>,
+        key: Arc<str>,
+        after: Option<Arc<str>>,
+    },
+}
+
+impl Patch {
+    /// Whether the render changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The sequence number of the render that produced this patch.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The operations as seed-compatible [`Update`]s, each carrying the full
+    /// HTML of its fragment (for apps that stream JSON themselves).
+    pub fn updates(&self) -> Vec<Update> {
+        let ts = crate::protocol::now_millis();
+        let mk =
+            |fragment_id: String, html: String, action: Action, target: Option<String>| Update {
+                fragment_id,
+                html,
+                action,
+                target,
+                timestamp: ts,
+                seq: self.seq,
+            };
+        let item = |l: &str, k: &str| format!("{l}:{k}");
+        self.ops
+            .iter()
+            .map(|op| match op {
+                PatchOp::Text { id, text } => {
+                    mk(id.to_string(), text.to_string(), Action::Replace, None)
+                }
+                PatchOp::Body { id, body } | PatchOp::Slots { id, body, .. } => {
+                    let mut h = String::new();
+                    tree::write_body(body, &mut h);
+                    mk(id.clone(), h, Action::Replace, None)
+                }
+                PatchOp::List { id, list } => {
+                    let mut h = String::new();
+                    tree::write_list(list, &mut h);
+                    mk(id.to_string(), h, Action::Replace, None)
+                }
+                PatchOp::Insert {
+                    list,
+                    key,
+                    after,
+                    body,
+                } => {
+                    let mut h = String::new();
+                    tree::write_body(body, &mut h);
+                    match after {
+                        Some(a) => mk(item(list, key), h, Action::InsertAfter, Some(item(list, a))),
+                        None => mk(item(list, key), h, Action::Prepend, None),
+                    }
+                }
+                PatchOp::Remove { list, key } => {
+                    mk(item(list, key), String::new(), Action::Remove, None)
+                }
+                PatchOp::Move { list, key, after } => match after {
+                    Some(a) => mk(
+                        item(list, key),
+                        String::new(),
+                        Action::MoveAfter,
+                        Some(item(list, a)),
+                    ),
+                    None => mk(item(list, key), String::new(), Action::MoveFirst, None),
+                },
+            })
+            .collect()
+    }
+}
+
+impl LivePage {
+    /// The annotated HTML of the page as it is now.
+    pub fn html(&self) -> String {
+        let mut s = String::new();
+        tree::write_body(&self.root, &mut s);
+        s
+    }
+
+    /// The sequence number of the last render that changed something.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Diffs `data` against the last data and returns what changed. On error
+    /// the page is left exactly as it was.
+    pub fn update<S: Serialize + ?Sized>(&mut self, data: &S) -> Result<Patch> {
+        let data = to_value(data)?;
+        let changed = diff::changed_paths(&self.data, &data);
+        if changed.is_empty() {
+            return Ok(Patch {
+                ops: Vec::new(),
+                seq: self.seq,
+            });
+        }
+        let env = self.engine.inner.env.read().expect("lock");
+        let mut w = Walk {
+            env: &env,
+            changed: &changed,
+            force: false,
+            ops: Vec::new(),
+        };
+        let (root, dirty) = w.body(
+            &self.program.root,
+            &Scope::new(data.clone()),
+            Some(&self.root),
+        )?;
+        let mut ops = w.ops;
+        drop(env);
+        if !dirty.is_empty() {
+            ops.push(PatchOp::Slots {
+                id: String::new(),
+                body: root.clone(),
+                slots: dirty,
+            });
+        }
+        self.root = root;
+        self.data = data;
+        if !ops.is_empty() {
+            self.seq += 1;
+        }
+        Ok(Patch { ops, seq: self.seq })
+    }
+
+    /// Encodes a patch as a compact wire frame (see `docs/protocol.md`).
+    /// Statics go out once per page: this records which the client now holds.
+    /// Returns `None` for an empty patch.
+    pub fn encode(&mut self, patch: &Patch) -> Option<String> {
+        if patch.ops.is_empty() {
+            return None;
+        }
+        let mut w = WireWriter {
+            sent: &mut self.sent,
+            new_statics: Vec::new(),
+        };
+        let mut ops = String::new();
+        for (i, op) in patch.ops.iter().enumerate() {
+            if i > 0 {
+                ops.push(',');
+            }
+            encode_op(&mut w, op, &mut ops);
+        }
+        Some(frame(&w, patch.seq, &ops))
+    }
+
+    /// The frame a client that holds nothing needs: every statics table entry
+    /// and the whole tree. Resets what the page believes the client holds.
+    pub fn join_frame(&mut self) -> String {
+        self.sent.clear();
+        let mut w = WireWriter {
+            sent: &mut self.sent,
+            new_statics: Vec::new(),
+        };
+        let mut ops = String::from("[\"r\",\"\",");
+        w.body(&self.root, &mut ops);
+        ops.push(']');
+        frame(&w, self.seq, &ops)
+    }
+}
+
+fn frame(w: &WireWriter<'_>, seq: u64, ops: &str) -> String {
+    let mut out = format!("{{\"v\":{WIRE_VERSION},\"q\":{seq}");
+    if !w.new_statics.is_empty() {
+        out.push_str(",\"s\":");
+        w.statics_json(&mut out);
+    }
+    out.push_str(",\"o\":[");
+    out.push_str(ops);
+    out.push_str("]}");
+    out
+}
+
+fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {
+    let s = tree::json_str;
+    match op {
+        PatchOp::Text { id, text } => {
+            out.push_str("[\"t\",");
+            s(id, out);
+            out.push(',');
+            s(text, out);
+        }
+        PatchOp::Body { id, body } => {
+            out.push_str("[\"r\",");
+            s(id, out);
+            out.push(',');
+            w.body(body, out);
+        }
+        PatchOp::Slots { id, body, slots } => {
+            out.push_str("[\"p\",");
+            s(id, out);
+            out.push_str(",[");
+            for (i, n) in slots.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&n.to_string());
+                out.push(',');
+                w.slot(&body.slots[*n], out);
+            }
+            out.push(']');
+        }
+        PatchOp::List { id, list } => {
+            out.push_str("[\"l\",");
+            s(id, out);
+            out.push(',');
+            w.list(list, out);
+        }
+        PatchOp::Insert {
+            list,
+            key,
+            after,
+            body,
+        } => {
+            out.push_str("[\"i\",");
+            s(list, out);
+            out.push(',');
+            s(key, out);
+            out.push(',');
+            match after {
+                Some(a) => s(a, out),
+                None => out.push_str("null"),
+            }
+            out.push(',');
+            w.body(body, out);
+        }
+        PatchOp::Remove { list, key } => {
+            out.push_str("[\"x\",");
+            s(list, out);
+            out.push(',');
+            s(key, out);
+        }
+        PatchOp::Move { list, key, after } => {
+            out.push_str("[\"m\",");
+            s(list, out);
+            out.push(',');
+            s(key, out);
+            out.push(',');
+            match after {
+                Some(a) => s(a, out),
+                None => out.push_str("null"),
+            }
+        }
+    }
+    out.push(']');
+}
+
+/// How a slot compares with its previous value.
+#[derive(PartialEq, Eq)]
+enum Change {
+    None,
+    /// Changed, and operations saying how were emitted.
+    Emitted,
+    /// Changed, and the enclosing anchored fragment must carry it.
+    Dirty,
+}
+
+struct Walk<'a> {
+    env: &'a Environment<'static>,
+    changed: &'a [String],
+    /// Re-render everything (while still comparing with the old tree).
+    force: bool,
+    ops: Vec<PatchOp>,
+}
+
+impl Walk<'_> {
+    fn affected(&self, d: &compile::Deps) -> bool {
+        self.force || d.affected(self.changed)
+    }
+
+    /// Renders a body, reusing what did not change. Returns the new body and
+    /// the slots that changed without an operation of their own.
+    fn body(
+        &mut self,
+        b: &Body,
+        scope: &Scope,
+        old: Option<&Arc<BodyOut>>,
+    ) -> Result<(Arc<BodyOut>, Vec<usize>)> {
+        if let Some(o) = old {
+            if !self.affected(&b.deps) {
+                return Ok((o.clone(), Vec::new()));
+            }
+        }
+        let mut scope = scope.clone();
+        let mut slots = Vec::with_capacity(b.statics.anchors.len());
+        let mut sets = Vec::new();
+        let mut dirty = Vec::new();
+        let mut any = false;
+        for op in &b.ops {
+            if let Op::Set { names, synth, deps } = op {
+                let at = sets.len();
+                let vals = match old {
+                    Some(o) if !self.affected(deps) && o.sets.len() >= at + names.len() => {
+                        o.sets[at..at + names.len()].to_vec()
+                    }
+                    _ => {
+                        let n: Vec<&str> = names.iter().map(|n| &**n).collect();
+                        eval_names(self.env, synth, &scope, &n)?
+                    }
+                };
+                if let Some(o) = old {
+                    let prev = o.sets.get(at..at + names.len());
+                    if prev.is_none_or(|p| p.iter().zip(&vals).any(|(a, b)| !diff::same(a, b))) {
+                        any = true;
+                    }
+                }
+                for (n, v) in names.iter().zip(vals) {
+                    scope = scope.bind(n, v.clone());
+                    sets.push(v);
+                }
+                continue;
+            }
+            let i = slots.len();
+            let anchor = b.statics.anchors[i].clone();
+            let prev = old.map(|o| &o.slots[i]);
+            let (slot, change) = self.slot(op, &scope, prev, anchor.as_ref())?;
+            match change {
+                Change::None => {}
+                Change::Emitted => any = true,
+                Change::Dirty => {
+                    any = true;
+                    dirty.push(i);
+                }
+            }
+            slots.push(slot);
+        }
+        if let (Some(o), false) = (old, any) {
+            return Ok((o.clone(), dirty));
+        }
+        Ok((
+            Arc::new(BodyOut {
+                statics: b.statics.clone(),
+                slots,
+                sets,
+            }),
+            dirty,
+        ))
+    }
+
+    fn slot(
+        &mut self,
+        op: &Op,
+        scope: &Scope,
+        prev: Option<&SlotOut>,
+        anchor: Option<&Arc<str>>,
+    ) -> Result<(SlotOut, Change)> {
+        match op {
+            Op::Set { .. } => unreachable!("sets take no slot"),
+            Op::Leaf { synth, deps } => {
+                if let Some(p) = prev {
+                    if !self.affected(deps) {
+                        return Ok((p.clone(), Change::None));
+                    }
+                }
+                let text: Box<str> = render_leaf(self.env, synth, scope)?.into();
+                let change = match prev {
+                    Some(SlotOut::Text(t)) if *t == text => Change::None,
+                    None => Change::None,
+                    Some(_) => match anchor {
+                        Some(a) => {
+                            self.ops.push(PatchOp::Text {
+                                id: a.clone(),
+                                text: text.clone(),
+                            });
+                            Change::Emitted
+                        }
+                        None => Change::Dirty,
+                    },
+                };
+                Ok((SlotOut::Text(text), change))
+            }
+            Op::If { conds, branches } => {
+                let old = match prev {
+                    Some(SlotOut::Branch { index, body }) => Some((*index as usize, body)),
+                    _ => None,
+                };
+                let index = match old {
+                    Some((i, _)) if !conds.iter().any(|(_, d)| self.affected(d)) => i,
+                    _ => {
+                        let mut chosen = conds.len();
+                        for (n, (synth, _)) in conds.iter().enumerate() {
+                            if eval_value(self.env, synth, scope)?.is_true() {
+                                chosen = n;
+                                break;
+                            }
+                        }
+                        chosen
+                    }
+                };
+                let same_branch = old.filter(|(i, _)| *i == index).map(|(_, b)| b);
+                let (body, dirty) = self.body(&branches[index], scope, same_branch)?;
+                let change = self.sub_change(prev.is_some(), same_branch, &body, dirty, anchor);
+                Ok((
+                    SlotOut::Branch {
+                        index: index as u16,
+                        body,
+                    },
+                    change,
+                ))
+            }
+            Op::Sub { with, body: b } => {
+                let old = match prev {
+                    Some(SlotOut::Sub(body)) => Some(body),
+                    _ => None,
+                };
+                if let Some(o) = old {
+                    if !self.affected(&b.deps) && with.iter().all(|(_, _, d)| !self.affected(d)) {
+                        return Ok((SlotOut::Sub(o.clone()), Change::None));
+                    }
+                }
+                let mut inner = scope.clone();
+                for (names, synth, _) in with {
+                    let v = eval_value(self.env, synth, scope)?;
+                    inner = bind_target(&inner, names, names.len() > 1, v)?;
+                }
+                let (body, dirty) = self.body(b, &inner, old)?;
+                let change = self.sub_change(prev.is_some(), old, &body, dirty, anchor);
+                Ok((SlotOut::Sub(body), change))
+            }
+            Op::For(f) => {
+                let old = match prev {
+                    Some(SlotOut::List(l)) => Some(l),
+                    _ => None,
+                };
+                let (list, change) = self.list(f, scope, old)?;
+                Ok((SlotOut::List(list), change))
+            }
+        }
+    }
+
+    /// How a re-rendered sub-body (branch, block, include) changed, emitting
+    /// its operation when it is anchored.
+    fn sub_change(
+        &mut self,
+        had_prev: bool,
+        same: Option<&Arc<BodyOut>>,
+        body: &Arc<BodyOut>,
+        dirty: Vec<usize>,
+        anchor: Option<&Arc<str>>,
+    ) -> Change {
+        if !had_prev {
+            return Change::None;
+        }
+        let Some(old) = same else {
+            return match anchor {
+                Some(a) => {
+                    self.ops.push(PatchOp::Body {
+                        id: a.to_string(),
+                        body: body.clone(),
+                    });
+                    Change::Emitted
+                }
+                None => Change::Dirty,
+            };
+        };
+        if !dirty.is_empty() {
+            return match anchor {
+                Some(a) => {
+                    self.ops.push(PatchOp::Slots {
+                        id: a.to_string(),
+                        body: body.clone(),
+                        slots: dirty,
+                    });
+                    Change::Emitted
+                }
+                None => Change::Dirty,
+            };
+        }
+        if Arc::ptr_eq(old, body) {
+            Change::None
+        } else {
+            Change::Emitted
+        }
+    }
+
+    fn list(
+        &mut self,
+        f: &ForNode,
+        scope: &Scope,
+        old: Option<&Arc<ListOut>>,
+    ) -> Result<(Arc<ListOut>, Change)> {
+        if let Some(o) = old {
+            if !self.affected(&f.iter_deps) && !self.affected(&f.body_deps) {
+                return Ok((o.clone(), Change::None));
+            }
+        }
+        let iterable = eval_value(self.env, &f.iter, scope)?;
+        let mut items: Vec<Value> = Vec::new();
+        if !iterable.is_undefined() && !iterable.is_none() {
+            let it = iterable.try_iter().map_err(|e| {
+                Error::located(
+                    e,
+                    &f.iter.origin.name,
+                    &f.iter.origin.source,
+                    f.iter.line as usize,
+                )
+            })?;
+            for v in it {
+                if let Some(filter) = &f.filter {
+                    let s = bind_target(scope, &f.target, f.unpack, v.clone())?;
+                    if !eval_value(self.env, filter, &s)?.is_true() {
+                        continue;
+                    }
+                }
+                items.push(v);
+            }
+        }
+        let keys = item_keys(f, &items);
+        let len = items.len();
+        let body_all = self.force || self.affected(&f.body_deps);
+        let meta = f.loop_flags & LOOP_META != 0;
+        let neighbors = f.loop_flags & LOOP_NEIGHBORS != 0;
+        let old_index: HashMap<&str, usize> = old
+            .map(|o| {
+                o.items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, it)| (&*it.key, i))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut new_items = Vec::with_capacity(len);
+        let mut updates: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, (value, key)) in items.iter().zip(keys).enumerate() {
+            let prev = old_index.get(&*key).map(|&j| &old.expect("old").items[j]);
+            if let Some(p) = prev {
+                let reuse = !body_all
+                    && !neighbors
+                    && diff::same(&p.value, value)
+                    && (!meta || (p.index as usize == i && p.len as usize == len));
+                if reuse {
+                    new_items.push(ItemOut {
+                        index: i as u32,
+                        len: len as u32,
+                        ..p.clone()
+                    });
+                    continue;
+                }
+            }
+            let s = bind_target(scope, &f.target, f.unpack, value.clone())?;
+            let lo = LoopObj {
+                index0: i,
+                len,
+                prev: i.checked_sub(1).map(|j| items[j].clone()),
+                next: items.get(i + 1).cloned(),
+            };
+            let s = s.bind("loop", Value::from_object(lo));
+            let saved = self.force;
+            self.force = true;
+            let r = self.body(&f.body, &s, prev.map(|p| &p.body));
+            self.force = saved;
+            let (body, dirty) = r?;
+            if prev.is_some() && !dirty.is_empty() {
+                updates.push((i, dirty));
+            }
+            new_items.push(ItemOut {
+                key,
+                value: value.clone(),
+                index: i as u32,
+                len: len as u32,
+                body,
+            });
+        }
+        let empty = if len == 0
+            && !(f.else_body.ops.is_empty() && f.else_body.statics.parts[0].is_empty())
+        {
+            let prev = old.and_then(|o| o.empty.as_ref());
+            let saved = self.force;
+            self.force = true;
+            let r = self.body(&f.else_body, scope, prev);
+            self.force = saved;
+            Some(r?.0)
+        } else {
+            None
+        };
+        let list = Arc::new(ListOut {
+            anchor: f.anchor.clone(),
+            items: new_items,
+            empty,
+        });
+        let Some(old) = old else {
+            return Ok((list, Change::None));
+        };
+        let old_keys: Vec<&str> = old.items.iter().map(|i| &*i.key).collect();
+        let new_keys: Vec<&str> = list.items.iter().map(|i| &*i.key).collect();
+        let empty_changed = match (&old.empty, &list.empty) {
+            (None, None) => false,
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            _ => true,
+        };
+        if updates.is_empty() && old_keys == new_keys && !empty_changed {
+            let same_bodies = old
+                .items
+                .iter()
+                .zip(&list.items)
+                .all(|(a, b)| Arc::ptr_eq(&a.body, &b.body));
+            if same_bodies {
+                return Ok((list, Change::None));
+            }
+        }
+        let Some(anchor) = f.anchor.clone() else {
+            return Ok((list, Change::Dirty));
+        };
+        if empty_changed {
+            self.ops.push(PatchOp::List {
+                id: anchor,
+                list: list.clone(),
+            });
+            return Ok((list, Change::Emitted));
+        }
+        let key = |i: usize| list.items[i].key.clone();
+        for step in diff::list_steps(&old_keys, &new_keys) {
+            self.ops.push(match step {
+                diff::ListStep::Remove(i) => PatchOp::Remove {
+                    list: anchor.clone(),
+                    key: old.items[i].key.clone(),
+                },
+                diff::ListStep::Insert { index, after } => PatchOp::Insert {
+                    list: anchor.clone(),
+                    key: key(index),
+                    after: after.map(key),
+                    body: list.items[index].body.clone(),
+                },
+                diff::ListStep::Move { index, after } => PatchOp::Move {
+                    list: anchor.clone(),
+                    key: key(index),
+                    after: after.map(key),
+                },
+            });
+        }
+        for (i, slots) in updates {
+            self.ops.push(PatchOp::Slots {
+                id: format!("{anchor}:{}", list.items[i].key),
+                body: list.items[i].body.clone(),
+                slots,
+            });
+        }
+        Ok((list, Change::Emitted))
+    }
+}
+
+fn bind_target(scope: &Scope, names: &[Box<str>], unpack: bool, value: Value) -> Result<Scope> {
+    if !unpack {
+        return Ok(scope.bind(&names[0], value));
+    }
+    let parts: Vec<Value> = value.try_iter().map_err(Error::from_template)?.collect();
+    if parts.len() != names.len() {
+        return Err(Error::new(
+            ErrorKind::Template,
+            format!(
+                "cannot unpack {} values into {} names",
+                parts.len(),
+                names.len()
+            ),
+        ));
+    }
+    let mut s = scope.clone();
+    for (n, v) in names.iter().zip(parts) {
+        s = s.bind(n, v);
+    }
+    Ok(s)
+}
+
+/// Keys for a loop's items: the `keyed` attribute, else `id`, else the
+/// position; made safe for comment markers and unique.
+fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let attr = f.key.as_deref().unwrap_or("id");
+            let k = if v.kind() == ValueKind::Map {
+                v.get_attr(attr)
+                    .ok()
+                    .filter(|k| !k.is_undefined() && !k.is_none())
+            } else {
+                None
+            };
+            let mut key = match k {
+                Some(k) => encode_key(&k.to_string()),
+                None => format!("{i}"),
+            };
+            let n = seen.entry(key.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                key = format!("{key}~{n}");
+            }
+            Arc::from(key)
+        })
+        .collect()
+}
+
+fn encode_key(k: &str) -> String {
+    let mut out = String::with_capacity(k.len());
+    for b in k.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,170 @@
+//! The rendered tree: what a page looks like now, kept per page so the next
+//! render can be compared against it, and written out as HTML or wire JSON.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use minijinja::value::Value;
+
+use super::compile::Statics;
+
+/// One rendered body: its statics and a value per slot.
+#[derive(Debug, Clone)]
+pub(crate) struct BodyOut {
+    pub statics: Arc<Statics>,
+    pub slots: Vec<SlotOut>,
+    /// Values bound by the body's `set`s, in order (not output).
+    pub sets: Vec<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum SlotOut {
+    Text(Box<str>),
+    Branch { index: u16, body: Arc<BodyOut> },
+    Sub(Arc<BodyOut>),
+    List(Arc<ListOut>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ListOut {
+    pub anchor: Option<Arc<str>>,
+    pub items: Vec<ItemOut>,
+    /// The `else` body, rendered when there are no items.
+    pub empty: Option<Arc<BodyOut>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ItemOut {
+    pub key: Arc<str>,
+    pub value: Value,
+    pub index: u32,
+    pub len: u32,
+    pub body: Arc<BodyOut>,
+}
+
+pub(crate) fn item_marker(list: &str, key: &str) -> String {
+    format!("<!--[{list}:{key}-->")
+}
+
+pub(crate) const CLOSE: &str = "<!--]-->";
+
+pub(crate) fn write_body(b: &BodyOut, out: &mut String) {
+    out.push_str(&b.statics.parts[0]);
+    for (i, slot) in b.slots.iter().enumerate() {
+        write_slot(slot, out);
+        out.push_str(&b.statics.parts[i + 1]);
+    }
+}
+
+pub(crate) fn write_slot(slot: &SlotOut, out: &mut String) {
+    match slot {
+        SlotOut::Text(t) => out.push_str(t),
+        SlotOut::Branch { body, .. } | SlotOut::Sub(body) => write_body(body, out),
+        SlotOut::List(l) => write_list(l, out),
+    }
+}
+
+pub(crate) fn write_list(l: &ListOut, out: &mut String) {
+    if let Some(e) = &l.empty {
+        write_body(e, out);
+    }
+    for item in &l.items {
+        if let Some(a) = &l.anchor {
+            out.push_str(&item_marker(a, &item.key));
+            write_body(&item.body, out);
+            out.push_str(CLOSE);
+        } else {
+            write_body(&item.body, out);
+        }
+    }
+}
+
+/// Encodes bodies as wire JSON, collecting the statics the client lacks.
+pub(crate) struct WireWriter<'a> {
+    pub sent: &'a mut HashSet<u32>,
+    pub new_statics: Vec<Arc<Statics>>,
+}
+
+impl WireWriter<'_> {
+    pub(crate) fn body(&mut self, b: &BodyOut, out: &mut String) {
+        if self.sent.insert(b.statics.sid) {
+            self.new_statics.push(b.statics.clone());
+        }
+        out.push('[');
+        out.push_str(&b.statics.sid.to_string());
+        for s in &b.slots {
+            out.push(',');
+            self.slot(s, out);
+        }
+        out.push(']');
+    }
+
+    pub(crate) fn slot(&mut self, s: &SlotOut, out: &mut String) {
+        match s {
+            SlotOut::Text(t) => json_str(t, out),
+            SlotOut::Branch { body, .. } | SlotOut::Sub(body) => self.body(body, out),
+            SlotOut::List(l) => self.list(l, out),
+        }
+    }
+
+    pub(crate) fn list(&mut self, l: &ListOut, out: &mut String) {
+        out.push('{');
+        if let Some(e) = &l.empty {
+            out.push_str("\"e\":");
+            self.body(e, out);
+        } else {
+            out.push_str("\"k\":[");
+            for (i, it) in l.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_str(&it.key, out);
+            }
+            out.push_str("],\"b\":[");
+            for (i, it) in l.items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                self.body(&it.body, out);
+            }
+            out.push(']');
+        }
+        out.push('}');
+    }
+
+    /// The statics table entries for statics first used in this frame.
+    pub(crate) fn statics_json(&self, out: &mut String) {
+        out.push('{');
+        for (i, s) in self.new_statics.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(&s.sid.to_string());
+            out.push_str("\":[[");
+            for (j, p) in s.parts.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                json_str(p, out);
+            }
+            out.push_str("],[");
+            for (j, a) in s.anchors.iter().enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                match a {
+                    Some(a) => json_str(a, out),
+                    None => out.push('0'),
+                }
+            }
+            out.push_str("]]");
+        }
+        out.push('}');
+    }
+}
+
+pub(crate) fn json_str(s: &str, out: &mut String) {
+    // serde_json's string escaping, without an intermediate allocation per call.
+    out.push_str(&serde_json::to_string(s).expect("strings serialize"));
+}

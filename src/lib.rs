@@ -1,0 +1,76 @@
+//! # statetemplate
+//!
+//! Live server-rendered pages from plain [minijinja] templates. A page is
+//! rendered once with full HTML; when its data changes, statetemplate diffs the
+//! data, re-renders only the fragments that read what changed, and emits the
+//! smallest set of operations that turns what the browser holds into the new
+//! page.
+//!
+//! This release contains the **fragment engine**: pure and synchronous, no
+//! tokio, no sessions, no I/O. Sessions, tokens, stores and the WebSocket
+//! transport build on it.
+//!
+//! ```
+//! use minijinja::Environment;
+//! use serde_json::json;
+//! use statetemplate::FragmentEngine;
+//!
+//! let mut env = Environment::new();
+//! env.add_template("todos.html", r#"<h1>{{ title }}</h1>
+//! <ul>{% for t in todos %}<li>{{ t.text }}</li>{% endfor %}</ul>"#).unwrap();
+//! let engine = FragmentEngine::new(env);
+//!
+//! let mut page = engine.render("todos.html", &json!({
+//!     "title": "Todo",
+//!     "todos": [{"id": 1, "text": "milk"}],
+//! })).unwrap();
+//! let html = page.html(); // annotated with comment anchors; send it as the page
+//!
+//! let patch = page.update(&json!({
+//!     "title": "Todo",
+//!     "todos": [{"id": 1, "text": "milk"}, {"id": 2, "text": "eggs"}],
+//! })).unwrap();
+//! // One insert of one row: the title and the first row are not re-rendered.
+//! let updates = patch.updates();
+//! assert_eq!(updates.len(), 1);
+//! assert_eq!(updates[0].html, "<li>eggs</li>");
+//!
+//! // The compact wire frame carries the row's statics once and its values.
+//! let frame = page.encode(&patch).unwrap();
+//! assert!(frame.contains("\"eggs\""));
+//!
+//! // Applying the updates to the old page gives exactly a fresh render.
+//! let applied = statetemplate::apply::apply_updates(&html, &updates).unwrap();
+//! assert_eq!(applied, page.html());
+//! ```
+//!
+//! ## How fragments are found
+//!
+//! Nothing in the template needs annotating. The engine walks minijinja's
+//! syntax tree: static text is kept once per template; every `{{ … }}`, `if`
+//! and `for` is a dynamic slot. Loops over items with an `id` (or the key
+//! named with the `keyed` filter: `{% for r in rows|keyed("slug") %}`) give
+//! per-item insert, remove, move and update operations. Each slot knows which
+//! data paths it reads, so a render re-evaluates only the slots whose inputs
+//! changed; identical data costs one data comparison and emits nothing.
+//! `{% block name %}` names a fragment explicitly (its id is the block name).
+//!
+//! Anchors are HTML comments (`<!--[ID-->` … `<!--]-->`), placed only where a
+//! comment is valid and the fragment is balanced, so tables, lists, `select`
+//! and SVG keep their structure. See `docs/architecture.md` for the model and
+//! its limits, and `docs/protocol.md` for the wire format.
+//!
+//! ## Errors
+//!
+//! One [`Error`] type. Template errors keep the user's template name, line and
+//! a source excerpt (`{:#}` prints it). A failed render changes nothing.
+#![deny(missing_docs)]
+
+pub mod apply;
+mod error;
+mod fragment;
+pub mod protocol;
+
+pub use error::{Error, ErrorKind, Result};
+pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
+pub use protocol::{Action, Update};
