@@ -459,3 +459,36 @@ fn find_slot<'a>(
     }
     None
 }
+
+/// Removes statetemplate's comment anchors from annotated HTML, giving what a
+/// plain minijinja render of the same template and data gives.
+pub fn strip_anchors(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(p) = rest.find("<!--") {
+        out.push_str(&rest[..p]);
+        let tail = &rest[p..];
+        if tail.starts_with(CLOSE) {
+            rest = &tail[CLOSE.len()..];
+        } else if tail.starts_with("<!--[") {
+            match tail.find("-->") {
+                Some(e) if is_anchor_id(&tail[5..e]) => rest = &tail[e + 3..],
+                _ => {
+                    out.push_str("<!--");
+                    rest = &tail[4..];
+                }
+            }
+        } else {
+            out.push_str("<!--");
+            rest = &tail[4..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn is_anchor_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'%' | b'~'))
+}

@@ -164,8 +164,141 @@ pub(crate) struct Counters {
     pub synth: AtomicU64,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    VarStart,
+    VarEnd,
+    BlockStart,
+    BlockEnd,
+    Ident(String),
+    Open,
+    Close,
+    Comma,
+    Assign,
+    Other,
+}
+
+/// The tokens of a template with their byte ranges. minijinja's expression
+/// spans are not exact (they may start at `{{` or inside a filter chain), but
+/// statement spans and token spans are: expression text is cut by tokens.
+struct Tokens(Vec<(Tok, u32, u32)>);
+
+impl Tokens {
+    fn new(source: &str, syntax: minijinja::syntax::SyntaxConfig) -> Tokens {
+        use minijinja::machinery::{Token, tokenize};
+        let mut v = Vec::new();
+        for t in tokenize(source, false, syntax) {
+            let Ok((t, sp)) = t else { break };
+            let k = match t {
+                Token::VariableStart => Tok::VarStart,
+                Token::VariableEnd => Tok::VarEnd,
+                Token::BlockStart => Tok::BlockStart,
+                Token::BlockEnd => Tok::BlockEnd,
+                Token::Ident(i) => Tok::Ident(i.to_owned()),
+                Token::ParenOpen | Token::BracketOpen | Token::BraceOpen => Tok::Open,
+                Token::ParenClose | Token::BracketClose | Token::BraceClose => Tok::Close,
+                Token::Comma => Tok::Comma,
+                Token::Assign => Tok::Assign,
+                _ => Tok::Other,
+            };
+            v.push((k, sp.start_offset, sp.end_offset));
+        }
+        Tokens(v)
+    }
+
+    /// Index of the last `start` token at or before `offset`.
+    fn opening(&self, start: &Tok, offset: u32) -> Option<usize> {
+        self.0
+            .iter()
+            .rposition(|(t, s, _)| t == start && *s <= offset)
+    }
+
+    /// The text of the `{{ … }}` that contains `offset`.
+    fn emit_expr<'s>(&self, source: &'s str, offset: u32) -> Option<&'s str> {
+        let i = self.opening(&Tok::VarStart, offset)?;
+        let end = self.0[i..].iter().find(|(t, _, _)| *t == Tok::VarEnd)?;
+        Some(source[self.0[i].2 as usize..end.1 as usize].trim())
+    }
+
+    /// The tokens of the `{% … %}` that contains `offset`, the keyword first
+    /// and the closing `%}` last.
+    fn block(&self, offset: u32) -> Option<&[(Tok, u32, u32)]> {
+        let i = self.opening(&Tok::BlockStart, offset)?;
+        let n = self.0[i..]
+            .iter()
+            .position(|(t, _, _)| *t == Tok::BlockEnd)?;
+        Some(&self.0[i + 1..i + n + 1])
+    }
+}
+
+/// Source text between token `a`'s end and token `b`'s start.
+fn between<'s>(source: &'s str, toks: &[(Tok, u32, u32)], a: usize, b: usize) -> &'s str {
+    source[toks[a].2 as usize..toks[b].1 as usize].trim()
+}
+
+/// `if`/`elif` condition text.
+fn cond_text<'s>(source: &'s str, tokens: &Tokens, offset: u32) -> Option<&'s str> {
+    let b = tokens.block(offset)?;
+    Some(between(source, b, 0, b.len() - 1))
+}
+
+/// `for` loop iterable and filter texts.
+fn for_texts<'s>(
+    source: &'s str,
+    tokens: &Tokens,
+    offset: u32,
+) -> Option<(&'s str, Option<&'s str>)> {
+    let b = tokens.block(offset)?;
+    let mut depth = 0i32;
+    let (mut in_at, mut if_at, mut end_at) = (None, None, b.len() - 1);
+    for (i, (t, _, _)) in b.iter().enumerate() {
+        match t {
+            Tok::Open => depth += 1,
+            Tok::Close => depth -= 1,
+            Tok::Ident(w) if depth == 0 => match w.as_str() {
+                "in" if in_at.is_none() => in_at = Some(i),
+                "if" if in_at.is_some() && if_at.is_none() => if_at = Some(i),
+                "recursive" if in_at.is_some() => end_at = i,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    let in_at = in_at?;
+    Some(match if_at {
+        Some(f) => (
+            between(source, b, in_at, f),
+            Some(between(source, b, f, end_at)),
+        ),
+        None => (between(source, b, in_at, end_at), None),
+    })
+}
+
+/// `with` assignment value texts, in order.
+fn with_texts<'s>(source: &'s str, tokens: &Tokens, offset: u32) -> Option<Vec<&'s str>> {
+    let b = tokens.block(offset)?;
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut value_from: Option<usize> = None;
+    for (i, (t, _, _)) in b.iter().enumerate().skip(1) {
+        match t {
+            Tok::Open => depth += 1,
+            Tok::Close => depth -= 1,
+            Tok::Assign if depth == 0 && value_from.is_none() => value_from = Some(i),
+            Tok::Comma | Tok::BlockEnd if depth == 0 => {
+                if let Some(v) = value_from.take() {
+                    out.push(between(source, b, v, i));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
 /// A template source with what its bodies need from it.
 struct Src {
+    tokens: Tokens,
     origin: Arc<Origin>,
     prelude: String,
     prelude_names: HashSet<String>,
@@ -272,6 +405,7 @@ impl<'e> Compiler<'e> {
             collect_import_vars(&ast, self.env, &mut prelude_vars);
         }
         Ok(Arc::new(Src {
+            tokens: Tokens::new(&source, self.env.syntax().clone()),
             origin,
             prelude,
             prelude_names: names,
@@ -476,7 +610,12 @@ impl<'e> Compiler<'e> {
                             (anchorable && ok).then(|| self.node_id().to_string()),
                         )
                     } else {
-                        let piece = slice(&source, e.expr.span());
+                        let piece = src
+                            .tokens
+                            .emit_expr(&source, e.span().start_offset)
+                            .ok_or_else(|| {
+                                unsupported("this expression", &src.origin, e.span().start_line)
+                            })?;
                         let text = format!("{{{{ {piece} }}}}");
                         let vars = self.vars_of(&text)?;
                         let deps = self.classify(&vars, src);
@@ -490,12 +629,14 @@ impl<'e> Compiler<'e> {
                 Stmt::IfCond(i) => {
                     let mut conds = Vec::new();
                     let mut branches = Vec::new();
-                    let mut cur: &ast::IfCond<'_> = i;
+                    let mut cur: &ast::Spanned<ast::IfCond<'_>> = i;
                     let mut balanced = true;
                     loop {
-                        let piece = slice(&source, cur.expr.span());
-                        let (synth, d) =
-                            self.value_synth(src, &piece, cur.expr.span().start_line)?;
+                        let piece = cond_text(&source, &src.tokens, cur.span().start_offset)
+                            .ok_or_else(|| {
+                                unsupported("this condition", &src.origin, cur.span().start_line)
+                            })?;
+                        let (synth, d) = self.value_synth(src, piece, cur.span().start_line)?;
                         conds.push((synth, d));
                         let (b, c2, d2) = self.body(&cur.true_body, cx, ctx)?;
                         balanced &= c2 == ctx && d2 == 0;
@@ -569,12 +710,16 @@ impl<'e> Compiler<'e> {
                     let mut with = Vec::new();
                     let mark = self.scope.len();
                     let mut pending = Vec::new();
-                    for (target, expr) in &w.assignments {
+                    let texts = with_texts(&source, &src.tokens, w.span().start_offset)
+                        .filter(|t| t.len() == w.assignments.len())
+                        .ok_or_else(|| {
+                            unsupported("this `with`", &src.origin, w.span().start_line)
+                        })?;
+                    for ((target, _), piece) in w.assignments.iter().zip(texts) {
                         let names = target_names(target).ok_or_else(|| {
                             unsupported("this `with` target", &src.origin, w.span().start_line)
                         })?;
-                        let piece = slice(&source, expr.span());
-                        let (synth, d) = self.value_synth(src, &piece, expr.span().start_line)?;
+                        let (synth, d) = self.value_synth(src, piece, w.span().start_line)?;
                         for n in &names {
                             pending.push((n.to_string(), Local::Set(d.clone())));
                         }
@@ -755,18 +900,16 @@ impl<'e> Compiler<'e> {
             },
             _ => None,
         };
-        let iter_piece = slice(&source, f.iter.span());
-        let (iter, iter_deps) = self.value_synth(src, &iter_piece, f.iter.span().start_line)?;
+        let (iter_piece, filter_piece) = for_texts(&source, &src.tokens, f.span().start_offset)
+            .ok_or_else(|| unsupported("this loop", &src.origin, f.span().start_line))?;
+        let (iter, iter_deps) = self.value_synth(src, iter_piece, f.span().start_line)?;
         let mark = self.scope.len();
         for t in &target {
             self.scope.push((t.to_string(), Local::LoopVar));
         }
         self.scope.push(("loop".into(), Local::LoopObj(id)));
-        let filter = match &f.filter_expr {
-            Some(e) => {
-                let piece = slice(&source, e.span());
-                Some(self.value_synth(src, &piece, e.span().start_line)?)
-            }
+        let filter = match filter_piece {
+            Some(piece) => Some(self.value_synth(src, piece, f.span().start_line)?),
             None => None,
         };
         let item_cx = BodyCx {
