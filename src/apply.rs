@@ -468,8 +468,8 @@ pub fn strip_anchors(html: &str) -> String {
     while let Some(p) = rest.find("<!--") {
         out.push_str(&rest[..p]);
         let tail = &rest[p..];
-        if tail.starts_with(CLOSE) {
-            rest = &tail[CLOSE.len()..];
+        if let Some(r) = tail.strip_prefix(CLOSE) {
+            rest = r;
         } else if tail.starts_with("<!--[") {
             match tail.find("-->") {
                 Some(e) if is_anchor_id(&tail[5..e]) => rest = &tail[e + 3..],

@@ -14,8 +14,12 @@ fn engine(src: &'static str) -> FragmentEngine {
 
 #[test]
 fn render_error_keeps_template_line_and_excerpt() {
-    let e = engine("<h1>{{ title }}</h1>\n<ul>\n{% for x in xs %}<li>{{ x.name + 1 }}</li>{% endfor %}\n</ul>");
-    let err = e.render("page.html", &json!({"title": "t", "xs": [{"name": "a"}]})).unwrap_err();
+    let e = engine(
+        "<h1>{{ title }}</h1>\n<ul>\n{% for x in xs %}<li>{{ x.name + 1 }}</li>{% endfor %}\n</ul>",
+    );
+    let err = e
+        .render("page.html", &json!({"title": "t", "xs": [{"name": "a"}]}))
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Template);
     assert_eq!(err.template_name(), Some("page.html"));
     assert_eq!(err.line(), Some(3));
@@ -37,7 +41,9 @@ fn syntax_error_keeps_minijinja_location() {
 #[test]
 fn failed_update_changes_nothing() {
     let e = engine("<p>{{ a }}</p><ul>{% for x in xs %}<li>{{ x.v + 1 }}</li>{% endfor %}</ul>");
-    let mut page = e.render("page.html", &json!({"a": 1, "xs": [{"id": 1, "v": 1}]})).unwrap();
+    let mut page = e
+        .render("page.html", &json!({"a": 1, "xs": [{"id": 1, "v": 1}]}))
+        .unwrap();
     let before = page.html();
     // `"s" + 1` fails in the second row; the first change (a) must not stick.
     let err = page.update(&json!({"a": 2, "xs": [{"id": 1, "v": 1}, {"id": 2, "v": "s"}]}));
@@ -45,9 +51,15 @@ fn failed_update_changes_nothing() {
     assert_eq!(page.html(), before);
     assert_eq!(page.seq(), 0);
     // And the page still works, diffing against its last good state.
-    let patch = page.update(&json!({"a": 2, "xs": [{"id": 1, "v": 1}]})).unwrap();
+    let patch = page
+        .update(&json!({"a": 2, "xs": [{"id": 1, "v": 1}]}))
+        .unwrap();
     assert_eq!(patch.len(), 1);
-    assert_eq!(page.html(), e.render_html("page.html", &json!({"a": 2, "xs": [{"id": 1, "v": 1}]})).unwrap());
+    assert_eq!(
+        page.html(),
+        e.render_html("page.html", &json!({"a": 2, "xs": [{"id": 1, "v": 1}]}))
+            .unwrap()
+    );
 }
 
 #[test]
@@ -76,7 +88,9 @@ fn statics_are_sent_once() {
     let p1 = page.update(&json!({"xs": [{"id": 1, "v": "a"}]})).unwrap();
     let f1 = page.encode(&p1).unwrap();
     assert!(f1.contains("class=\\\"row\\\""), "{f1}");
-    let p2 = page.update(&json!({"xs": [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]})).unwrap();
+    let p2 = page
+        .update(&json!({"xs": [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]}))
+        .unwrap();
     let f2 = page.encode(&p2).unwrap();
     assert!(!f2.contains("row"), "statics re-sent: {f2}");
     assert!(f2.contains("\"b\""));

@@ -18,7 +18,10 @@ fn cases() -> &'static Vec<(common::Case, FragmentEngine)> {
     static CASES: OnceLock<Vec<(common::Case, FragmentEngine)>> = OnceLock::new();
     CASES.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         files
             .iter()
@@ -77,12 +80,22 @@ fn mutate(v: &mut Json, r: &mut impl FnMut() -> u64, fresh_id: &mut u64) {
         }
         Json::Bool(b) => *b = !*b,
         Json::Number(x) => {
-            let choices = [json!(0), json!(1), json!(7), json!(42), json!(150), json!(-3), json!(2.5)];
+            let choices = [
+                json!(0),
+                json!(1),
+                json!(7),
+                json!(42),
+                json!(150),
+                json!(-3),
+                json!(2.5),
+            ];
             let _ = x;
             *v = choices[(r() as usize) % choices.len()].clone();
         }
         Json::String(s) => {
-            let choices = ["", "a", "b & c", "<i>x</i>", "\"q\"", "r", "ünï", "admin", "user"];
+            let choices = [
+                "", "a", "b & c", "<i>x</i>", "\"q\"", "r", "ünï", "admin", "user",
+            ];
             let c = choices[(r() as usize) % choices.len()];
             *s = c.to_owned();
         }
@@ -92,7 +105,11 @@ fn mutate(v: &mut Json, r: &mut impl FnMut() -> u64, fresh_id: &mut u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
     #[test]
     fn random_sequences_converge(case_ix in 0usize..64, seed in any::<u64>(), len in 1usize..6, start in 0usize..8) {
         let all = cases();

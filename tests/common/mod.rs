@@ -1,5 +1,5 @@
 //! The oracle harness shared by the corpus snapshots and the property tests.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::fmt::Write;
 use std::path::Path;
