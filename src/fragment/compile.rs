@@ -660,40 +660,25 @@ impl<'e> Compiler<'e> {
                     if f.recursive {
                         self.opaque(stmt, src, anchorable)?
                     } else {
-                        let (node, balanced) = self.for_loop(f, cx, ctx, anchorable)?;
+                        let node = self.for_loop(f, cx, ctx, anchorable)?;
                         let a = node.anchor.as_ref().map(|a| a.to_string());
-                        let _ = balanced;
                         (Op::For(Box::new(node)), a)
                     }
                 }
-                Stmt::Set(s) => {
-                    let names = target_names(&s.target).ok_or_else(|| {
-                        unsupported("`set` on an attribute", &src.origin, s.span().start_line)
+                Stmt::Set(_) | Stmt::SetBlock(_) => {
+                    let target = match stmt {
+                        Stmt::Set(s) => &s.target,
+                        Stmt::SetBlock(s) => &s.target,
+                        _ => unreachable!(),
+                    };
+                    let span = stmt_span(stmt);
+                    let names = target_names(target).ok_or_else(|| {
+                        unsupported("`set` on an attribute", &src.origin, span.start_line)
                     })?;
-                    let piece = format!("{{% {} %}}", slice(&source, s.span()));
+                    let piece = format!("{{% {} %}}", slice(&source, span));
                     let vars = self.vars_of(&piece)?;
                     let d = self.classify(&vars, src);
-                    let synth = self.synth_for(src, piece, &vars, s.span().start_line);
-                    for n in &names {
-                        self.scope.push((n.to_string(), Local::Set(d.clone())));
-                    }
-                    (
-                        Op::Set {
-                            names,
-                            synth,
-                            deps: d,
-                        },
-                        None,
-                    )
-                }
-                Stmt::SetBlock(s) => {
-                    let names = target_names(&s.target).ok_or_else(|| {
-                        unsupported("`set` on an attribute", &src.origin, s.span().start_line)
-                    })?;
-                    let piece = format!("{{% {} %}}", slice(&source, s.span()));
-                    let vars = self.vars_of(&piece)?;
-                    let d = self.classify(&vars, src);
-                    let synth = self.synth_for(src, piece, &vars, s.span().start_line);
+                    let synth = self.synth_for(src, piece, &vars, span.start_line);
                     for n in &names {
                         self.scope.push((n.to_string(), Local::Set(d.clone())));
                     }
@@ -880,7 +865,7 @@ impl<'e> Compiler<'e> {
         cx: &BodyCx<'_>,
         ctx: Ctx,
         anchorable: bool,
-    ) -> Result<(ForNode, bool)> {
+    ) -> Result<ForNode> {
         let src = cx.src;
         let source = src.origin.source.clone();
         let id = self.node_id();
@@ -931,22 +916,19 @@ impl<'e> Compiler<'e> {
             body_deps.merge(&d);
             s
         });
-        Ok((
-            ForNode {
-                target,
-                unpack,
-                iter,
-                iter_deps,
-                filter,
-                key,
-                body,
-                else_body,
-                body_deps,
-                loop_flags,
-                anchor: (anchorable && balanced).then(|| id.to_string().into()),
-            },
-            balanced,
-        ))
+        Ok(ForNode {
+            target,
+            unpack,
+            iter,
+            iter_deps,
+            filter,
+            key,
+            body,
+            else_body,
+            body_deps,
+            loop_flags,
+            anchor: (anchorable && balanced).then(|| id.to_string().into()),
+        })
     }
 }
 
