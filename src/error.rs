@@ -16,6 +16,16 @@ pub enum ErrorKind {
     Unsupported,
     /// A wire frame or update could not be decoded or applied.
     Protocol,
+    /// A session could not be opened: the token is not authentic, has
+    /// expired, names another session, or the session is gone. Every such
+    /// failure gives the same error, so it tells an attacker nothing.
+    InvalidSession,
+    /// The session was closed, expired or evicted; it renders no more.
+    SessionClosed,
+    /// The session store failed (I/O, serialization, a backend error).
+    Store,
+    /// The configuration is invalid (a malformed key, a bad option).
+    Config,
 }
 
 /// The crate's error: a kind, a message and, for template errors, the
@@ -32,7 +42,8 @@ struct Repr {
     template: Option<String>,
     line: Option<usize>,
     excerpt: Option<String>,
-    source: Option<minijinja::Error>,
+    minijinja: Option<minijinja::Error>,
+    other: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
@@ -44,7 +55,8 @@ impl Error {
                 template: None,
                 line: None,
                 excerpt: None,
-                source: None,
+                minijinja: None,
+                other: None,
             }),
         }
     }
@@ -57,7 +69,7 @@ impl Error {
         e.repr.line = err.line();
         let info = err.display_debug_info().to_string();
         e.repr.excerpt = (!info.is_empty()).then_some(info);
-        e.repr.source = Some(err);
+        e.repr.minijinja = Some(err);
         e
     }
 
@@ -74,8 +86,32 @@ impl Error {
         e.repr.template = Some(template.to_owned());
         e.repr.line = Some(line);
         e.repr.excerpt = Some(excerpt(source, line));
-        e.repr.source = Some(err);
+        e.repr.minijinja = Some(err);
         e
+    }
+
+    /// An error of `kind` caused by another error (kept as the source).
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        let mut e = Error::new(kind, message);
+        e.repr.other = Some(source.into());
+        e
+    }
+
+    /// The one error every failed session lookup or token check gives.
+    pub(crate) fn invalid_session() -> Error {
+        Error::new(ErrorKind::InvalidSession, "invalid or expired session")
+    }
+
+    /// A store backend failure.
+    pub fn store(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        Error::with_source(ErrorKind::Store, message, source)
     }
 
     pub(crate) fn data(err: impl fmt::Display) -> Error {
@@ -132,7 +168,7 @@ impl fmt::Display for Error {
                 if self.repr.kind == ErrorKind::Template
                     && self
                         .repr
-                        .source
+                        .minijinja
                         .as_ref()
                         .is_none_or(|s| s.name() != Some(t.as_str())) =>
             {
@@ -162,10 +198,13 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if let Some(e) = &self.repr.minijinja {
+            return Some(e);
+        }
         self.repr
-            .source
+            .other
             .as_ref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+            .map(|e| e.as_ref() as &(dyn std::error::Error + 'static))
     }
 }
 

@@ -70,7 +70,14 @@ pub mod apply;
 mod error;
 mod fragment;
 pub mod protocol;
+mod session;
+pub mod store;
+pub mod token;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
 pub use protocol::{Action, Update};
+pub use session::{
+    Builder, EvictReason, InitialRender, Rendered, Renderer, Resync, Session, SessionEvent,
+    SessionId, StateTemplate, Subscriber, UpdateReceiver,
+};

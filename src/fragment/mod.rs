@@ -133,7 +133,7 @@ impl FragmentEngine {
     }
 }
 
-fn to_value<S: Serialize + ?Sized>(data: &S) -> Result<Value> {
+pub(crate) fn to_value<S: Serialize + ?Sized>(data: &S) -> Result<Value> {
     let v = Value::from(minijinja::value::Serde(data));
     if v.kind() == ValueKind::Invalid {
         return Err(Error::data(v.to_string()));
@@ -289,7 +289,41 @@ impl Patch {
     }
 }
 
+/// What [`LivePage::checkpoint`] saved: enough to undo one `update`.
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    data: Value,
+    root: Arc<BodyOut>,
+    seq: u64,
+}
+
 impl LivePage {
+    /// The data of the last successful render.
+    pub(crate) fn data(&self) -> &Value {
+        &self.data
+    }
+
+    /// Continues numbering from `seq` (a page restored from a store).
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Saves the state one `update` changes (cheap: reference counts).
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            data: self.data.clone(),
+            root: self.root.clone(),
+            seq: self.seq,
+        }
+    }
+
+    /// Undoes the updates since `cp` (none of them may have been encoded).
+    pub(crate) fn restore(&mut self, cp: Checkpoint) {
+        self.data = cp.data;
+        self.root = cp.root;
+        self.seq = cp.seq;
+    }
+
     /// The annotated HTML of the page as it is now.
     pub fn html(&self) -> String {
         let mut s = String::new();

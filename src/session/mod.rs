@@ -1,0 +1,1075 @@
+//! Sessions: one live page per browser, kept on the server, rendered
+//! incrementally, streamed to every subscriber, expired when idle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use minijinja::{Environment, Value};
+use serde::Serialize;
+use tokio::sync::{broadcast, oneshot};
+use tracing::Instrument;
+
+use crate::fragment::{FragmentEngine, LivePage, Patch, to_value};
+use crate::store::{MemoryStore, SessionRecord, SessionStore};
+use crate::token::{Claims, KeyRing, unix_ms};
+use crate::{Error, ErrorKind, Result, Update};
+
+mod compat;
+mod id;
+mod lru;
+
+pub use compat::{Renderer, UpdateReceiver};
+pub use id::SessionId;
+use lru::Lru;
+
+/// Called with a session's last record when it is evicted or expires.
+type EvictFn = dyn Fn(&SessionRecord, EvictReason) + Send + Sync;
+
+/// Why a session was removed without being closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EvictReason {
+    /// `max_sessions` was reached and this session was the least recently
+    /// used.
+    Capacity,
+    /// The session was idle for longer than the expiration.
+    Expired,
+}
+
+/// The session engine: creates sessions, opens them from tokens, expires
+/// and bounds them. Cheap to clone; clones share everything.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> statetemplate::Result<()> {
+/// use minijinja::Environment;
+/// use serde_json::json;
+/// use statetemplate::{SessionEvent, StateTemplate};
+///
+/// let mut env = Environment::new();
+/// env.add_template("hello.html", "<p>Hello {{ name }}!</p>").unwrap();
+/// let engine = StateTemplate::builder(env).build()?;
+///
+/// // In the page handler: the full HTML, and what the socket needs.
+/// let initial = engine.new_session("hello.html", &json!({"name": "Ada"})).await?;
+///
+/// // In the socket handler: open the session with its token, subscribe.
+/// let session = engine
+///     .get_session(&initial.session_id.to_string(), &initial.token)
+///     .await?;
+/// let mut updates = session.updates();
+///
+/// session.render(&json!({"name": "Grace"})).await?;
+/// match updates.recv().await {
+///     Some(SessionEvent::Patch(p)) => assert_eq!(p.updates()[0].html, "Grace"),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct StateTemplate {
+    inner: Arc<EngineInner>,
+}
+
+impl fmt::Debug for StateTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateTemplate")
+            .field("live_sessions", &self.inner.live.len())
+            .field("store", &self.inner.store)
+            .finish_non_exhaustive()
+    }
+}
+
+struct EngineInner {
+    fragments: FragmentEngine,
+    keys: KeyRing,
+    store: Arc<dyn SessionStore>,
+    live: DashMap<SessionId, Arc<SessionInner>>,
+    lru: Mutex<Lru>,
+    config: Config,
+    clock: Clock,
+    on_evict: Option<Arc<EvictFn>>,
+    shut: AtomicBool,
+    stop_sweeper: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    expiration: Duration,
+    cleanup_interval: Duration,
+    max_sessions: usize,
+    token_ttl: Duration,
+    subscriber_capacity: usize,
+}
+
+/// Wall-clock milliseconds that follow tokio's clock, so that tests with a
+/// paused clock (`tokio::time::advance`) move session time too.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    base_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            base_ms: unix_ms(SystemTime::now()),
+            base: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base_ms + self.base.elapsed().as_millis() as u64
+    }
+}
+
+/// Configures a [`StateTemplate`]. Every option has a default.
+pub struct Builder {
+    env: Environment<'static>,
+    config: Config,
+    keys: Option<KeyRing>,
+    store: Option<Arc<dyn SessionStore>>,
+    on_evict: Option<Arc<EvictFn>>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// How long a session may be idle (no render, no client activity)
+    /// before it expires. Default: 24 hours.
+    pub fn expiration(mut self, idle: Duration) -> Builder {
+        self.config.expiration = idle;
+        self
+    }
+
+    /// How often the background task looks for expired sessions.
+    /// Default: 60 seconds.
+    pub fn cleanup_interval(mut self, every: Duration) -> Builder {
+        self.config.cleanup_interval = every;
+        self
+    }
+
+    /// The most live sessions kept; creating one more evicts the least
+    /// recently used (see [`Builder::on_evict`]). Default: 100,000.
+    pub fn max_sessions(mut self, n: usize) -> Builder {
+        self.config.max_sessions = n;
+        self
+    }
+
+    /// The keys tokens are sealed with. Default: one random key, with a
+    /// warning, since tokens then do not survive a restart.
+    pub fn keys(mut self, keys: KeyRing) -> Builder {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Where session records are kept. Default: a [`MemoryStore`].
+    /// Accepts any store, including an `Arc<dyn SessionStore>`.
+    pub fn store(mut self, store: impl SessionStore) -> Builder {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// How long a token stays valid after it is issued. Default: the
+    /// expiration. [`Session::token`] mints a fresh one.
+    pub fn token_ttl(mut self, ttl: Duration) -> Builder {
+        self.config.token_ttl = ttl;
+        self
+    }
+
+    /// How many updates a subscriber may fall behind before it is sent a
+    /// [`SessionEvent::Resync`] instead. Default: 256.
+    pub fn subscriber_capacity(mut self, n: usize) -> Builder {
+        self.config.subscriber_capacity = n;
+        self
+    }
+
+    /// Called with the session's last record when a session is evicted
+    /// (over `max_sessions`) or expires. Not called for [`Session::close`].
+    /// Runs on the task that evicts: keep it short.
+    pub fn on_evict(
+        mut self,
+        f: impl Fn(&SessionRecord, EvictReason) + Send + Sync + 'static,
+    ) -> Builder {
+        self.on_evict = Some(Arc::new(f));
+        self
+    }
+
+    /// Builds the engine and starts its expiry task on the current tokio
+    /// runtime. The task ends when the last clone of the engine is dropped
+    /// or [`StateTemplate::shutdown`] is called.
+    pub fn build(self) -> Result<StateTemplate> {
+        let c = &self.config;
+        let bad = |m: &str| Err(Error::new(ErrorKind::Config, m));
+        if c.expiration.is_zero() {
+            return bad("expiration must be positive");
+        }
+        if c.cleanup_interval.is_zero() {
+            return bad("cleanup_interval must be positive");
+        }
+        if c.max_sessions == 0 {
+            return bad("max_sessions must be at least 1");
+        }
+        if c.token_ttl.is_zero() {
+            return bad("token_ttl must be positive");
+        }
+        if c.subscriber_capacity == 0 {
+            return bad("subscriber_capacity must be at least 1");
+        }
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::Config,
+                "StateTemplate::build must run inside a tokio runtime (it starts the expiry task)",
+            )
+        })?;
+        let keys = match self.keys {
+            Some(k) => k,
+            None => {
+                tracing::warn!(
+                    "no keys configured: using a random key; tokens will not survive a restart \
+                     (set keys with KeyRing::from_env)"
+                );
+                KeyRing::generate()?
+            }
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let inner = Arc::new(EngineInner {
+            fragments: FragmentEngine::new(self.env),
+            keys,
+            store: self
+                .store
+                .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+            live: DashMap::new(),
+            lru: Mutex::new(Lru::default()),
+            config: self.config,
+            clock: Clock::new(),
+            on_evict: self.on_evict,
+            shut: AtomicBool::new(false),
+            stop_sweeper: Mutex::new(Some(stop_tx)),
+        });
+        handle.spawn(sweeper(
+            Arc::downgrade(&inner),
+            inner.config.cleanup_interval,
+            stop_rx,
+        ));
+        Ok(StateTemplate { inner })
+    }
+}
+
+async fn sweeper(engine: Weak<EngineInner>, every: Duration, mut stop: oneshot::Receiver<()>) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut stop => break,
+        }
+        let Some(engine) = engine.upgrade() else {
+            break;
+        };
+        match engine.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+        }
+    }
+    tracing::debug!("expiry task stopped");
+}
+
+/// What [`StateTemplate::new_session`] returns: everything the page handler
+/// needs. `Debug` hides the token.
+#[derive(Clone, Serialize)]
+pub struct InitialRender {
+    /// The full annotated HTML of the page.
+    pub html: String,
+    /// The session's id (public; it names the session, it does not open it).
+    pub session_id: SessionId,
+    /// The sealed token that opens the session. Give it only to the browser
+    /// the page is for.
+    pub token: String,
+}
+
+impl fmt::Debug for InitialRender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitialRender")
+            .field("html_len", &self.html.len())
+            .field("session_id", &self.session_id)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl StateTemplate {
+    /// Starts configuring an engine over the user's environment (loaders,
+    /// filters, globals and autoescape all apply).
+    pub fn builder(env: Environment<'static>) -> Builder {
+        let day = Duration::from_secs(24 * 3600);
+        Builder {
+            env,
+            config: Config {
+                expiration: day,
+                cleanup_interval: Duration::from_secs(60),
+                max_sessions: 100_000,
+                token_ttl: day,
+                subscriber_capacity: 256,
+            },
+            keys: None,
+            store: None,
+            on_evict: None,
+        }
+    }
+
+    /// The fragment engine underneath (for rendering without a session).
+    pub fn fragments(&self) -> &FragmentEngine {
+        &self.inner.fragments
+    }
+
+    /// The store sessions are kept in.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    /// How many sessions are live in this process.
+    pub fn live_sessions(&self) -> usize {
+        self.inner.live.len()
+    }
+
+    /// Renders `template` with `data` for a new session, stores it, and
+    /// returns the HTML, the session id and a token. May evict the least
+    /// recently used session (see [`Builder::max_sessions`]).
+    pub async fn new_session<S: Serialize + ?Sized>(
+        &self,
+        template: &str,
+        data: &S,
+    ) -> Result<InitialRender> {
+        let e = &self.inner;
+        e.check_running()?;
+        let value = to_value(data)?;
+        let page = e.fragments.render(template, &value)?;
+        let html = page.html();
+        let id = SessionId::generate()?;
+        let now = e.clock.now_ms();
+        let s = Arc::new(SessionInner::new(id, template.into(), page, now, now, 0));
+        let span = tracing::debug_span!("session", sid = %id.short());
+        async {
+            e.store
+                .create(&e.record(&s, &*s.state.lock().await))
+                .await?;
+            s.stored_expiry
+                .store(now + e.expiration_ms(), Ordering::Relaxed);
+            e.insert_live(s.clone()).await;
+            let token = e.mint(id, 0, now)?;
+            tracing::debug!(template, "session created");
+            Ok(InitialRender {
+                html,
+                session_id: id,
+                token,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Opens a session from its id and token (as the browser sends them).
+    /// The token must be authentic, unexpired, of a current key and
+    /// generation, and name this id; the session must be live or in the
+    /// store and not expired. Every failure is the same
+    /// [`ErrorKind::InvalidSession`] error. Counts as activity.
+    pub async fn get_session(&self, session_id: &str, token: &str) -> Result<Session> {
+        let e = &self.inner;
+        e.check_running()?;
+        let now = e.clock.now_ms();
+        let claims = e.keys.open(token, now)?;
+        let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
+        let span = tracing::debug_span!("session", sid = %id.short());
+        async {
+            let s = e.open(&id, &claims, now).await.inspect_err(|_| {
+                tracing::debug!("session refused");
+            })?;
+            let session = Session {
+                inner: s,
+                engine: self.inner.clone(),
+            };
+            session.touch().await?;
+            Ok(session)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A seed-compatible renderer over one default session of `template`
+    /// (see [`Renderer`]).
+    pub fn renderer(&self, template: &str) -> Renderer {
+        Renderer::new(self.clone(), template)
+    }
+
+    /// Removes expired sessions now (the background task does this every
+    /// `cleanup_interval`). Returns how many were removed.
+    pub async fn cleanup(&self) -> Result<usize> {
+        self.inner.sweep().await
+    }
+
+    /// Stops the expiry task and ends every subscriber. Sessions stay in the
+    /// store (a persistent store brings them back after a restart); this
+    /// engine refuses new work afterwards.
+    pub async fn shutdown(&self) {
+        let e = &self.inner;
+        e.shut.store(true, Ordering::SeqCst);
+        if let Some(tx) = e.stop_sweeper.lock().expect("lock").take() {
+            let _ = tx.send(());
+        }
+        let all: Vec<Arc<SessionInner>> = e.live.iter().map(|s| s.value().clone()).collect();
+        for s in all {
+            s.closed.store(true, Ordering::SeqCst);
+            let _guard = s.state.lock().await;
+            s.end_subscribers();
+        }
+        e.live.clear();
+        *e.lru.lock().expect("lock") = Lru::default();
+    }
+
+    /// A session handle without a token check, for in-crate layers that
+    /// created the session themselves.
+    pub(crate) fn session_unchecked(&self, id: &SessionId) -> Option<Session> {
+        let s = self.inner.live.get(id)?.clone();
+        Some(Session {
+            inner: s,
+            engine: self.inner.clone(),
+        })
+    }
+}
+
+impl EngineInner {
+    fn check_running(&self) -> Result<()> {
+        if self.shut.load(Ordering::SeqCst) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the engine has been shut down",
+            ));
+        }
+        Ok(())
+    }
+
+    fn expiration_ms(&self) -> u64 {
+        self.config.expiration.as_millis() as u64
+    }
+
+    fn mint(&self, id: SessionId, generation: u32, now: u64) -> Result<String> {
+        self.keys.seal(&Claims {
+            session: id,
+            issued_ms: now,
+            expires_ms: now + self.config.token_ttl.as_millis() as u64,
+            generation,
+        })
+    }
+
+    fn record(&self, s: &SessionInner, page: &LivePage) -> SessionRecord {
+        let last = s.last_access.load(Ordering::Relaxed);
+        SessionRecord {
+            id: s.id,
+            template: s.template.clone(),
+            data: page.data().clone(),
+            seq: page.seq(),
+            generation: s.generation.load(Ordering::Relaxed),
+            created_ms: s.created_ms,
+            last_access_ms: last,
+            expires_ms: last + self.expiration_ms(),
+        }
+    }
+
+    fn is_idle(&self, s: &SessionInner, now: u64) -> bool {
+        now.saturating_sub(s.last_access.load(Ordering::Relaxed)) >= self.expiration_ms()
+    }
+
+    /// Finds (or restores from the store) the session a token names.
+    async fn open(&self, id: &SessionId, claims: &Claims, now: u64) -> Result<Arc<SessionInner>> {
+        if !claims.names(id) {
+            return Err(Error::invalid_session());
+        }
+        let live = self.live.get(id).map(|s| s.clone());
+        let s = match live {
+            Some(s) => s,
+            None => self.restore(id, now).await?,
+        };
+        if s.closed.load(Ordering::SeqCst)
+            || claims.generation != s.generation.load(Ordering::SeqCst)
+        {
+            return Err(Error::invalid_session());
+        }
+        if self.is_idle(&s, now) {
+            self.remove(&s, Some(EvictReason::Expired)).await;
+            return Err(Error::invalid_session());
+        }
+        Ok(s)
+    }
+
+    /// Brings a session that is in the store but not live here back to
+    /// life by rendering its snapshot.
+    async fn restore(&self, id: &SessionId, now: u64) -> Result<Arc<SessionInner>> {
+        let Some(rec) = self.store.load(id).await? else {
+            return Err(Error::invalid_session());
+        };
+        if rec.expires_ms <= now {
+            let _ = self.store.delete(id).await;
+            return Err(Error::invalid_session());
+        }
+        let mut page = self.fragments.render(&rec.template, &rec.data)?;
+        page.set_seq(rec.seq);
+        let s = Arc::new(SessionInner::new(
+            rec.id,
+            rec.template.clone(),
+            page,
+            rec.created_ms,
+            rec.last_access_ms,
+            rec.generation,
+        ));
+        s.stored_expiry.store(rec.expires_ms, Ordering::Relaxed);
+        // Two openers may race to restore: the first one in wins.
+        let s = match self.live.entry(*id) {
+            dashmap::mapref::entry::Entry::Occupied(o) => return Ok(o.get().clone()),
+            dashmap::mapref::entry::Entry::Vacant(v) => v.insert(s).clone(),
+        };
+        tracing::debug!(seq = rec.seq, "session restored from the store");
+        self.evict_over_capacity(&s).await;
+        Ok(s)
+    }
+
+    async fn insert_live(&self, s: Arc<SessionInner>) {
+        self.live.insert(s.id, s.clone());
+        self.evict_over_capacity(&s).await;
+    }
+
+    async fn evict_over_capacity(&self, newest: &Arc<SessionInner>) {
+        let victims: Vec<SessionId> = {
+            let mut lru = self.lru.lock().expect("lock");
+            lru.bump(newest.id);
+            let mut v = Vec::new();
+            while lru.len() > self.config.max_sessions {
+                match lru.pop_oldest() {
+                    Some(id) => v.push(id),
+                    None => break,
+                }
+            }
+            v
+        };
+        for id in victims {
+            let s = self.live.get(&id).map(|s| s.clone());
+            if let Some(s) = s {
+                tracing::debug!(sid = %id.short(), "session evicted (max_sessions)");
+                self.remove(&s, Some(EvictReason::Capacity)).await;
+            }
+        }
+    }
+
+    /// Ends a session: no more renders, subscribers end, the store forgets
+    /// it. `reason` is set for evictions and expiry (the callback runs).
+    async fn remove(&self, s: &Arc<SessionInner>, reason: Option<EvictReason>) -> bool {
+        if s.closed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        // Wait for a render in flight; none can start after `closed`.
+        let page = s.state.lock().await;
+        let record = reason
+            .and(self.on_evict.as_ref())
+            .map(|_| self.record(s, &page));
+        s.end_subscribers();
+        self.lru.lock().expect("lock").remove(&s.id);
+        drop(page);
+        self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
+        if let Err(e) = self.store.delete(&s.id).await {
+            tracing::warn!(sid = %s.id.short(), error = %e, "store delete failed");
+        }
+        if let (Some(r), Some(cb), Some(why)) = (record, &self.on_evict, reason) {
+            cb(&r, why);
+        }
+        true
+    }
+
+    async fn sweep(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let idle: Vec<Arc<SessionInner>> = self
+            .live
+            .iter()
+            .filter(|s| self.is_idle(s, now))
+            .map(|s| s.value().clone())
+            .collect();
+        let mut removed = 0;
+        for s in idle {
+            if self.remove(&s, Some(EvictReason::Expired)).await {
+                removed += 1;
+            }
+        }
+        // Records the store holds but this process does not serve (left by
+        // a restart, or live here with a store expiry that lags activity).
+        const BATCH: usize = 1000;
+        for _ in 0..1000 {
+            let ids = self.store.list_expired(now, BATCH).await?;
+            let n = ids.len();
+            for id in ids {
+                let live = self.live.get(&id).map(|s| s.clone());
+                match live {
+                    Some(s) if !self.is_idle(&s, now) => {
+                        let last = s.last_access.load(Ordering::Relaxed);
+                        let exp = last + self.expiration_ms();
+                        self.store.touch(&id, last, exp).await?;
+                        s.stored_expiry.store(exp, Ordering::Relaxed);
+                    }
+                    Some(s) => {
+                        if self.remove(&s, Some(EvictReason::Expired)).await {
+                            removed += 1;
+                        }
+                    }
+                    None => {
+                        if self.store.delete(&id).await? {
+                            removed += 1;
+                        }
+                    }
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+struct SessionInner {
+    id: SessionId,
+    template: Arc<str>,
+    created_ms: u64,
+    state: tokio::sync::Mutex<LivePage>,
+    tx: Mutex<Tx>,
+    closed: AtomicBool,
+    last_access: AtomicU64,
+    /// The expiry last written to the store (store writes on activity are
+    /// skipped while it is recent enough).
+    stored_expiry: AtomicU64,
+    generation: AtomicU32,
+}
+
+enum Tx {
+    /// Nobody has subscribed yet (no channel allocated).
+    Idle,
+    Open(broadcast::Sender<SessionEvent>),
+    Closed,
+}
+
+impl SessionInner {
+    fn new(
+        id: SessionId,
+        template: Arc<str>,
+        page: LivePage,
+        created_ms: u64,
+        last_access_ms: u64,
+        generation: u32,
+    ) -> SessionInner {
+        SessionInner {
+            id,
+            template,
+            created_ms,
+            state: tokio::sync::Mutex::new(page),
+            tx: Mutex::new(Tx::Idle),
+            closed: AtomicBool::new(false),
+            last_access: AtomicU64::new(last_access_ms),
+            stored_expiry: AtomicU64::new(0),
+            generation: AtomicU32::new(generation),
+        }
+    }
+
+    fn end_subscribers(&self) {
+        *self.tx.lock().expect("lock") = Tx::Closed;
+    }
+
+    /// The sender, if anyone is listening (else the channel is released).
+    fn listening(&self) -> Option<broadcast::Sender<SessionEvent>> {
+        let mut tx = self.tx.lock().expect("lock");
+        match &*tx {
+            Tx::Open(s) if s.receiver_count() > 0 => Some(s.clone()),
+            Tx::Open(_) => {
+                *tx = Tx::Idle;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn subscribe(&self, capacity: usize) -> Option<broadcast::Receiver<SessionEvent>> {
+        let mut tx = self.tx.lock().expect("lock");
+        match &mut *tx {
+            Tx::Closed => None,
+            Tx::Open(s) => Some(s.subscribe()),
+            Tx::Idle => {
+                let (s, r) = broadcast::channel(capacity);
+                *tx = Tx::Open(s);
+                Some(r)
+            }
+        }
+    }
+}
+
+/// A handle on one session. Cheap to clone; all clones act on the same
+/// session, and renders from any of them are applied one at a time.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+    engine: Arc<EngineInner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// Whether the session was closed, expired or evicted.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn closed_error() -> Error {
+        Error::new(
+            ErrorKind::SessionClosed,
+            "the session was closed, expired or evicted",
+        )
+    }
+
+    /// Diffs `data` against the session's last data and sends what changed
+    /// to every subscriber. Renders are applied one at a time in the order
+    /// they are called; none is lost. Returns the session's `seq` after this
+    /// render (unchanged when the data changed nothing).
+    ///
+    /// On error (a template error, data that cannot be rendered, a store
+    /// failure) nothing changes: not the page, not the store, and nothing
+    /// is sent.
+    pub async fn render<S: Serialize + ?Sized>(&self, data: &S) -> Result<u64> {
+        Ok(self.render_patch(data).await?.0)
+    }
+
+    pub(crate) async fn render_patch<S: Serialize + ?Sized>(
+        &self,
+        data: &S,
+    ) -> Result<(u64, Option<Patch>)> {
+        let value = to_value(data)?;
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        self.render_value(value).instrument(span).await
+    }
+
+    async fn render_value(&self, value: Value) -> Result<(u64, Option<Patch>)> {
+        let (s, e) = (&self.inner, &self.engine);
+        let mut page = s.state.lock().await;
+        if s.closed.load(Ordering::SeqCst) {
+            return Err(Session::closed_error());
+        }
+        let now = e.clock.now_ms();
+        let checkpoint = page.checkpoint();
+        let patch = match page.update(&value) {
+            Ok(p) => p,
+            Err(err) => {
+                tracing::debug!(error = %err, "render failed; session unchanged");
+                return Err(err);
+            }
+        };
+        if patch.is_empty() {
+            drop(page);
+            self.touch().await?;
+            return Ok((patch.seq(), None));
+        }
+        let previous_access = s.last_access.swap(now, Ordering::SeqCst);
+        let record = e.record(s, &page);
+        if let Err(err) = e.store.save(&record).await {
+            page.restore(checkpoint);
+            s.last_access.store(previous_access, Ordering::SeqCst);
+            tracing::warn!(error = %err, "store save failed; render undone");
+            return Err(err);
+        }
+        s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
+        e.lru.lock().expect("lock").bump(s.id);
+        let seq = patch.seq();
+        if let Some(tx) = s.listening() {
+            let frame = page.encode(&patch).unwrap_or_default();
+            let _ = tx.send(SessionEvent::Patch(Arc::new(Rendered {
+                seq,
+                timestamp_ms: now,
+                patch: patch.clone(),
+                frame,
+            })));
+        }
+        tracing::trace!(seq, ops = patch.len(), "rendered");
+        Ok((seq, Some(patch)))
+    }
+
+    /// A new subscriber: it receives every render from now on (each tab of
+    /// a browser takes its own). A subscriber that falls more than
+    /// `subscriber_capacity` updates behind gets one
+    /// [`SessionEvent::Resync`] with the whole page instead of what it
+    /// missed; it never slows the renderer or other subscribers. It ends
+    /// (`recv` gives `None`) when the session closes, expires or is evicted.
+    pub fn updates(&self) -> Subscriber {
+        Subscriber {
+            rx: self.inner.subscribe(self.engine.config.subscriber_capacity),
+            session: Arc::downgrade(&self.inner),
+            floor: 0,
+        }
+    }
+
+    /// The page as it is now, and a subscriber that continues exactly after
+    /// it (no update missed, none twice). What a client that holds nothing
+    /// (a new tab, a reconnect) needs; [`Resync::frame`] gives the wire form.
+    pub async fn join(&self) -> Result<(Resync, Subscriber)> {
+        let mut page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let mut sub = self.updates();
+        let resync = snapshot(&mut page);
+        sub.floor = resync.seq;
+        Ok((resync, sub))
+    }
+
+    /// The annotated HTML of the page as it is now.
+    pub async fn html(&self) -> String {
+        self.inner.state.lock().await.html()
+    }
+
+    /// The sequence number of the last render that changed the page.
+    pub async fn seq(&self) -> u64 {
+        self.inner.state.lock().await.seq()
+    }
+
+    /// Records activity (a transport calls this on every client frame): the
+    /// idle clock restarts.
+    pub async fn touch(&self) -> Result<()> {
+        let (s, e) = (&self.inner, &self.engine);
+        if s.closed.load(Ordering::SeqCst) {
+            return Err(Session::closed_error());
+        }
+        let now = e.clock.now_ms();
+        s.last_access.fetch_max(now, Ordering::SeqCst);
+        e.lru.lock().expect("lock").bump(s.id);
+        if s.closed.load(Ordering::SeqCst) {
+            e.lru.lock().expect("lock").remove(&s.id);
+            return Err(Session::closed_error());
+        }
+        // Store writes are skipped while the stored expiry is within 1/64 of
+        // the expiration (at least a second) of the true one; the sweep
+        // checks live sessions before removing them.
+        let exp = now + e.expiration_ms();
+        let slack = (e.expiration_ms() / 64).max(1000);
+        if exp.saturating_sub(s.stored_expiry.load(Ordering::Relaxed)) >= slack {
+            e.store.touch(&s.id, now, exp).await?;
+            s.stored_expiry.store(exp, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A fresh token for this session (for example, to hand a long-lived
+    /// tab a token that outlives the first one).
+    pub fn token(&self) -> Result<String> {
+        let e = &self.engine;
+        e.mint(
+            self.inner.id,
+            self.inner.generation.load(Ordering::SeqCst),
+            e.clock.now_ms(),
+        )
+    }
+
+    /// Revokes every token issued so far for this session and returns a new
+    /// one. Connected subscribers are not affected.
+    pub async fn revoke_tokens(&self) -> Result<String> {
+        let (s, e) = (&self.inner, &self.engine);
+        let page = s.state.lock().await;
+        if s.closed.load(Ordering::SeqCst) {
+            return Err(Session::closed_error());
+        }
+        let old = s.generation.fetch_add(1, Ordering::SeqCst);
+        if let Err(err) = e.store.save(&e.record(s, &page)).await {
+            s.generation.store(old, Ordering::SeqCst);
+            return Err(err);
+        }
+        drop(page);
+        self.token()
+    }
+
+    /// Closes the session: subscribers end, the store forgets it, and its
+    /// tokens open nothing. Closing twice is not an error.
+    pub async fn close(&self) -> Result<()> {
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        async {
+            if self.engine.remove(&self.inner, None).await {
+                tracing::debug!("session closed");
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn snapshot(page: &mut LivePage) -> Resync {
+    Resync {
+        seq: page.seq(),
+        html: page.html(),
+        frame: page.join_frame(),
+    }
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// One render's changes, in order.
+    Patch(Arc<Rendered>),
+    /// The whole page: the subscriber fell too far behind and updates it
+    /// missed are gone. Replace what the client holds with it; patches that
+    /// follow continue from its `seq`.
+    Resync(Arc<Resync>),
+}
+
+impl SessionEvent {
+    /// The session `seq` the event brings the client to.
+    pub fn seq(&self) -> u64 {
+        match self {
+            SessionEvent::Patch(p) => p.seq,
+            SessionEvent::Resync(r) => r.seq,
+        }
+    }
+}
+
+/// One render's changes, ready to send.
+#[derive(Debug)]
+pub struct Rendered {
+    seq: u64,
+    timestamp_ms: u64,
+    patch: Patch,
+    frame: String,
+}
+
+impl Rendered {
+    /// The render's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// When the render happened (unix milliseconds).
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The changes as seed-compatible [`Update`]s (HTML per fragment).
+    pub fn updates(&self) -> Vec<Update> {
+        self.patch.updates()
+    }
+
+    /// The changes as one compact wire frame (`docs/protocol.md`), for a
+    /// client that started from [`Session::join`].
+    pub fn frame(&self) -> &str {
+        &self.frame
+    }
+
+    /// The patch itself.
+    pub fn patch(&self) -> &Patch {
+        &self.patch
+    }
+}
+
+/// The whole page at one `seq`.
+#[derive(Debug)]
+pub struct Resync {
+    seq: u64,
+    html: String,
+    frame: String,
+}
+
+impl Resync {
+    /// The sequence number the page is at.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The annotated HTML of the whole page.
+    pub fn html(&self) -> &str {
+        &self.html
+    }
+
+    /// The whole page as a wire frame: statics and values.
+    pub fn frame(&self) -> &str {
+        &self.frame
+    }
+}
+
+/// Receives a session's updates; see [`Session::updates`].
+pub struct Subscriber {
+    rx: Option<broadcast::Receiver<SessionEvent>>,
+    session: Weak<SessionInner>,
+    /// Events at or below this seq are already reflected in what the
+    /// subscriber was given.
+    floor: u64,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("open", &self.rx.is_some())
+            .field("seq", &self.floor)
+            .finish()
+    }
+}
+
+impl Subscriber {
+    /// The next event, or `None` once the session has ended.
+    pub async fn recv(&mut self) -> Option<SessionEvent> {
+        loop {
+            let rx = self.rx.as_mut()?;
+            match rx.recv().await {
+                Ok(ev) if ev.seq() <= self.floor => continue,
+                Ok(ev) => {
+                    self.floor = ev.seq();
+                    return Some(ev);
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    let Some(s) = self.session.upgrade() else {
+                        self.rx = None;
+                        return None;
+                    };
+                    let mut page = s.state.lock().await;
+                    if s.closed.load(Ordering::SeqCst) {
+                        self.rx = None;
+                        return None;
+                    }
+                    let r = snapshot(&mut page);
+                    // Renders send while holding the page lock: a receiver
+                    // made now starts exactly after `r`, and the missed
+                    // backlog is dropped (it would lag again).
+                    *rx = rx.resubscribe();
+                    drop(page);
+                    tracing::debug!(sid = %s.id.short(), missed, seq = r.seq, "subscriber lagged; resync");
+                    self.floor = r.seq;
+                    return Some(SessionEvent::Resync(Arc::new(r)));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.rx = None;
+                    return None;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The default store: records in a concurrent hash map, in this process.
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::{SessionRecord, SessionStore};
+use crate::session::SessionId;
+use crate::{Error, ErrorKind, Result};
+
+/// Keeps records in memory (a sharded concurrent map). Nothing survives the
+/// process; use it for development, tests and single-instance apps that
+/// accept losing sessions on restart.
+///
+/// The record's data snapshot is shared with the live page (reference
+/// counted), so keeping it here costs no copy of the data.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    records: DashMap<SessionId, SessionRecord>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, record: &SessionRecord) -> Result<()> {
+        match self.records.entry(record.id) {
+            Entry::Occupied(_) => Err(Error::new(
+                ErrorKind::Store,
+                "a session with this id already exists",
+            )),
+            Entry::Vacant(v) => {
+                v.insert(record.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn save(&self, record: &SessionRecord) -> Result<()> {
+        self.records.insert(record.id, record.clone());
+        Ok(())
+    }
+
+    async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
+        Ok(self.records.get(id).map(|r| r.clone()))
+    }
+
+    async fn touch(&self, id: &SessionId, last_access_ms: u64, expires_ms: u64) -> Result<bool> {
+        Ok(match self.records.get_mut(id) {
+            Some(mut r) => {
+                r.last_access_ms = last_access_ms;
+                r.expires_ms = expires_ms;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool> {
+        Ok(self.records.remove(id).is_some())
+    }
+
+    async fn list_expired(&self, now_ms: u64, limit: usize) -> Result<Vec<SessionId>> {
+        let mut out: Vec<(u64, SessionId)> = self
+            .records
+            .iter()
+            .filter(|r| r.expires_ms <= now_ms)
+            .map(|r| (r.expires_ms, r.id))
+            .collect();
+        out.sort_unstable();
+        out.truncate(limit);
+        Ok(out.into_iter().map(|(_, id)| id).collect())
+    }
+
+    async fn count(&self) -> Result<usize> {
+        Ok(self.records.len())
+    }
+}
