@@ -6,9 +6,15 @@
 //! smallest set of operations that turns what the browser holds into the new
 //! page.
 //!
-//! This release contains the **fragment engine**: pure and synchronous, no
-//! tokio, no sessions, no I/O. Sessions, tokens, stores and the WebSocket
-//! transport build on it.
+//! Two layers so far:
+//!
+//! - the **fragment engine** ([`FragmentEngine`], [`LivePage`]): pure and
+//!   synchronous, no tokio, no I/O;
+//! - **sessions** ([`StateTemplate`], [`Session`]): one live page per browser
+//!   on tokio, with sealed tokens ([`token`]), idle expiry, an LRU bound and a
+//!   pluggable [`store`]. See "Sessions" below.
+//!
+//! The WebSocket transport and the JS client come next.
 //!
 //! ```
 //! use minijinja::Environment;
@@ -59,6 +65,53 @@
 //! comment is valid and the fragment is balanced, so tables, lists, `select`
 //! and SVG keep their structure. See `docs/architecture.md` for the model and
 //! its limits, and `docs/protocol.md` for the wire format.
+//!
+//! ## Sessions
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> statetemplate::Result<()> {
+//! use std::time::Duration;
+//! use minijinja::Environment;
+//! use serde_json::json;
+//! use statetemplate::token::KeyRing;
+//! use statetemplate::{SessionEvent, StateTemplate};
+//!
+//! let mut env = Environment::new();
+//! env.add_template("count.html", "<b>{{ n }}</b>").unwrap();
+//! let engine = StateTemplate::builder(env)
+//!     .expiration(Duration::from_secs(3600))     // idle sessions expire
+//!     .max_sessions(10_000)                      // then least recently used go
+//!     .keys(KeyRing::generate()?)                // KeyRing::from_env in production
+//!     .build()?;                                 // starts the expiry task
+//!
+//! // Page handler: HTML for the page, id and token for the socket.
+//! let initial = engine.new_session("count.html", &json!({"n": 1})).await?;
+//!
+//! // Socket handler: the token opens the session; each tab joins it.
+//! let session = engine
+//!     .get_session(&initial.session_id.to_string(), &initial.token)
+//!     .await?;
+//! let (page, mut updates) = session.join().await?; // the page now + what follows
+//! assert_eq!(page.html(), initial.html);
+//!
+//! // Anywhere (a handler, a ticker task): render new data.
+//! session.render(&json!({"n": 2})).await?;
+//! let Some(SessionEvent::Patch(p)) = updates.recv().await else { unreachable!() };
+//! assert_eq!(p.seq(), 1);
+//! let _frame: &str = p.frame();   // compact wire frame for a joined client
+//! let _seed = p.updates();        // or seed-style updates with HTML
+//! session.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Renders of one session apply in call order, each with the next `seq`; a
+//! subscriber that falls too far behind gets one [`SessionEvent::Resync`]
+//! with the whole page, never blocking the renderer. Tokens are AES-256-GCM
+//! sealed and bound to their session (format in [`token`]); every failure to
+//! open a session is the same [`ErrorKind::InvalidSession`]. Records go to a
+//! [`store::SessionStore`] ([`store::MemoryStore`] by default), from which a
+//! session that is not live in this process is restored.
 //!
 //! ## Errors
 //!
