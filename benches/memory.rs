@@ -41,10 +41,7 @@ fn main() {
             .build()
             .unwrap();
         // Warm up: compile the template, allocate the runtime's pools.
-        let w = engine
-            .new_session("small.html", &data(0))
-            .await
-            .unwrap();
+        let w = engine.new_session("small.html", &data(0)).await.unwrap();
         drop(w);
 
         let rss0 = rss_bytes();

@@ -53,7 +53,10 @@ fn report(p: &mut Phase, renders: usize) {
 }
 
 fn main() {
-    let nums: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let nums: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let sessions = nums.first().copied().unwrap_or(10_000);
     let renders = nums.get(1).copied().unwrap_or(20);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +93,14 @@ fn main() {
         for t in tasks {
             lat.extend(t.await.unwrap());
         }
-        report(&mut Phase { name: "bare minijinja full re-render", wall: t.elapsed(), lat }, total);
+        report(
+            &mut Phase {
+                name: "bare minijinja full re-render",
+                wall: t.elapsed(),
+                lat,
+            },
+            total,
+        );
 
         for subscribed in [false, true] {
             let engine = StateTemplate::builder(env())

@@ -52,7 +52,11 @@ async fn main() -> Result<(), statetemplate::Error> {
         })
     };
     let initial = engine.new_session("clock.html", &data(0)).await?;
-    println!("initial HTML ({} bytes):\n{}", initial.html.len(), initial.html);
+    println!(
+        "initial HTML ({} bytes):\n{}",
+        initial.html.len(),
+        initial.html
+    );
     println!(
         "session id {} (token: {} characters, sealed)\n",
         initial.session_id,
@@ -73,7 +77,12 @@ async fn main() -> Result<(), statetemplate::Error> {
                 match ev {
                     SessionEvent::Patch(p) => {
                         dom.apply(p.frame()).expect("frame applies");
-                        println!("tab {tab}: seq {} ({} bytes): {}", p.seq(), p.frame().len(), p.frame());
+                        println!(
+                            "tab {tab}: seq {} ({} bytes): {}",
+                            p.seq(),
+                            p.frame().len(),
+                            p.frame()
+                        );
                     }
                     SessionEvent::Resync(r) => {
                         dom = WireClient::new();
