@@ -52,7 +52,7 @@ fn pages() -> Vec<(String, &'static str, Json)> {
     ]
 }
 
-fn new_session(c: &mut Criterion) {
+fn runtime_and_engine() -> (tokio::runtime::Runtime, StateTemplate) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,6 +63,11 @@ fn new_session(c: &mut Criterion) {
             .build()
             .unwrap()
     });
+    (rt, engine)
+}
+
+fn new_session(c: &mut Criterion) {
+    let (rt, engine) = runtime_and_engine();
     let plain = env();
     let mut g = c.benchmark_group("new_session");
     for (name, tmpl, d) in pages() {
@@ -99,16 +104,7 @@ fn new_session(c: &mut Criterion) {
 }
 
 fn render(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let engine = rt.block_on(async {
-        StateTemplate::builder(env())
-            .keys(KeyRing::generate().unwrap())
-            .build()
-            .unwrap()
-    });
+    let (rt, engine) = runtime_and_engine();
     let mut g = c.benchmark_group("session_render");
     let mut changed = table(100);
     changed["updated"] = json!("12:00:01");

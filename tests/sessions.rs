@@ -12,7 +12,8 @@ use statetemplate::apply::{WireClient, apply_updates};
 use statetemplate::store::{MemoryStore, SessionRecord, SessionStore, conformance};
 use statetemplate::token::{Key, KeyRing};
 use statetemplate::{
-    Builder, ErrorKind, EvictReason, Result, SessionEvent, SessionId, StateTemplate,
+    Builder, ErrorKind, EvictReason, InitialRender, Result, Session, SessionEvent, SessionId,
+    StateTemplate,
 };
 
 const PAGE: &str = "<h1>{{ title }}</h1>\
@@ -37,6 +38,14 @@ fn data(owner: &str, title: &str, rows: &[(u32, &str)]) -> Json {
         "title": title,
         "rows": rows.iter().map(|(id, t)| json!({"id": id, "text": t})).collect::<Vec<_>>(),
     })
+}
+
+/// Opens the session of `initial` with its own token.
+async fn reopen(engine: &StateTemplate, initial: &InitialRender) -> Session {
+    engine
+        .get_session(&initial.session_id.to_string(), &initial.token)
+        .await
+        .unwrap()
 }
 
 fn fresh(engine: &StateTemplate, template: &str, d: &Json) -> String {
@@ -86,10 +95,7 @@ async fn data_flows_from_snapshot_to_updates() {
         data("a", "Three", &[]),
     ];
     let initial = engine.new_session("page.html", &steps[0]).await.unwrap();
-    let s = engine
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let s = reopen(&engine, &initial).await;
     let (resync, mut joined) = s.join().await.unwrap();
     let mut plain = s.updates();
     assert_eq!(resync.html(), initial.html);
@@ -145,10 +151,7 @@ async fn isolation_of_1000_concurrent_sessions() {
         tasks.push(tokio::spawn(async move {
             let d0 = data(&marker(i, 0), &marker(i, 0), &[(1, &marker(i, 0))]);
             let initial = engine.new_session("page.html", &d0).await.unwrap();
-            let s = engine
-                .get_session(&initial.session_id.to_string(), &initial.token)
-                .await
-                .unwrap();
+            let s = reopen(&engine, &initial).await;
             let mut sub = s.updates();
             let reader = tokio::spawn(async move {
                 let mut seen = Vec::new();
@@ -264,18 +267,9 @@ async fn expiry_with_a_paused_clock() {
     let a = engine.new_session("page.html", &d).await.unwrap();
     let b = engine.new_session("page.html", &d).await.unwrap();
     let c = engine.new_session("page.html", &d).await.unwrap();
-    let sa = engine
-        .get_session(&a.session_id.to_string(), &a.token)
-        .await
-        .unwrap();
-    let sb = engine
-        .get_session(&b.session_id.to_string(), &b.token)
-        .await
-        .unwrap();
-    let sc = engine
-        .get_session(&c.session_id.to_string(), &c.token)
-        .await
-        .unwrap();
+    let sa = reopen(&engine, &a).await;
+    let sb = reopen(&engine, &b).await;
+    let sc = reopen(&engine, &c).await;
     let mut sub_a = sa.updates();
 
     tokio::time::advance(Duration::from_secs(330)).await;
@@ -364,10 +358,7 @@ async fn lru_eviction_and_callback() {
             .new_session("page.html", &data(name, "t", &[]))
             .await
             .unwrap();
-        let s = engine
-            .get_session(&i.session_id.to_string(), &i.token)
-            .await
-            .unwrap();
+        let s = reopen(&engine, &i).await;
         sessions.push((i, s));
     }
     let mut sub2 = sessions[1].1.updates();
@@ -411,10 +402,7 @@ async fn concurrent_renders_on_one_session_arrive_in_order() {
     let engine = builder().build().unwrap();
     let d = |i: usize| data("c", &format!("title {i}"), &[(i as u32 % 7, "r")]);
     let initial = engine.new_session("page.html", &d(0)).await.unwrap();
-    let s = engine
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let s = reopen(&engine, &initial).await;
     let (resync, mut sub) = s.join().await.unwrap();
     let mut tasks = Vec::new();
     for i in 1..=200 {
@@ -454,10 +442,7 @@ async fn a_lagging_subscriber_gets_a_resync_and_blocks_nobody() {
         .new_session("page.html", &data("l", "0", &[]))
         .await
         .unwrap();
-    let s = engine
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let s = reopen(&engine, &initial).await;
     let (resync, mut slow) = s.join().await.unwrap();
     let mut fast = s.updates();
     let mut wire = WireClient::new();
@@ -507,10 +492,7 @@ async fn a_failed_render_changes_nothing() {
         .new_session("div.html", &json!({"n": 2}))
         .await
         .unwrap();
-    let s = engine
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let s = reopen(&engine, &initial).await;
     let mut sub = s.updates();
     let e = s.render(&json!({"n": 0})).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Template);
@@ -572,10 +554,7 @@ async fn a_store_failure_undoes_the_render() {
     let engine = builder().store(store.clone()).build().unwrap();
     let d1 = data("f", "one", &[(1, "a")]);
     let initial = engine.new_session("page.html", &d1).await.unwrap();
-    let s = engine
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let s = reopen(&engine, &initial).await;
     let (resync, mut sub) = s.join().await.unwrap();
     store.fail.store(true, Ordering::SeqCst);
     let d2 = data("f", "two", &[(1, "a"), (2, "b")]);
@@ -611,10 +590,7 @@ async fn a_session_is_restored_from_a_shared_store() {
     let d1 = data("r", "one", &[(1, "a")]);
     let d2 = data("r", "two", &[(1, "a"), (2, "b")]);
     let initial = a.new_session("page.html", &d1).await.unwrap();
-    let sa = a
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let sa = reopen(&a, &initial).await;
     sa.render(&d2).await.unwrap();
     let html_a = sa.html().await;
     drop(sa);
@@ -626,10 +602,7 @@ async fn a_session_is_restored_from_a_shared_store() {
         .store(store.clone())
         .build()
         .unwrap();
-    let sb = b
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
+    let sb = reopen(&b, &initial).await;
     assert_eq!(sb.html().await, html_a);
     assert_eq!(sb.seq().await, 1, "numbering continues");
     let d3 = data("r", "three", &[(2, "b")]);
