@@ -126,11 +126,13 @@ pub mod protocol;
 mod session;
 pub mod store;
 pub mod token;
+pub mod transport;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
 pub use protocol::{Action, Update};
 pub use session::{
-    Builder, EvictReason, InitialRender, Rendered, Renderer, Resync, Session, SessionEvent,
-    SessionId, StateTemplate, Subscriber, UpdateReceiver,
+    Builder, Catchup, EvictReason, InitialRender, Rendered, Renderer, Resync, Session,
+    SessionEvent, SessionId, StateTemplate, Subscriber, UpdateReceiver,
 };
+pub use transport::{Event, EventCtx, Live};

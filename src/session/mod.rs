@@ -88,6 +88,7 @@ struct EngineInner {
     keys: KeyRing,
     store: Arc<dyn SessionStore>,
     live: DashMap<SessionId, Arc<SessionInner>>,
+    groups: DashMap<Arc<str>, std::collections::HashSet<SessionId>>,
     lru: Mutex<Lru>,
     config: Config,
     clock: Clock,
@@ -103,6 +104,7 @@ struct Config {
     max_sessions: usize,
     token_ttl: Duration,
     subscriber_capacity: usize,
+    replay_frames: usize,
 }
 
 /// Wall-clock milliseconds that follow tokio's clock, so that tests with a
@@ -193,6 +195,14 @@ impl Builder {
         self
     }
 
+    /// How many recent frames a session keeps (once a client has joined it)
+    /// so that a client that reconnects can catch up without a resync
+    /// (see [`Session::resume`]). Default: 64; 0 turns replay off.
+    pub fn replay_frames(mut self, n: usize) -> Builder {
+        self.config.replay_frames = n;
+        self
+    }
+
     /// Called with the session's last record when a session is evicted
     /// (over `max_sessions`) or expires. Not called for [`Session::close`].
     /// Runs on the task that evicts: keep it short.
@@ -249,6 +259,7 @@ impl Builder {
                 .store
                 .unwrap_or_else(|| Arc::new(MemoryStore::default())),
             live: DashMap::new(),
+            groups: DashMap::new(),
             lru: Mutex::new(Lru::default()),
             config: self.config,
             clock: Clock::new(),
@@ -321,6 +332,7 @@ impl StateTemplate {
                 max_sessions: 100_000,
                 token_ttl: day,
                 subscriber_capacity: 256,
+                replay_frames: 64,
             },
             keys: None,
             store: None,
@@ -404,6 +416,32 @@ impl StateTemplate {
         }
         .instrument(span)
         .await
+    }
+
+    /// Every session live in this process.
+    pub fn sessions(&self) -> Vec<Session> {
+        self.inner
+            .live
+            .iter()
+            .map(|s| Session {
+                inner: s.value().clone(),
+                engine: self.inner.clone(),
+            })
+            .collect()
+    }
+
+    /// The live sessions of a group (see [`Session::join_group`]): render to
+    /// them all to broadcast, e.g. `for s in engine.group("chat") { s.update(…) }`.
+    pub fn group(&self, group: &str) -> Vec<Session> {
+        let ids: Vec<SessionId> = self
+            .inner
+            .groups
+            .get(group)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default();
+        ids.iter()
+            .filter_map(|id| self.session_unchecked(id))
+            .collect()
     }
 
     /// A seed-compatible renderer over one default session of `template`
@@ -585,6 +623,12 @@ impl EngineInner {
         self.lru.lock().expect("lock").remove(&s.id);
         drop(page);
         self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
+        for g in std::mem::take(&mut *s.groups.lock().expect("lock")) {
+            self.groups.remove_if_mut(&g, |_, members| {
+                members.remove(&s.id);
+                members.is_empty()
+            });
+        }
         if let Err(e) = self.store.delete(&s.id).await {
             tracing::warn!(sid = %s.id.short(), error = %e, "store delete failed");
         }
@@ -649,6 +693,13 @@ struct SessionInner {
     created_ms: u64,
     state: tokio::sync::Mutex<LivePage>,
     tx: Mutex<Tx>,
+    /// Recent frames for clients that reconnect (`None` until a client
+    /// joins: sessions nobody connects to keep and encode nothing).
+    replay: Mutex<Option<std::collections::VecDeque<Arc<Rendered>>>>,
+    /// Identifies this incarnation of the page: frames of another epoch
+    /// (another process, a restored session) cannot be replayed.
+    epoch: u64,
+    groups: Mutex<Vec<Arc<str>>>,
     closed: AtomicBool,
     last_access: AtomicU64,
     /// The expiry last written to the store (store writes on activity are
@@ -679,6 +730,9 @@ impl SessionInner {
             created_ms,
             state: tokio::sync::Mutex::new(page),
             tx: Mutex::new(Tx::Idle),
+            replay: Mutex::new(None),
+            epoch: random_u64(),
+            groups: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
@@ -688,6 +742,7 @@ impl SessionInner {
 
     fn end_subscribers(&self) {
         *self.tx.lock().expect("lock") = Tx::Closed;
+        *self.replay.lock().expect("lock") = None;
     }
 
     /// The sender, if anyone is listening (else the channel is released).
@@ -740,6 +795,11 @@ impl Session {
         self.inner.id
     }
 
+    /// The page incarnation (see [`Resync::epoch`]).
+    pub fn epoch(&self) -> String {
+        format!("{:016x}", self.inner.epoch)
+    }
+
     /// Whether the session was closed, expired or evicted.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
@@ -774,8 +834,17 @@ impl Session {
     }
 
     async fn render_value(&self, value: Value) -> Result<(u64, Option<Patch>)> {
+        let page = self.inner.state.lock().await;
+        self.render_locked(page, value).await
+    }
+
+    /// Renders `value` with the page lock already held (and releases it).
+    async fn render_locked(
+        &self,
+        mut page: tokio::sync::MutexGuard<'_, LivePage>,
+        value: Value,
+    ) -> Result<(u64, Option<Patch>)> {
         let (s, e) = (&self.inner, &self.engine);
-        let mut page = s.state.lock().await;
         if s.closed.load(Ordering::SeqCst) {
             return Err(Session::closed_error());
         }
@@ -804,15 +873,28 @@ impl Session {
         s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
         e.lru.lock().expect("lock").bump(s.id);
         let seq = patch.seq();
-        if let Some(tx) = s.listening() {
-            let frame = page.encode(&patch).unwrap_or_default();
-            let _ = tx.send(SessionEvent::Patch(Arc::new(Rendered {
+        let tx = s.listening();
+        let mut replay = s.replay.lock().expect("lock");
+        if tx.is_some() || replay.is_some() {
+            let rendered = Arc::new(Rendered {
                 seq,
                 timestamp_ms: now,
                 patch: patch.clone(),
-                frame,
-            })));
+                frame: page.encode(&patch).unwrap_or_default(),
+            });
+            if let Some(buf) = replay.as_mut() {
+                if buf.len() >= e.config.replay_frames {
+                    buf.pop_front();
+                }
+                if e.config.replay_frames > 0 {
+                    buf.push_back(rendered.clone());
+                }
+            }
+            if let Some(tx) = tx {
+                let _ = tx.send(SessionEvent::Patch(rendered));
+            }
         }
+        drop(replay);
         tracing::trace!(seq, ops = patch.len(), "rendered");
         Ok((seq, Some(patch)))
     }
@@ -840,9 +922,101 @@ impl Session {
             return Err(Session::closed_error());
         }
         let mut sub = self.updates();
-        let resync = snapshot(&mut page);
+        let resync = snapshot(&mut page, self.inner.epoch);
         sub.floor = resync.seq;
+        self.inner
+            .replay
+            .lock()
+            .expect("lock")
+            .get_or_insert_with(Default::default);
         Ok((resync, sub))
+    }
+
+    /// Reconnects a client that holds the page at `seq` of page incarnation
+    /// `epoch` (both from its last join): it gets the frames it missed from
+    /// the session's recent-frame buffer, or a resync when they are gone (or
+    /// the page is another incarnation: a restart, a restore). The
+    /// subscriber continues exactly after what is returned.
+    pub async fn resume(&self, seq: u64, epoch: &str) -> Result<(Catchup, Subscriber)> {
+        let page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let now = page.seq();
+        let same_page = epoch == format!("{:016x}", self.inner.epoch);
+        if same_page && seq <= now {
+            let replay = self.inner.replay.lock().expect("lock");
+            let missed: Option<Vec<Arc<Rendered>>> = replay.as_ref().and_then(|buf| {
+                let frames: Vec<Arc<Rendered>> =
+                    buf.iter().filter(|r| r.seq > seq).cloned().collect();
+                // Complete only if it starts right after `seq`.
+                let complete = frames.first().map_or(seq == now, |f| f.seq == seq + 1);
+                complete.then_some(frames)
+            });
+            drop(replay);
+            if let Some(frames) = missed {
+                let mut sub = self.updates();
+                sub.floor = now;
+                return Ok((Catchup::Frames(frames), sub));
+            }
+        }
+        drop(page);
+        let (r, sub) = self.join().await?;
+        Ok((Catchup::Resync(r), sub))
+    }
+
+    /// Reads the session's data as `T`, lets `f` change it, and renders the
+    /// result, all under the session's lock: concurrent `update`s (two tabs
+    /// clicking at once) never lose each other's changes. If `f` or the
+    /// render fails, nothing changes.
+    pub async fn update<T, F>(&self, f: F) -> Result<u64>
+    where
+        T: serde::de::DeserializeOwned + Serialize,
+        F: FnOnce(&mut T) -> Result<()>,
+    {
+        let page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let mut data = T::deserialize(page.data().clone()).map_err(Error::data)?;
+        f(&mut data)?;
+        let value = to_value(&data)?;
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        Ok(self.render_locked(page, value).instrument(span).await?.0)
+    }
+
+    /// The session's data (the snapshot of its last render) as `T`.
+    pub async fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let page = self.inner.state.lock().await;
+        T::deserialize(page.data().clone()).map_err(Error::data)
+    }
+
+    /// Adds the session to a named group (see [`StateTemplate::group`]).
+    pub fn join_group(&self, group: &str) {
+        let g: Arc<str> = Arc::from(group);
+        let mut mine = self.inner.groups.lock().expect("lock");
+        if self.is_closed() || mine.iter().any(|x| **x == *group) {
+            return;
+        }
+        mine.push(g.clone());
+        self.engine
+            .groups
+            .entry(g)
+            .or_default()
+            .insert(self.inner.id);
+    }
+
+    /// Removes the session from a group.
+    pub fn leave_group(&self, group: &str) {
+        self.inner
+            .groups
+            .lock()
+            .expect("lock")
+            .retain(|g| **g != *group);
+        self.engine.groups.remove_if_mut(group, |_, members| {
+            members.remove(&self.inner.id);
+            members.is_empty()
+        });
     }
 
     /// The annotated HTML of the page as it is now.
@@ -924,12 +1098,31 @@ impl Session {
     }
 }
 
-fn snapshot(page: &mut LivePage) -> Resync {
+fn snapshot(page: &mut LivePage, epoch: u64) -> Resync {
     Resync {
         seq: page.seq(),
         html: page.html(),
         frame: page.join_frame(),
+        epoch: format!("{epoch:016x}"),
     }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // A failed OS random source leaves a zero epoch: resumes then fall back
+    // to a resync, which is always correct.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// What a reconnecting client is sent first (see [`Session::resume`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Catchup {
+    /// The frames it missed, in order (possibly none).
+    Frames(Vec<Arc<Rendered>>),
+    /// The whole page: what it missed is no longer available.
+    Resync(Resync),
 }
 
 /// What a subscriber receives.
@@ -997,6 +1190,7 @@ pub struct Resync {
     seq: u64,
     html: String,
     frame: String,
+    epoch: String,
 }
 
 impl Resync {
@@ -1013,6 +1207,12 @@ impl Resync {
     /// The whole page as a wire frame: statics and values.
     pub fn frame(&self) -> &str {
         &self.frame
+    }
+
+    /// The page incarnation this state belongs to; a client passes it back
+    /// to [`Session::resume`] with its seq when it reconnects.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 }
 
@@ -1055,7 +1255,7 @@ impl Subscriber {
                         self.rx = None;
                         return None;
                     }
-                    let r = snapshot(&mut page);
+                    let r = snapshot(&mut page, s.epoch);
                     // Renders send while holding the page lock: a receiver
                     // made now starts exactly after `r`, and the missed
                     // backlog is dropped (it would lag again).

@@ -1,0 +1,433 @@
+/* statetemplate client, wire protocol v1 (docs/protocol.md). No build step.
+ * Mirrors the Rust reference applier (src/apply.rs, WireClient): the model
+ * below turns the same frames into the same HTML; the DOM layer patches the
+ * page between comment anchors, keeping focus, caret and typed text. */
+(function () {
+  'use strict';
+  var CLOSE = '<!--]-->';
+
+  function fail(m) { throw new Error('statetemplate: ' + m); }
+  function isList(d) { return d !== null && typeof d === 'object' && !Array.isArray(d); }
+
+  /* ---- The model: statics table and tree of dynamic values. ---- */
+  function Model() { this.st = {}; this.root = null; this.seq = 0; }
+
+  Model.prototype.apply = function (f) {
+    if (!f || f.v !== 1) fail('unsupported wire version');
+    if (!Array.isArray(f.o)) fail('no ops');
+    var o0 = f.o[0];
+    if (o0 && o0[0] === 'r' && o0[1] === '') this.st = {}; // a join frame
+    if (f.s) for (var k in f.s) this.st[k] = f.s[k];
+    var acts = [];
+    for (var i = 0; i < f.o.length; i++) acts.push(this.op(f.o[i]));
+    if (typeof f.q === 'number') this.seq = f.q;
+    return acts;
+  };
+
+  Model.prototype.body = function (b) {
+    if (!Array.isArray(b) || typeof b[0] !== 'number') fail('bad body');
+    var s = this.st[b[0]];
+    if (!s) fail('unknown statics ' + b[0]);
+    if (s[0].length !== b.length) fail('body does not fit its statics');
+    for (var i = 1; i < b.length; i++) this.dyn(b[i]);
+    return b;
+  };
+
+  Model.prototype.dyn = function (d) {
+    if (typeof d === 'string') return d;
+    if (Array.isArray(d)) return this.body(d);
+    if (isList(d)) return this.list(d);
+    fail('bad dynamic');
+  };
+
+  Model.prototype.list = function (l) {
+    if (l.e) { this.body(l.e); return l; }
+    if (!Array.isArray(l.k) || !Array.isArray(l.b) || l.k.length !== l.b.length) fail('bad list');
+    for (var i = 0; i < l.b.length; i++) {
+      if (typeof l.k[i] !== 'string') fail('bad key');
+      this.body(l.b[i]);
+    }
+    return l;
+  };
+
+  /* Finds the slot anchored as id: {o: container, i: index}. */
+  Model.prototype.find = function (b, id) {
+    var s = this.st[b[0]];
+    if (!s) return null;
+    var a = s[1], i, r, d, j;
+    for (i = 0; i < a.length; i++) if (a[i] === id) return { o: b, i: i + 1 };
+    for (i = 1; i < b.length; i++) {
+      d = b[i];
+      if (Array.isArray(d)) { if ((r = this.find(d, id))) return r; }
+      else if (isList(d)) {
+        if (d.e && (r = this.find(d.e, id))) return r;
+        if (d.b) for (j = 0; j < d.b.length; j++) if ((r = this.find(d.b[j], id))) return r;
+      }
+    }
+    return null;
+  };
+
+  Model.prototype.slot = function (id) {
+    if (!this.root) fail('no document yet');
+    var r = this.find(this.root, id);
+    if (!r) fail('no fragment ' + id);
+    return r;
+  };
+
+  Model.prototype.listOf = function (id) {
+    var r = this.slot(id), l = r.o[r.i];
+    if (!isList(l)) fail('fragment ' + id + ' is not a list');
+    return l;
+  };
+
+  Model.prototype.item = function (l, key) {
+    var i = l.k ? l.k.indexOf(key) : -1;
+    if (i < 0) fail('no such item ' + key);
+    return i;
+  };
+
+  Model.prototype.after = function (l, after) {
+    return after === null || after === undefined ? 0 : this.item(l, after) + 1;
+  };
+
+  /* The body of fragment id: {o, i} so it can be replaced. */
+  Model.prototype.bodyLoc = function (id) {
+    if (id === '') return { o: this, i: 'root' };
+    var c = id.indexOf(':');
+    if (c >= 0) {
+      var l = this.listOf(id.slice(0, c));
+      return { o: l.b, i: this.item(l, id.slice(c + 1)) };
+    }
+    var r = this.slot(id);
+    if (!Array.isArray(r.o[r.i])) fail('fragment ' + id + ' is not a body');
+    return r;
+  };
+
+  Model.prototype.op = function (op) {
+    if (!Array.isArray(op) || typeof op[0] !== 'string') fail('bad op');
+    var k = op[0], id = op[1], r, l, b, i, key;
+    if (typeof id !== 'string') fail('op field missing');
+    switch (k) {
+      case 't':
+        if (typeof op[2] !== 'string') fail('op field missing');
+        r = this.slot(id); r.o[r.i] = op[2];
+        return { k: 'h', id: id, html: op[2] };
+      case 'r':
+        b = this.body(op[2]);
+        if (id === '') { this.root = b; return { k: 'root' }; }
+        r = this.bodyLoc(id); r.o[r.i] = b;
+        return { k: 'h', id: id, html: this.html(b) };
+      case 'p':
+        if (!Array.isArray(op[2]) || op[2].length % 2) fail('bad slot list');
+        r = this.bodyLoc(id); b = r.o[r.i];
+        for (i = 0; i < op[2].length; i += 2) {
+          if (typeof op[2][i] !== 'number' || op[2][i] + 1 >= b.length) fail('slot out of range');
+          b[op[2][i] + 1] = this.dyn(op[2][i + 1]);
+        }
+        return id === '' ? { k: 'root' } : { k: 'h', id: id, html: this.html(b) };
+      case 'l':
+        r = this.slot(id); r.o[r.i] = this.list(op[2]);
+        return { k: 'h', id: id, html: this.dynHtml(r.o[r.i], id) };
+      case 'i':
+        key = op[2]; b = this.body(op[4]); l = this.listOf(id);
+        if (typeof key !== 'string' || l.e) fail('bad insert');
+        i = this.after(l, op[3]);
+        l.k.splice(i, 0, key); l.b.splice(i, 0, b);
+        return { k: 'i', list: id, after: op[3], html: '<!--[' + id + ':' + key + '-->' + this.html(b) + CLOSE };
+      case 'x':
+        l = this.listOf(id); i = this.item(l, op[2]);
+        l.k.splice(i, 1); l.b.splice(i, 1);
+        return { k: 'x', id: id + ':' + op[2] };
+      case 'm':
+        l = this.listOf(id); i = this.item(l, op[2]);
+        key = l.k.splice(i, 1)[0]; b = l.b.splice(i, 1)[0];
+        i = this.after(l, op[3]);
+        l.k.splice(i, 0, key); l.b.splice(i, 0, b);
+        return { k: 'm', list: id, id: id + ':' + key, after: op[3] };
+    }
+    fail('unknown op ' + k);
+  };
+
+  Model.prototype.html = function (b) {
+    var s = this.st[b[0]];
+    if (!s) return '';
+    var p = s[0], a = s[1], out = p[0];
+    for (var i = 1; i < b.length; i++) {
+      out += this.dynHtml(b[i], a[i - 1]);
+      if (p[i] !== undefined) out += p[i];
+    }
+    return out;
+  };
+
+  Model.prototype.dynHtml = function (d, anchor) {
+    if (typeof d === 'string') return d;
+    if (Array.isArray(d)) return this.html(d);
+    if (d.e) return this.html(d.e);
+    var out = '', named = typeof anchor === 'string';
+    for (var i = 0; i < d.b.length; i++) {
+      out += named ? '<!--[' + anchor + ':' + d.k[i] + '-->' + this.html(d.b[i]) + CLOSE : this.html(d.b[i]);
+    }
+    return out;
+  };
+
+  Model.prototype.toHtml = function () { return this.root ? this.html(this.root) : ''; };
+
+  if (typeof module === 'object' && module.exports) module.exports = { Model: Model };
+  if (typeof document === 'undefined') return;
+
+  /* ---- The DOM: anchors, morphing, focus. ---- */
+  var SVG = 'http://www.w3.org/2000/svg';
+
+  function parse(parent, html) {
+    var t = document.createElement('template');
+    if (parent.namespaceURI === SVG && parent.localName !== 'foreignObject') {
+      t.innerHTML = '<svg>' + html + '</svg>';
+      var f = document.createDocumentFragment(), svg = t.content.firstChild;
+      while (svg.firstChild) f.appendChild(svg.firstChild);
+      return f;
+    }
+    t.innerHTML = html;
+    return t.content;
+  }
+
+  function morphList(parent, olds, news, before) {
+    var i;
+    for (i = 0; i < news.length; i++) {
+      if (i < olds.length) {
+        if (olds[i].nodeType === news[i].nodeType && olds[i].nodeName === news[i].nodeName) morph(olds[i], news[i]);
+        else parent.replaceChild(news[i], olds[i]);
+      } else parent.insertBefore(news[i], before);
+    }
+    for (; i < olds.length; i++) parent.removeChild(olds[i]);
+  }
+
+  function morph(a, b) {
+    if (a.nodeType !== 1) { if (a.nodeValue !== b.nodeValue) a.nodeValue = b.nodeValue; return; }
+    var i, at, aa = a.attributes, ba = b.attributes;
+    for (i = aa.length - 1; i >= 0; i--) {
+      at = aa[i];
+      if (!b.hasAttributeNS(at.namespaceURI, at.localName)) a.removeAttributeNode(at);
+    }
+    for (i = 0; i < ba.length; i++) {
+      at = ba[i];
+      if (a.getAttributeNS(at.namespaceURI, at.localName) !== at.value) a.setAttributeNS(at.namespaceURI, at.name, at.value);
+    }
+    var focused = a === document.activeElement, tag = a.nodeName;
+    if (tag === 'TEXTAREA' && focused) return;
+    morphList(a, Array.prototype.slice.call(a.childNodes), Array.prototype.slice.call(b.childNodes), null);
+    if (!focused && (tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT')) {
+      if (a.value !== b.value) a.value = b.value;
+      if (a.checked !== b.checked) a.checked = b.checked;
+    }
+  }
+
+  function Dom(root) { this.root = root; this.idx = new Map(); }
+
+  Dom.prototype.reindex = function () {
+    this.idx.clear();
+    var w = document.createTreeWalker(this.root, NodeFilter.SHOW_COMMENT), n;
+    while ((n = w.nextNode())) if (n.data.charAt(0) === '[') this.idx.set(n.data.slice(1), n);
+  };
+
+  Dom.prototype.start = function (id) {
+    var n = this.idx.get(id);
+    if (!n || n.data !== '[' + id || !this.root.contains(n)) { this.reindex(); n = this.idx.get(id); }
+    if (!n) fail('no anchor ' + id);
+    return n;
+  };
+
+  Dom.prototype.end = function (s) {
+    for (var d = 0, n = s.nextSibling; n; n = n.nextSibling) {
+      if (n.nodeType !== 8) continue;
+      if (n.data.charAt(0) === '[') d++;
+      else if (n.data === ']') { if (!d) return n; d--; }
+    }
+    fail('unbalanced anchor ' + s.data);
+  };
+
+  Dom.prototype.range = function (id) {
+    var s = this.start(id), e = this.end(s), nodes = [];
+    for (var n = s; n !== e; n = n.nextSibling) nodes.push(n);
+    nodes.push(e);
+    return nodes;
+  };
+
+  Dom.prototype.act = function (a, model) {
+    var s, e, olds, n, at, list, f, p, nodes, i;
+    switch (a.k) {
+      case 'root':
+        morphList(this.root, Array.prototype.slice.call(this.root.childNodes),
+          Array.prototype.slice.call(parse(this.root, model.toHtml()).childNodes), null);
+        return;
+      case 'h':
+        s = this.start(a.id); e = this.end(s); olds = [];
+        for (n = s.nextSibling; n !== e; n = n.nextSibling) olds.push(n);
+        morphList(s.parentNode, olds, Array.prototype.slice.call(parse(s.parentNode, a.html).childNodes), e);
+        return;
+      case 'i':
+        list = this.start(a.list);
+        at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
+        p = list.parentNode;
+        f = parse(p, a.html);
+        p.insertBefore(f, at);
+        return;
+      case 'x':
+        nodes = this.range(a.id);
+        for (i = 0; i < nodes.length; i++) nodes[i].parentNode.removeChild(nodes[i]);
+        return;
+      case 'm':
+        nodes = this.range(a.id);
+        f = document.createDocumentFragment();
+        for (i = 0; i < nodes.length; i++) f.appendChild(nodes[i]);
+        list = this.start(a.list);
+        at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
+        list.parentNode.insertBefore(f, at);
+        return;
+    }
+  };
+
+  /* ---- The connection. ---- */
+  var EVENTS = ['click', 'submit', 'input', 'change', 'keydown'];
+
+  function setState(s) {
+    var c = document.documentElement.classList;
+    c.toggle('st-connected', s === 'connected');
+    c.toggle('st-reconnecting', s === 'reconnecting');
+  }
+
+  function Client(el) {
+    this.el = el;
+    this.sid = el.getAttribute('data-st-session');
+    this.token = el.getAttribute('data-st-token');
+    this.path = el.getAttribute('data-st-ws') || '/statetemplate/ws';
+    this.model = new Model();
+    this.dom = new Dom(el);
+    this.epoch = null;
+    this.tries = 0;
+    this.ref = 0;
+    this.timers = new WeakMap();
+    this.bind();
+    this.connect();
+  }
+
+  Client.prototype.url = function () {
+    var l = location, e = encodeURIComponent;
+    var u = (l.protocol === 'https:' ? 'wss://' : 'ws://') + l.host + this.path +
+      '?v=1&sid=' + e(this.sid) + '&token=' + e(this.token);
+    if (this.epoch && this.model.root) u += '&seq=' + this.model.seq + '&epoch=' + e(this.epoch);
+    return u;
+  };
+
+  Client.prototype.connect = function () {
+    var self = this, ws = new WebSocket(this.url());
+    this.ws = ws;
+    ws.onopen = function () { self.tries = 0; self.heard = Date.now(); setState('connected'); };
+    ws.onmessage = function (m) { self.heard = Date.now(); self.frame(m.data); };
+    ws.onclose = function (e) {
+      if (self.ws !== ws) return;
+      self.ws = null;
+      if (e.code === 4001 || e.code === 4002) return self.reload();
+      setState('reconnecting');
+      var d = Math.min(10000, 250 * Math.pow(2, self.tries++));
+      setTimeout(function () { self.connect(); }, d / 2 + Math.random() * d / 2);
+    };
+    clearInterval(this.beat);
+    this.beat = setInterval(function () {
+      if (self.ws !== ws || ws.readyState !== 1) return;
+      if (Date.now() - self.heard > 45000) return ws.close();
+      self.send({ t: 'ping' });
+    }, 15000);
+  };
+
+  Client.prototype.reload = function () {
+    setState('reconnecting');
+    var k = 'st-reloads', n = +(sessionStorage.getItem(k) || 0);
+    sessionStorage.setItem(k, n + 1);
+    setTimeout(function () { location.reload(); }, Math.min(10000, n ? 500 * Math.pow(2, n) : 0));
+  };
+
+  Client.prototype.send = function (m) {
+    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(m));
+  };
+
+  Client.prototype.frame = function (text) {
+    var f, acts, ae, sel, i;
+    try {
+      f = JSON.parse(text);
+      if (f.t === 'hello') { this.epoch = f.epoch; if (f.token) this.token = f.token; sessionStorage.removeItem('st-reloads'); return; }
+      if (f.t === 'error') {
+        this.el.dispatchEvent(new CustomEvent('st:error', { detail: f, bubbles: true }));
+        if (window.console) console.warn('statetemplate:', f.code, f.msg);
+        return;
+      }
+      if (f.t) return;
+      ae = document.activeElement;
+      try { sel = ae && [ae.selectionStart, ae.selectionEnd, ae.selectionDirection]; } catch (x) { sel = null; }
+      acts = this.model.apply(f);
+      for (i = 0; i < acts.length; i++) this.dom.act(acts[i], this.model);
+      if (ae && ae !== document.activeElement && ae.isConnected) {
+        ae.focus();
+        if (sel && sel[0] != null) try { ae.setSelectionRange(sel[0], sel[1], sel[2]); } catch (x) { /* not a text field */ }
+      }
+      this.el.dispatchEvent(new CustomEvent('st:update', { detail: { seq: this.model.seq }, bubbles: true }));
+      this.ack();
+    } catch (err) {
+      // Out of step: drop the model and ask for the whole page again.
+      if (window.console) console.error(err);
+      this.model = new Model();
+      this.epoch = null;
+      if (this.ws) this.ws.close();
+    }
+  };
+
+  Client.prototype.ack = function () {
+    var self = this;
+    if (this.acking) return;
+    this.acking = setTimeout(function () { self.acking = null; self.send({ t: 'ack', q: self.model.seq }); }, 1000);
+  };
+
+  function payload(type, t, e) {
+    var d = {}, k;
+    for (k in t.dataset) d[k] = t.dataset[k];
+    if (type === 'submit') {
+      var seen = {};
+      new FormData(t).forEach(function (v, name) {
+        if (typeof v !== 'string') return;
+        d[name] = seen[name] ? [].concat(d[name], v) : v;
+        seen[name] = 1;
+      });
+    } else if (type !== 'click' || 'value' in t && t.tagName !== 'BUTTON') {
+      if ('value' in t) d.value = t.value;
+      if (t.type === 'checkbox' || t.type === 'radio') d.checked = t.checked;
+    }
+    if (t.name) d.name = d.name || t.name;
+    if (type === 'keydown') d.key = e.key;
+    return d;
+  }
+
+  Client.prototype.bind = function () {
+    var self = this;
+    EVENTS.forEach(function (type) {
+      self.el.addEventListener(type, function (e) {
+        var t = e.target && e.target.closest ? e.target.closest('[st-' + type + ']') : null;
+        if (!t || !self.el.contains(t)) return;
+        if (type === 'keydown' && t.hasAttribute('st-key') && t.getAttribute('st-key') !== e.key) return;
+        if (type === 'submit' || type === 'click' && (t.tagName === 'A' || t.type === 'submit')) e.preventDefault();
+        var m = { t: 'ev', n: t.getAttribute('st-' + type), d: payload(type, t, e), r: ++self.ref };
+        if (type === 'submit' && t.hasAttribute('st-reset')) t.reset();
+        var wait = +t.getAttribute('st-debounce');
+        if (!wait) return self.send(m);
+        clearTimeout(self.timers.get(t));
+        self.timers.set(t, setTimeout(function () { self.send(m); }, wait));
+      });
+    });
+  };
+
+  function start() {
+    var els = document.querySelectorAll('[data-st-root]'), out = [];
+    for (var i = 0; i < els.length; i++) out.push(new Client(els[i]));
+    window.statetemplate = { clients: out, Model: Model };
+  }
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();

@@ -1,0 +1,102 @@
+//! The axum adapter: the WebSocket endpoint and the client script as a
+//! `Router` to merge into the app's.
+
+use axum::Router;
+use axum::extract::RawQuery;
+use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures_util::{SinkExt, StreamExt, future};
+
+use super::tungstenite_server::parse_query;
+use super::{ConnectParams, Live, WsMessage, client};
+
+impl Live {
+    /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`) and
+    /// `GET {prefix}/client.js`. Merge into the app's router:
+    /// `app.merge(live.router())`.
+    pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        let live = self.clone();
+        Router::new()
+            .route(
+                &self.ws_path(),
+                any(move |ws: WebSocketUpgrade, RawQuery(q): RawQuery| {
+                    let live = live.clone();
+                    let params = parse_query(q.as_deref().unwrap_or(""));
+                    async move { live.upgrade(ws, params) }
+                }),
+            )
+            .route(
+                &self.client_path(),
+                get(|headers: HeaderMap, RawQuery(q): RawQuery| async move {
+                    client_script(&headers, q.as_deref())
+                }),
+            )
+    }
+
+    fn upgrade(self, ws: WebSocketUpgrade, params: ConnectParams) -> Response {
+        let max = self.config.max_message;
+        ws.max_message_size(max)
+            .max_frame_size(max)
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(4 << 10)
+            .on_upgrade(move |socket| async move {
+                let (sink, stream) = socket.split();
+                let sink =
+                    sink.with(|m: WsMessage| future::ready(Ok::<_, axum::Error>(to_axum(m))));
+                let stream = stream.map(|r| r.map(from_axum));
+                self.connect(params, Box::pin(sink), stream).await;
+            })
+    }
+}
+
+fn client_script(headers: &HeaderMap, query: Option<&str>) -> Response {
+    let etag = HeaderValue::from_static(client::etag());
+    let cache = HeaderValue::from_static(client::cache_control(query));
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if client::not_modified(inm) {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
+        )
+            .into_response();
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(client::CONTENT_TYPE),
+            ),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache),
+        ],
+        client::JS,
+    )
+        .into_response()
+}
+
+fn to_axum(m: WsMessage) -> Message {
+    match m {
+        WsMessage::Text(t) => Message::Text(t.into()),
+        WsMessage::Binary(b) => Message::Binary(b.into()),
+        WsMessage::Ping(p) => Message::Ping(p.into()),
+        WsMessage::Pong(p) => Message::Pong(p.into()),
+        WsMessage::Close(c) => Message::Close(c.map(|(code, reason)| CloseFrame {
+            code,
+            reason: reason.into(),
+        })),
+    }
+}
+
+fn from_axum(m: Message) -> WsMessage {
+    match m {
+        Message::Text(t) => WsMessage::Text(t.as_str().to_owned()),
+        Message::Binary(b) => WsMessage::Binary(b.to_vec()),
+        Message::Ping(p) => WsMessage::Ping(p.to_vec()),
+        Message::Pong(p) => WsMessage::Pong(p.to_vec()),
+        Message::Close(c) => WsMessage::Close(c.map(|f| (f.code, f.reason.as_str().to_owned()))),
+    }
+}

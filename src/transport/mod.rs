@@ -1,0 +1,630 @@
+//! The browser loop: a connection loop over any WebSocket, event handlers,
+//! resume, heartbeats; adapters for axum and plain tokio-tungstenite; and
+//! the JS client the crate serves.
+//!
+//! The protocol is in `docs/protocol.md` ("Connection").
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
+use tokio::time::Instant;
+
+use crate::session::{Catchup, Session, SessionEvent, StateTemplate};
+use crate::{Error, ErrorKind, InitialRender, Result};
+
+#[cfg(feature = "axum")]
+mod axum_adapter;
+pub mod client;
+mod tungstenite_server;
+
+pub use tungstenite_server::serve as serve_tungstenite;
+
+/// Close codes the server sends (and the JS client understands).
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client sent a frame type the protocol does not use (binary).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// The client sent text that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// An internal error on the server.
+    pub const INTERNAL: u16 = 1011;
+    /// The client sent nothing (not even a pong) within the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// The session id or token is invalid, or the session is gone: the
+    /// client should reload the page (it gets a new session).
+    pub const INVALID_SESSION: u16 = 4001;
+    /// The session ended (closed, expired or evicted) while connected: the
+    /// client should reload the page.
+    pub const SESSION_ENDED: u16 = 4002;
+    /// The client speaks another protocol version.
+    pub const VERSION: u16 = 4003;
+    /// The client could not take frames as fast as they were written.
+    pub const TOO_SLOW: u16 = 4009;
+}
+
+/// A WebSocket message, independent of the WebSocket library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    /// A text message.
+    Text(String),
+    /// A binary message (the protocol does not use them).
+    Binary(Vec<u8>),
+    /// A ping.
+    Ping(Vec<u8>),
+    /// A pong.
+    Pong(Vec<u8>),
+    /// A close, with code and reason.
+    Close(Option<(u16, String)>),
+}
+
+/// What a client sends to connect: from the WebSocket URL's query string
+/// (`?sid=…&token=…&seq=…&epoch=…`).
+#[derive(Clone, Deserialize, Default)]
+pub struct ConnectParams {
+    /// The session id.
+    pub sid: String,
+    /// The session token.
+    pub token: String,
+    /// The last seq the client holds, when it resumes.
+    #[serde(default)]
+    pub seq: Option<u64>,
+    /// The page incarnation of that seq (from the server's `hello`).
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// The protocol version the client speaks.
+    #[serde(default)]
+    pub v: Option<u32>,
+}
+
+impl fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectParams")
+            .field("seq", &self.seq)
+            .field("v", &self.v)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One event from the browser.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The handler name, from the element's `st-click="name"` (etc.).
+    pub name: String,
+    /// What the client sent with it (form fields, input value, `data-*`).
+    pub payload: Json,
+}
+
+/// What an event handler gets: the event, its session and the engine.
+#[derive(Debug, Clone)]
+pub struct EventCtx {
+    /// The event.
+    pub event: Event,
+    /// The session the event came from.
+    pub session: Session,
+    /// The engine (to render to other sessions or a group).
+    pub engine: StateTemplate,
+}
+
+impl EventCtx {
+    /// The payload as `P`. A payload of the wrong shape is a
+    /// [`ErrorKind::Protocol`] error, which the client receives as an error
+    /// frame (`bad_payload`).
+    pub fn payload<P: DeserializeOwned>(&self) -> Result<P> {
+        P::deserialize(&self.event.payload).map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                format!("bad payload for event {:?}: {e}", self.event.name),
+            )
+        })
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+type Handler = dyn Fn(EventCtx) -> BoxFuture + Send + Sync;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+struct Config {
+    prefix: String,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    write_timeout: Duration,
+    max_message: usize,
+}
+
+/// The live layer: an engine, its event handlers and the connection
+/// settings. Serve it with [`Live::router`] (axum), [`serve_tungstenite`],
+/// or drive [`Live::connect`] with any WebSocket.
+#[derive(Clone)]
+pub struct Live {
+    engine: StateTemplate,
+    handlers: Arc<HashMap<String, Arc<Handler>>>,
+    config: Arc<Config>,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.handlers.keys().collect();
+        names.sort();
+        f.debug_struct("Live")
+            .field("handlers", &names)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// A live layer over `engine`, with no handlers yet and default settings:
+    /// routes under `/statetemplate`, a ping every 20 s, 60 s idle timeout,
+    /// 10 s write timeout, 64 KiB messages at most.
+    pub fn new(engine: StateTemplate) -> Live {
+        Live {
+            engine,
+            handlers: Arc::new(HashMap::new()),
+            config: Arc::new(Config {
+                prefix: "/statetemplate".to_owned(),
+                ping_interval: Duration::from_secs(20),
+                idle_timeout: Duration::from_secs(60),
+                write_timeout: Duration::from_secs(10),
+                max_message: 64 << 10,
+            }),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &StateTemplate {
+        &self.engine
+    }
+
+    fn handlers_mut(&mut self) -> &mut HashMap<String, Arc<Handler>> {
+        Arc::make_mut(&mut self.handlers)
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Registers an async handler for events named `name`. It typically
+    /// changes data and renders: `ctx.session.render(&new_data).await`.
+    pub fn on<F, Fut>(mut self, name: &str, f: F) -> Live
+    where
+        F: Fn(EventCtx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let h: Arc<Handler> = Arc::new(move |ctx| Box::pin(f(ctx)) as BoxFuture);
+        self.handlers_mut().insert(name.to_owned(), h);
+        self
+    }
+
+    /// Registers a handler that changes the session's data in place: the
+    /// session's data is read as `T`, the payload as `P`, `f` changes the
+    /// data, and the session renders it, atomically (see
+    /// [`Session::update`]).
+    pub fn on_update<T, P, F>(self, name: &str, f: F) -> Live
+    where
+        T: DeserializeOwned + serde::Serialize + Send + 'static,
+        P: DeserializeOwned + Send + 'static,
+        F: Fn(&mut T, P) -> Result<()> + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        self.on(name, move |ctx: EventCtx| {
+            let f = f.clone();
+            async move {
+                let p: P = ctx.payload()?;
+                ctx.session.update(move |t: &mut T| f(t, p)).await?;
+                Ok(())
+            }
+        })
+    }
+
+    /// Mounts the routes under `prefix` instead of `/statetemplate`.
+    pub fn prefix(mut self, prefix: &str) -> Live {
+        self.config_mut().prefix = prefix.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// How often the server pings, and how long a client may stay silent
+    /// before it is dropped.
+    pub fn heartbeat(mut self, ping_interval: Duration, idle_timeout: Duration) -> Live {
+        let c = self.config_mut();
+        c.ping_interval = ping_interval;
+        c.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// How long one write to a client may take before the client is dropped
+    /// as too slow.
+    pub fn write_timeout(mut self, d: Duration) -> Live {
+        self.config_mut().write_timeout = d;
+        self
+    }
+
+    /// The largest message (and frame) accepted from a client, in bytes.
+    pub fn max_message(mut self, bytes: usize) -> Live {
+        self.config_mut().max_message = bytes;
+        self
+    }
+
+    /// The path of the WebSocket endpoint.
+    pub fn ws_path(&self) -> String {
+        format!("{}/ws", self.config.prefix)
+    }
+
+    /// The path the JS client is served at.
+    pub fn client_path(&self) -> String {
+        format!("{}/client.js", self.config.prefix)
+    }
+
+    /// The markup to put in a page for a new session: the session's HTML in
+    /// a root element that names the session, and the client script.
+    pub fn mount(&self, initial: &InitialRender) -> String {
+        format!(
+            "<div data-st-root data-st-session=\"{}\" data-st-token=\"{}\" data-st-ws=\"{}\">{}</div>\n\
+             <script src=\"{}?v={}\" defer></script>",
+            initial.session_id,
+            attr_escape(&initial.token),
+            attr_escape(&self.ws_path()),
+            initial.html,
+            attr_escape(&self.client_path()),
+            client::etag().trim_matches('"'),
+        )
+    }
+
+    /// Runs one connection to its end: opens the session from `params`,
+    /// catches the client up (resume or join), then streams frames out and
+    /// events in until either side closes. Generic over the WebSocket: any
+    /// `Sink` and `Stream` of [`WsMessage`].
+    pub async fn connect<Si, St, E>(&self, params: ConnectParams, mut sink: Si, mut stream: St)
+    where
+        Si: Sink<WsMessage> + Unpin,
+        St: Stream<Item = std::result::Result<WsMessage, E>> + Unpin,
+        E: fmt::Display,
+    {
+        let mut out = Out {
+            sink: &mut sink,
+            timeout: self.config.write_timeout,
+            closed: false,
+        };
+        self.run(params, &mut out, &mut stream).await;
+        if out.closed {
+            // The closing handshake: wait (bounded) for the client's close
+            // so it reads ours before the connection goes.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(m) = stream.next().await {
+                    if matches!(m, Ok(WsMessage::Close(_)) | Err(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    async fn run<Si, St, E>(&self, params: ConnectParams, out: &mut Out<'_, Si>, stream: &mut St)
+    where
+        Si: Sink<WsMessage> + Unpin,
+        St: Stream<Item = std::result::Result<WsMessage, E>> + Unpin,
+        E: fmt::Display,
+    {
+        let cfg = self.config.clone();
+        if params.v.is_some_and(|v| v != crate::WIRE_VERSION) {
+            out.close(close::VERSION, "unsupported protocol version")
+                .await;
+            return;
+        }
+        let session = match self.engine.get_session(&params.sid, &params.token).await {
+            Ok(s) => s,
+            Err(_) => {
+                out.close(close::INVALID_SESSION, "invalid session").await;
+                return;
+            }
+        };
+        let span = tracing::debug_span!("socket", sid = %session.id().short());
+        let start = match (params.seq, params.epoch.as_deref()) {
+            (Some(seq), Some(epoch)) => session.resume(seq, epoch).await,
+            _ => session
+                .join()
+                .await
+                .map(|(r, sub)| (Catchup::Resync(r), sub)),
+        };
+        let (catchup, mut sub) = match start {
+            Ok(x) => x,
+            Err(_) => {
+                out.close(close::SESSION_ENDED, "session ended").await;
+                return;
+            }
+        };
+        let token = session.token().unwrap_or_default();
+        let ok = match catchup {
+            Catchup::Frames(frames) => {
+                let mut ok = out.text(hello(&session.epoch(), &token)).await;
+                for f in frames {
+                    if !ok {
+                        break;
+                    }
+                    ok = out.text(f.frame().to_owned()).await;
+                }
+                ok
+            }
+            Catchup::Resync(r) => {
+                out.text(hello(r.epoch(), &token)).await && out.text(r.frame().to_owned()).await
+            }
+        };
+        if !ok {
+            return;
+        }
+        tracing::debug!(parent: &span, "client connected");
+        let mut last_heard = Instant::now();
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        loop {
+            tokio::select! {
+                ev = sub.recv() => match ev {
+                    Some(SessionEvent::Patch(p)) => {
+                        if !out.text(p.frame().to_owned()).await {
+                            break;
+                        }
+                    }
+                    Some(SessionEvent::Resync(r)) => {
+                        if !(out.text(hello(r.epoch(), &token)).await && out.text(r.frame().to_owned()).await) {
+                            break;
+                        }
+                    }
+                    None => {
+                        out.close(close::SESSION_ENDED, "session ended").await;
+                        break;
+                    }
+                },
+                msg = stream.next() => {
+                    let msg = match msg {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::debug!(parent: &span, error = %e, "socket error");
+                            let text = e.to_string();
+                            if text.contains("too long") || text.contains("too big") {
+                                out.close(close::TOO_BIG, "message too big").await;
+                            } else if text.contains("UTF-8") || text.contains("utf-8") {
+                                out.close(close::INVALID_DATA, "invalid UTF-8").await;
+                            }
+                            break;
+                        }
+                        None => break,
+                    };
+                    last_heard = Instant::now();
+                    match msg {
+                        WsMessage::Text(t) => {
+                            let _ = session.touch().await;
+                            if t.len() > cfg.max_message {
+                                out.close(close::TOO_BIG, "message too big").await;
+                                break;
+                            }
+                            if let Some(reply) = self.client_frame(&session, &t).await {
+                                if !out.text(reply).await {
+                                    break;
+                                }
+                            }
+                        }
+                        WsMessage::Binary(_) => {
+                            out.close(close::UNSUPPORTED, "binary frames are not used").await;
+                            break;
+                        }
+                        WsMessage::Ping(p) => {
+                            if !out.send(WsMessage::Pong(p)).await {
+                                break;
+                            }
+                        }
+                        WsMessage::Pong(_) => {}
+                        WsMessage::Close(_) => break,
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= cfg.idle_timeout {
+                        out.close(close::IDLE_TIMEOUT, "idle timeout").await;
+                        break;
+                    }
+                    if !out.send(WsMessage::Ping(Vec::new())).await {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::debug!(parent: &span, "client disconnected");
+    }
+
+    /// Handles one client text frame; returns the reply, if any.
+    async fn client_frame(&self, session: &Session, text: &str) -> Option<String> {
+        let frame: ClientFrame = match parse_client_frame(text) {
+            Ok(f) => f,
+            Err(e) => return Some(error_frame("bad_frame", &e, None)),
+        };
+        match frame {
+            ClientFrame::Ping => Some("{\"t\":\"pong\"}".to_owned()),
+            ClientFrame::Ack { .. } => None,
+            ClientFrame::Event { name, data, r } => {
+                let Some(h) = self.handlers.get(&name).cloned() else {
+                    return Some(error_frame(
+                        "unknown_event",
+                        &format!("no handler for event {name:?}"),
+                        r,
+                    ));
+                };
+                let ctx = EventCtx {
+                    event: Event {
+                        name: name.clone(),
+                        payload: data,
+                    },
+                    session: session.clone(),
+                    engine: self.engine.clone(),
+                };
+                match h(ctx).await {
+                    Ok(()) => None,
+                    Err(e) => {
+                        let code = if e.kind() == ErrorKind::Protocol {
+                            "bad_payload"
+                        } else {
+                            "handler"
+                        };
+                        tracing::debug!(event = %name, error = %e, "event handler failed");
+                        Some(error_frame(code, &e.to_string(), r))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn hello(epoch: &str, token: &str) -> String {
+    format!(
+        "{{\"t\":\"hello\",\"v\":{},\"epoch\":\"{}\",\"token\":\"{}\"}}",
+        crate::WIRE_VERSION,
+        epoch,
+        token
+    )
+}
+
+fn error_frame(code: &str, message: &str, r: Option<u64>) -> String {
+    let mut j = serde_json::json!({"t": "error", "code": code, "msg": message});
+    if let Some(r) = r {
+        j["r"] = r.into();
+    }
+    j.to_string()
+}
+
+fn attr_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+}
+
+/// A frame from the client.
+#[derive(Debug, PartialEq)]
+pub(crate) enum ClientFrame {
+    /// `{"t":"ev","n":NAME,"d":PAYLOAD,"r":REF?}`
+    Event {
+        name: String,
+        data: Json,
+        r: Option<u64>,
+    },
+    /// `{"t":"ack","q":SEQ}`
+    Ack { seq: u64 },
+    /// `{"t":"ping"}`
+    Ping,
+}
+
+/// Parses a client frame; the error is a message for the error frame.
+pub(crate) fn parse_client_frame(text: &str) -> std::result::Result<ClientFrame, String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        t: String,
+        #[serde(default)]
+        n: Option<String>,
+        #[serde(default)]
+        d: Option<Json>,
+        #[serde(default)]
+        q: Option<u64>,
+        #[serde(default)]
+        r: Option<u64>,
+    }
+    let raw: Raw = serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))?;
+    match raw.t.as_str() {
+        "ev" => {
+            let name = raw.n.ok_or("an event needs a name (\"n\")")?;
+            if name.is_empty() || name.len() > 128 {
+                return Err("an event name is 1 to 128 bytes".to_owned());
+            }
+            Ok(ClientFrame::Event {
+                name,
+                data: raw.d.unwrap_or(Json::Null),
+                r: raw.r,
+            })
+        }
+        "ack" => Ok(ClientFrame::Ack {
+            seq: raw.q.ok_or("an ack needs a seq (\"q\")")?,
+        }),
+        "ping" => Ok(ClientFrame::Ping),
+        other => Err(format!("unknown frame type {other:?}")),
+    }
+}
+
+/// The writing half with a per-write timeout.
+struct Out<'a, Si> {
+    sink: &'a mut Si,
+    timeout: Duration,
+    /// Whether we sent a close.
+    closed: bool,
+}
+
+impl<Si: Sink<WsMessage> + Unpin> Out<'_, Si> {
+    /// Sends; false if the client is gone or too slow (then closed).
+    async fn send(&mut self, m: WsMessage) -> bool {
+        match tokio::time::timeout(self.timeout, self.sink.send(m)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::debug!("client too slow; dropped");
+                false
+            }
+        }
+    }
+
+    async fn text(&mut self, t: String) -> bool {
+        self.send(WsMessage::Text(t)).await
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        self.closed = true;
+        let _ = self
+            .send(WsMessage::Close(Some((code, reason.to_owned()))))
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames() {
+        assert_eq!(
+            parse_client_frame(r#"{"t":"ev","n":"inc","d":{"by":2},"r":7}"#),
+            Ok(ClientFrame::Event {
+                name: "inc".into(),
+                data: serde_json::json!({"by": 2}),
+                r: Some(7)
+            })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"t":"ack","q":4}"#),
+            Ok(ClientFrame::Ack { seq: 4 })
+        );
+        assert_eq!(parse_client_frame(r#"{"t":"ping"}"#), Ok(ClientFrame::Ping));
+        for bad in [
+            "",
+            "null",
+            "[]",
+            "{",
+            r#"{"t":1}"#,
+            r#"{"t":"ev"}"#,
+            r#"{"t":"ev","n":""}"#,
+            r#"{"t":"ack"}"#,
+            r#"{"t":"nope"}"#,
+        ] {
+            assert!(parse_client_frame(bad).is_err(), "{bad}");
+        }
+        let deep = "[".repeat(10_000);
+        assert!(parse_client_frame(&deep).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! The JS client: its model mirrors the Rust reference applier frame by
+//! frame over the whole template corpus (run in Node), and it stays small.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value as Json, json};
+use statetemplate::FragmentEngine;
+use statetemplate::apply::WireClient;
+use statetemplate::transport::client;
+
+/// Every corpus case, in its own order and reversed, as frames; with the
+/// HTML the reference applier holds after each frame.
+fn cases() -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for p in paths {
+        let case = common::load_case(&p);
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut rev = case.steps.clone();
+        rev.reverse();
+        for (label, steps) in [("", &case.steps), ("/reversed", &rev)] {
+            let engine = FragmentEngine::new(common::env_for(&case));
+            let mut page = engine.render(common::MAIN, &steps[0]).unwrap();
+            let mut wire = WireClient::new();
+            let mut frames = vec![page.join_frame()];
+            wire.apply(&frames[0]).unwrap();
+            let mut html = vec![wire.html()];
+            for d in &steps[1..] {
+                let patch = page.update(d).unwrap();
+                if let Some(f) = page.encode(&patch) {
+                    wire.apply(&f).unwrap();
+                    frames.push(f);
+                    html.push(wire.html());
+                }
+            }
+            assert_eq!(wire.html(), page.html());
+            out.push((format!("{name}{label}"), frames, html));
+        }
+    }
+    out
+}
+
+#[test]
+fn js_model_mirrors_the_rust_applier() {
+    let cases = cases();
+    let input = json!({"cases": cases.iter().map(|(n, f, _)| json!({"name": n, "frames": f})).collect::<Vec<_>>()});
+    let dir = std::env::temp_dir().join(format!("st-js-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("frames.json");
+    std::fs::File::create(&file)
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = Command::new("node")
+        .arg(Path::new("tests/js/model_check.js"))
+        .arg(&file)
+        .output()
+        .expect("node is required for the JS client tests (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results.len(), cases.len());
+    let mut frames = 0;
+    for ((name, f, want), got) in cases.iter().zip(&results) {
+        assert_eq!(got["error"], Json::Null, "{name}: JS model failed");
+        let got_html: Vec<String> = serde_json::from_value(got["html"].clone()).unwrap();
+        assert_eq!(&got_html, want, "{name}: JS model and WireClient differ");
+        frames += f.len();
+    }
+    assert!(frames > 100, "{frames} frames compared");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn js_model_rejects_what_the_rust_applier_rejects() {
+    let frames = [
+        r#"{"v":2,"q":1,"o":[]}"#,
+        r#"{"v":1,"q":1,"o":[["t","1","x"]]}"#,
+        r#"{"v":1,"q":1,"o":[["r","",[9,"x"]]]}"#,
+        r#"{"v":1,"q":1,"s":{"0":[["a","b"],[0]]},"o":[["r","",[0]]]}"#,
+        r#"{"v":1,"q":1,"o":[["zz","1"]]}"#,
+    ];
+    for f in frames {
+        assert!(WireClient::new().apply(f).is_err(), "Rust accepts {f}");
+    }
+    let input = json!({"cases": frames.iter().map(|f| json!({"name": f, "frames": [f]})).collect::<Vec<_>>()});
+    let file = std::env::temp_dir().join(format!("st-js-bad-{}.json", std::process::id()));
+    std::fs::write(&file, input.to_string()).unwrap();
+    let out = Command::new("node")
+        .arg("tests/js/model_check.js")
+        .arg(&file)
+        .output()
+        .expect("node is required");
+    let results: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
+    for (f, r) in frames.iter().zip(results) {
+        assert_ne!(r["error"], Json::Null, "JS accepts {f}");
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn client_is_under_8_kb_gzipped() {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(client::JS.as_bytes()).unwrap();
+    let n = gz.finish().unwrap().len();
+    println!("client: {} bytes, {n} gzipped", client::JS.len());
+    assert!(n < 8 * 1024, "client is {n} bytes gzipped");
+}
+
+#[test]
+fn client_etag_and_caching() {
+    let etag = client::etag();
+    assert!(etag.starts_with('"') && etag.ends_with('"') && etag.len() == 18);
+    assert!(client::not_modified(Some(etag)));
+    assert!(client::not_modified(Some(&format!("W/{etag}, \"x\""))));
+    assert!(!client::not_modified(Some("\"0000000000000000\"")));
+    assert!(!client::not_modified(None));
+    let v = format!("v={}", etag.trim_matches('"'));
+    assert_eq!(
+        client::cache_control(Some(&v)),
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(client::cache_control(Some("v=old")), "no-cache");
+    assert_eq!(client::cache_control(None), "no-cache");
+}

@@ -1,0 +1,492 @@
+//! The connection loop over real WebSockets on loopback (axum and the plain
+//! tokio-tungstenite server, with a tokio-tungstenite client), and over
+//! channels.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use statetemplate::apply::WireClient;
+use statetemplate::token::KeyRing;
+use statetemplate::transport::{ConnectParams, WsMessage, close};
+use statetemplate::{Error, ErrorKind, InitialRender, Live, StateTemplate};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const PAGE: &str =
+    "<p>Count: {{ count }}</p><ul>{% for t in items %}<li>{{ t.text }}</li>{% endfor %}</ul>";
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+struct Counter {
+    count: i64,
+    items: Vec<Item>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Item {
+    id: u32,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct By {
+    by: i64,
+}
+
+fn engine(replay: usize) -> StateTemplate {
+    let mut env = Environment::new();
+    env.add_template("counter.html", PAGE).unwrap();
+    StateTemplate::builder(env)
+        .keys(KeyRing::generate().unwrap())
+        .replay_frames(replay)
+        .build()
+        .unwrap()
+}
+
+fn live(engine: &StateTemplate) -> Live {
+    Live::new(engine.clone())
+        .on_update("inc", |c: &mut Counter, _: Json| {
+            c.count += 1;
+            Ok(())
+        })
+        .on_update("add", |c: &mut Counter, p: By| {
+            c.count += p.by;
+            Ok(())
+        })
+        .on_update("push", |c: &mut Counter, text: String| {
+            let id = c.items.len() as u32 + 1;
+            c.items.push(Item { id, text });
+            Ok(())
+        })
+        .on("fail", |_ctx| async {
+            Err(Error::store(
+                "the database is down",
+                std::io::Error::other("down"),
+            ))
+        })
+}
+
+async fn serve_axum(live: &Live) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app: axum::Router = live.router();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr.to_string()
+}
+
+async fn serve_plain(live: &Live) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(statetemplate::transport::serve_tungstenite(
+        listener,
+        live.clone(),
+    ));
+    addr.to_string()
+}
+
+fn url(addr: &str, i: &InitialRender, token: &str, resume: Option<(u64, &str)>) -> String {
+    let mut u = format!(
+        "ws://{addr}/statetemplate/ws?v=1&sid={}&token={token}",
+        i.session_id
+    );
+    if let Some((seq, epoch)) = resume {
+        u.push_str(&format!("&seq={seq}&epoch={epoch}"));
+    }
+    u
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// The next text frame (pings are answered by the client library).
+async fn text(ws: &mut Ws) -> Json {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("socket open")
+            .unwrap();
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Waits for the server's close and returns its code.
+async fn closed(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a close within 5 s")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(Message::Close(None))) | None => return 0,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                eprintln!("socket error instead of a close: {e}");
+                return 0;
+            }
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, j: Json) {
+    ws.send(Message::Text(j.to_string().into())).await.unwrap();
+}
+
+/// Applies a frame to the client model, returning it for inspection.
+fn apply(wire: &mut WireClient, f: &Json) {
+    wire.apply(&f.to_string()).unwrap();
+}
+
+fn fresh(engine: &StateTemplate, c: &Counter) -> String {
+    engine.fragments().render_html("counter.html", c).unwrap()
+}
+
+async fn join(ws: &mut Ws) -> (WireClient, String) {
+    let hello = text(ws).await;
+    assert_eq!(hello["t"], "hello");
+    assert_eq!(hello["v"], 1);
+    let epoch = hello["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(hello["token"].as_str().unwrap().len(), 92);
+    let mut wire = WireClient::new();
+    let f = text(ws).await;
+    apply(&mut wire, &f);
+    (wire, epoch)
+}
+
+async fn full_flow(addr: &str, engine: &StateTemplate) {
+    let start = Counter::default();
+    let i = engine.new_session("counter.html", &start).await.unwrap();
+    let mut ws = connect(&url(addr, &i, &i.token, None)).await;
+    let (mut wire, _) = join(&mut ws).await;
+    assert_eq!(wire.html(), i.html);
+
+    // An event changes the data; the frame brings the client to a fresh render.
+    send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
+    apply(&mut wire, &text(&mut ws).await);
+    assert_eq!(
+        wire.html(),
+        fresh(
+            engine,
+            &Counter {
+                count: 1,
+                items: vec![]
+            }
+        )
+    );
+
+    // Errors come back as error frames; the connection and state survive.
+    send(&mut ws, json!({"t":"ev","n":"nope","r":2})).await;
+    let e = text(&mut ws).await;
+    assert_eq!(
+        (e["t"].as_str(), e["code"].as_str(), e["r"].as_u64()),
+        (Some("error"), Some("unknown_event"), Some(2))
+    );
+    send(&mut ws, json!({"t":"ev","n":"add","d":{"by":"x"},"r":3})).await;
+    assert_eq!(text(&mut ws).await["code"], "bad_payload");
+    send(&mut ws, json!({"t":"ev","n":"fail","r":4})).await;
+    let e = text(&mut ws).await;
+    assert_eq!(e["code"], "handler");
+    assert!(e["msg"].as_str().unwrap().contains("database is down"));
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(text(&mut ws).await["code"], "bad_frame");
+    send(&mut ws, json!({"t":"ping"})).await;
+    assert_eq!(text(&mut ws).await["t"], "pong");
+    send(&mut ws, json!({"t":"ack","q":1})).await;
+    send(&mut ws, json!({"t":"ev","n":"add","d":{"by":5}})).await;
+    apply(&mut wire, &text(&mut ws).await);
+    let now = Counter {
+        count: 6,
+        items: vec![],
+    };
+    assert_eq!(wire.html(), fresh(engine, &now));
+
+    // Server push: a render from elsewhere reaches the client.
+    let s = engine
+        .get_session(&i.session_id.to_string(), &i.token)
+        .await
+        .unwrap();
+    s.render(&Counter {
+        count: 6,
+        items: vec![Item {
+            id: 1,
+            text: "pushed".into(),
+        }],
+    })
+    .await
+    .unwrap();
+    let f = text(&mut ws).await;
+    assert!(f.to_string().contains("pushed"));
+    apply(&mut wire, &f);
+    assert_eq!(wire.html(), s.html().await);
+
+    // Closing the session ends the connection with 4002.
+    s.close().await.unwrap();
+    assert_eq!(closed(&mut ws).await, close::SESSION_ENDED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_end_to_end() {
+    let engine = engine(64);
+    let addr = serve_axum(&live(&engine)).await;
+    full_flow(&addr, &engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tungstenite_server_end_to_end() {
+    let engine = engine(64);
+    let addr = serve_plain(&live(&engine)).await;
+    full_flow(&addr, &engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tabs_stay_in_sync() {
+    let engine = engine(64);
+    let addr = serve_axum(&live(&engine)).await;
+    let i = engine
+        .new_session("counter.html", &Counter::default())
+        .await
+        .unwrap();
+    let mut a = connect(&url(&addr, &i, &i.token, None)).await;
+    let mut b = connect(&url(&addr, &i, &i.token, None)).await;
+    let (mut wa, _) = join(&mut a).await;
+    let (mut wb, _) = join(&mut b).await;
+    send(&mut a, json!({"t":"ev","n":"push","d":"from a"})).await;
+    send(&mut b, json!({"t":"ev","n":"push","d":"from b"})).await;
+    for _ in 0..2 {
+        apply(&mut wa, &text(&mut a).await);
+        apply(&mut wb, &text(&mut b).await);
+    }
+    let s = engine
+        .get_session(&i.session_id.to_string(), &i.token)
+        .await
+        .unwrap();
+    let data: Counter = s.data().await.unwrap();
+    assert_eq!(data.items.len(), 2, "neither tab's event was lost");
+    assert_eq!(wa.html(), fresh(&engine, &data));
+    assert_eq!(wb.html(), wa.html());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_replays_what_was_missed_or_resyncs() {
+    let engine = engine(3);
+    let addr = serve_axum(&live(&engine)).await;
+    let i = engine
+        .new_session("counter.html", &Counter::default())
+        .await
+        .unwrap();
+    let s = engine
+        .get_session(&i.session_id.to_string(), &i.token)
+        .await
+        .unwrap();
+    let mut ws = connect(&url(&addr, &i, &i.token, None)).await;
+    let (mut wire, epoch) = join(&mut ws).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // Two renders while disconnected: within the buffer of 3.
+    for n in 1..=2 {
+        s.render(&Counter {
+            count: n,
+            items: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let mut ws = connect(&url(&addr, &i, &i.token, Some((wire.seq(), &epoch)))).await;
+    assert_eq!(text(&mut ws).await["t"], "hello");
+    for want in 1..=2 {
+        let f = text(&mut ws).await;
+        assert_eq!(f["q"], want, "a replayed frame, not a join");
+        apply(&mut wire, &f);
+    }
+    assert_eq!(
+        wire.html(),
+        fresh(
+            &engine,
+            &Counter {
+                count: 2,
+                items: vec![]
+            }
+        )
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // Five more: the buffer of 3 no longer covers seq 2 -> a resync.
+    for n in 3..=7 {
+        s.render(&Counter {
+            count: n,
+            items: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    let mut ws = connect(&url(&addr, &i, &i.token, Some((wire.seq(), &epoch)))).await;
+    assert_eq!(text(&mut ws).await["t"], "hello");
+    let f = text(&mut ws).await;
+    assert_eq!(f["o"][0][1], "", "a join frame");
+    let mut fresh_client = WireClient::new();
+    apply(&mut fresh_client, &f);
+    assert_eq!(
+        fresh_client.html(),
+        fresh(
+            &engine,
+            &Counter {
+                count: 7,
+                items: vec![]
+            }
+        )
+    );
+
+    // Another epoch (a restarted server) also resyncs.
+    let mut ws2 = connect(&url(&addr, &i, &i.token, Some((7, "0000000000000000")))).await;
+    assert_eq!(text(&mut ws2).await["t"], "hello");
+    assert_eq!(text(&mut ws2).await["o"][0][1], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failure_has_a_close_code() {
+    let engine = engine(8);
+    let live = live(&engine).heartbeat(Duration::from_millis(50), Duration::from_millis(200));
+    let addr = serve_axum(&live).await;
+    let i = engine
+        .new_session("counter.html", &Counter::default())
+        .await
+        .unwrap();
+
+    let mut bad = connect(&url(&addr, &i, "not-a-token", None)).await;
+    assert_eq!(closed(&mut bad).await, close::INVALID_SESSION);
+    let mut nothing = connect(&format!("ws://{addr}/statetemplate/ws")).await;
+    assert_eq!(closed(&mut nothing).await, close::INVALID_SESSION);
+    let mut version = connect(&format!(
+        "ws://{addr}/statetemplate/ws?v=9&sid={}&token={}",
+        i.session_id, i.token
+    ))
+    .await;
+    assert_eq!(closed(&mut version).await, close::VERSION);
+
+    let mut binary = connect(&url(&addr, &i, &i.token, None)).await;
+    join(&mut binary).await;
+    binary
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(closed(&mut binary).await, close::UNSUPPORTED);
+
+    let mut big = connect(&url(&addr, &i, &i.token, None)).await;
+    join(&mut big).await;
+    let _ = big.send(Message::Text("x".repeat(100 << 10).into())).await;
+    assert_eq!(closed(&mut big).await, close::TOO_BIG);
+
+    // A client that never reads (so never answers pings) is dropped.
+    let mut silent = connect(&url(&addr, &i, &i.token, None)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(closed(&mut silent).await, close::IDLE_TIMEOUT);
+
+    // The session survived all of it.
+    let s = engine
+        .get_session(&i.session_id.to_string(), &i.token)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.render(&Counter {
+            count: 1,
+            items: vec![]
+        })
+        .await
+        .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_loop_runs_over_channels() {
+    let engine = engine(8);
+    let live = live(&engine);
+    let i = engine
+        .new_session("counter.html", &Counter::default())
+        .await
+        .unwrap();
+    let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(8);
+    let (to_client, mut from_server) = tokio::sync::mpsc::channel::<WsMessage>(8);
+    let stream = futures_util::stream::unfold(from_client, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    });
+    let sink = futures_util::sink::unfold(to_client, |tx, m: WsMessage| async move {
+        tx.send(m).await.map_err(|_| "gone")?;
+        Ok::<_, &str>(tx)
+    });
+    let params = ConnectParams {
+        sid: i.session_id.to_string(),
+        token: i.token.clone(),
+        ..Default::default()
+    };
+    let task =
+        tokio::spawn(async move { live.connect(params, Box::pin(sink), Box::pin(stream)).await });
+    let next = |m: Option<WsMessage>| match m {
+        Some(WsMessage::Text(t)) => serde_json::from_str::<Json>(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(next(from_server.recv().await)["t"], "hello");
+    let mut wire = WireClient::new();
+    apply(&mut wire, &next(from_server.recv().await));
+    to_server
+        .send(Ok(WsMessage::Text(json!({"t":"ev","n":"inc"}).to_string())))
+        .await
+        .unwrap();
+    apply(&mut wire, &next(from_server.recv().await));
+    assert_eq!(
+        wire.html(),
+        fresh(
+            &engine,
+            &Counter {
+                count: 1,
+                items: vec![]
+            }
+        )
+    );
+    to_server.send(Ok(WsMessage::Close(None))).await.unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_client_script_is_served_with_etag() {
+    let engine = engine(8);
+    let addr = serve_axum(&live(&engine)).await;
+    let get = |extra: String| {
+        let addr = addr.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(
+                format!("GET /statetemplate/client.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    let r = get(String::new()).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let lower = r.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/javascript; charset=utf-8"));
+    assert!(lower.contains("cache-control: no-cache"));
+    let etag = statetemplate::transport::client::etag();
+    assert!(r.contains(etag));
+    assert!(r.contains("function Model()"));
+    let r = get(format!("If-None-Match: {etag}\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 304"), "{r}");
+    let _ = ErrorKind::Protocol;
+}
