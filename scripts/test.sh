@@ -1,17 +1,35 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Installs nothing today: the fragment engine's and
-# the sessions' tests need only the Rust toolchain. (Later suites add their
-# set-up here.)
+# Runs the whole test suite, installing what it needs when missing:
+# Debian's chromium and Node.js (apt), and playwright-core (npm, no browser
+# download). Every suite runs; a missing tool is installed or the run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is required (https://rustup.rs)" >&2
   exit 1
 fi
-# Unit, corpus (insta), error and doc tests.
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+apt_install() {
+  echo "installing $* (apt)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null
+}
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+[ -x /usr/bin/chromium ] || apt_install chromium
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Unit, corpus (insta), session, WebSocket, JS-model-mirror, error and doc tests.
 cargo test --all-features
 # Property tests again in release mode with many more cases.
 PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --test proptest
 # The examples assert what they show (each tab ends with a fresh render).
 cargo run --quiet --example sessions >/dev/null
 cargo run --quiet --example fragments >/dev/null
+# Real-browser tests of every browser example in headless Chromium.
+cargo build --quiet --examples
+node tests/browser/run.mjs

@@ -106,6 +106,12 @@ impl Error {
         Error::new(ErrorKind::InvalidSession, "invalid or expired session")
     }
 
+    /// Bad input from a client (an event payload of the wrong shape, say):
+    /// the client receives it as a `bad_payload` error frame.
+    pub fn protocol(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Protocol, message)
+    }
+
     /// A store backend failure.
     pub fn store(
         message: impl Into<String>,

@@ -321,7 +321,7 @@
   Client.prototype.connect = function () {
     var self = this, ws = new WebSocket(this.url());
     this.ws = ws;
-    ws.onopen = function () { self.tries = 0; self.heard = Date.now(); setState('connected'); };
+    ws.onopen = function () { self.heard = Date.now(); };
     ws.onmessage = function (m) { self.heard = Date.now(); self.frame(m.data); };
     ws.onclose = function (e) {
       if (self.ws !== ws) return;
@@ -354,7 +354,14 @@
     var f, acts, ae, sel, i;
     try {
       f = JSON.parse(text);
-      if (f.t === 'hello') { this.epoch = f.epoch; if (f.token) this.token = f.token; sessionStorage.removeItem('st-reloads'); return; }
+      if (f.t === 'hello') {
+        this.epoch = f.epoch;
+        if (f.token) this.token = f.token;
+        this.tries = 0;
+        sessionStorage.removeItem('st-reloads');
+        setState('connected');
+        return;
+      }
       if (f.t === 'error') {
         this.el.dispatchEvent(new CustomEvent('st:error', { detail: f, bubbles: true }));
         if (window.console) console.warn('statetemplate:', f.code, f.msg);

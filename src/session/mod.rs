@@ -795,6 +795,25 @@ impl Session {
         self.inner.id
     }
 
+    /// The template the session renders.
+    pub fn template(&self) -> &str {
+        &self.inner.template
+    }
+
+    /// The session's seq and a *fresh* full render of its current data
+    /// (not the incrementally maintained page): the oracle a test compares
+    /// a client's DOM with.
+    pub async fn fresh_render(&self) -> Result<(u64, String)> {
+        let page = self.inner.state.lock().await;
+        let (seq, data) = (page.seq(), page.data().clone());
+        drop(page);
+        let html = self
+            .engine
+            .fragments
+            .render_html(&self.inner.template, &data)?;
+        Ok((seq, html))
+    }
+
     /// The page incarnation (see [`Resync::epoch`]).
     pub fn epoch(&self) -> String {
         format!("{:016x}", self.inner.epoch)

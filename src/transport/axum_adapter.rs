@@ -18,7 +18,18 @@ impl Live {
     /// `app.merge(live.router())`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let live = self.clone();
-        Router::new()
+        let mut router = Router::new();
+        if self.config.debug_oracle {
+            let live = self.clone();
+            router = router.route(
+                &format!("{}/debug/fresh", self.config.prefix),
+                get(move |RawQuery(q): RawQuery| {
+                    let live = live.clone();
+                    async move { live.debug_fresh(q.as_deref().unwrap_or("")).await }
+                }),
+            );
+        }
+        router
             .route(
                 &self.ws_path(),
                 any(move |ws: WebSocketUpgrade, RawQuery(q): RawQuery| {
@@ -33,6 +44,21 @@ impl Live {
                     client_script(&headers, q.as_deref())
                 }),
             )
+    }
+
+    async fn debug_fresh(&self, query: &str) -> Response {
+        let p = parse_query(query);
+        let Ok(session) = self.engine.get_session(&p.sid, &p.token).await else {
+            return StatusCode::UNAUTHORIZED.into_response();
+        };
+        match session.fresh_render().await {
+            Ok((seq, html)) => (
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({"seq": seq, "html": html}).to_string(),
+            )
+                .into_response(),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        }
     }
 
     fn upgrade(self, ws: WebSocketUpgrade, params: ConnectParams) -> Response {

@@ -143,6 +143,7 @@ struct Config {
     idle_timeout: Duration,
     write_timeout: Duration,
     max_message: usize,
+    debug_oracle: bool,
 }
 
 /// The live layer: an engine, its event handlers and the connection
@@ -180,6 +181,7 @@ impl Live {
                 idle_timeout: Duration::from_secs(60),
                 write_timeout: Duration::from_secs(10),
                 max_message: 64 << 10,
+                debug_oracle: false,
             }),
         }
     }
@@ -255,6 +257,16 @@ impl Live {
     /// The largest message (and frame) accepted from a client, in bytes.
     pub fn max_message(mut self, bytes: usize) -> Live {
         self.config_mut().max_message = bytes;
+        self
+    }
+
+    /// Serves `GET {prefix}/debug/fresh?sid=…&token=…`: the session's seq
+    /// and a fresh full render of its data, as JSON (`{"seq":…,"html":…}`).
+    /// For end-to-end tests that compare a browser's DOM with the truth;
+    /// it needs the session's token like the socket, but leave it off in
+    /// production. Off by default.
+    pub fn debug_oracle(mut self, on: bool) -> Live {
+        self.config_mut().debug_oracle = on;
         self
     }
 

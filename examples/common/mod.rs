@@ -1,0 +1,176 @@
+//! What the browser examples share: the page layout, keys, the session
+//! cookie (so a browser's tabs share one session), a server clock pushed to
+//! every session, and serving on `ADDR`.
+#![allow(dead_code)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+use statetemplate::token::KeyRing;
+use statetemplate::{InitialRender, Live, Session, StateTemplate};
+
+/// Keys from `STATETEMPLATE_KEYS` (tokens then survive a restart), else a
+/// fresh key.
+pub(crate) fn keys() -> KeyRing {
+    KeyRing::from_env("STATETEMPLATE_KEYS")
+        .unwrap_or_else(|_| KeyRing::generate().expect("OS random source"))
+}
+
+/// The live layer; `STATETEMPLATE_DEBUG=1` adds the test oracle route.
+pub(crate) fn live(engine: &StateTemplate) -> Live {
+    Live::new(engine.clone()).debug_oracle(std::env::var("STATETEMPLATE_DEBUG").is_ok())
+}
+
+fn cookie(headers: &HeaderMap) -> Option<(String, String)> {
+    let raw = headers.get(header::COOKIE)?.to_str().ok()?;
+    raw.split(';').find_map(|c| {
+        let v = c.trim().strip_prefix("st=")?;
+        let (sid, token) = v.split_once('.')?;
+        Some((sid.to_owned(), token.to_owned()))
+    })
+}
+
+/// The page for this browser: the session its cookie names if that is
+/// still live (tabs share it), else a new session of `template` with
+/// `data()`. `created` runs for new sessions (to join a group, say).
+pub(crate) async fn page<T: Serialize>(
+    live: &Live,
+    headers: &HeaderMap,
+    template: &str,
+    title: &str,
+    data: impl FnOnce() -> T,
+    created: impl FnOnce(&Session),
+) -> Response {
+    let engine = live.engine();
+    let existing = match cookie(headers) {
+        Some((sid, token)) => engine.get_session(&sid, &token).await.ok(),
+        None => None,
+    };
+    let initial = match existing {
+        Some(s) => match s.token() {
+            Ok(token) => InitialRender {
+                html: s.html().await,
+                session_id: s.id(),
+                token,
+            },
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        },
+        None => match engine.new_session(template, &data()).await {
+            Ok(i) => {
+                if let Ok(s) = engine
+                    .get_session(&i.session_id.to_string(), &i.token)
+                    .await
+                {
+                    created(&s);
+                }
+                i
+            }
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
+        },
+    };
+    let set_cookie = format!(
+        "st={}.{}; Path=/; HttpOnly; SameSite=Lax",
+        initial.session_id, initial.token
+    );
+    (
+        [(header::SET_COOKIE, set_cookie)],
+        Html(layout(title, &live.mount(&initial))),
+    )
+        .into_response()
+}
+
+/// A minimal page around the mounted session.
+pub(crate) fn layout(title: &str, mounted: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font: 16px/1.4 system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; padding: 0 1rem; color: #222; }}
+.conn {{ position: fixed; top: .5rem; right: .5rem; font-size: .8rem; padding: .2rem .5rem; border-radius: 1rem; background: #eee; }}
+.conn::after {{ content: "connecting…"; }}
+html.st-connected .conn {{ background: #d4f7d4; }}
+html.st-connected .conn::after {{ content: "● live"; }}
+html.st-reconnecting .conn {{ background: #ffe1b3; }}
+html.st-reconnecting .conn::after {{ content: "reconnecting…"; }}
+.count {{ font-size: 3rem; margin: .5rem 0; }}
+button {{ font-size: 1rem; margin: 0 .1rem; }}
+li.done .text {{ text-decoration: line-through; color: #888; }}
+table {{ border-collapse: collapse; font-size: .8rem; }}
+td, th {{ padding: .1rem .5rem; border-bottom: 1px solid #eee; text-align: right; }}
+td.hot {{ background: #ffe1e1; }}
+.messages {{ list-style: none; padding: 0; }}
+.messages b {{ margin-right: .5rem; }}
+footer {{ margin-top: 1rem; color: #777; font-size: .8rem; }}
+</style>
+</head>
+<body>
+<div class="conn"></div>
+{mounted}
+</body>
+</html>
+"#
+    )
+}
+
+/// The time of day (UTC) to a tenth of a second.
+pub(crate) fn clock_text() -> String {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{}",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60,
+        ms % 1000 / 100
+    )
+}
+
+/// Pushes the server clock to every session every `every`: a render from a
+/// background task reaching every browser.
+pub(crate) fn spawn_clock(engine: StateTemplate, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let now = clock_text();
+            for s in engine.sessions() {
+                let _ = s
+                    .update(|d: &mut serde_json::Value| {
+                        d["clock"] = now.clone().into();
+                        Ok(())
+                    })
+                    .await;
+            }
+        }
+    });
+}
+
+/// Serves `app` on `ADDR` (default `127.0.0.1:PORT`) and says where.
+pub(crate) async fn serve(app: Router, port: u16) {
+    let addr = std::env::var("ADDR").unwrap_or_else(|_| format!("127.0.0.1:{port}"));
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
+    println!(
+        "listening on http://{}/  (open it in a browser; Ctrl-C stops)",
+        listener.local_addr().expect("bound address")
+    );
+    axum::serve(listener, app).await.expect("server runs");
+}
+
+/// Reads a `data-id` payload (strings in the DOM) as a number.
+pub(crate) fn id_of(p: &serde_json::Value) -> statetemplate::Result<u64> {
+    p.get("id")
+        .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()))
+        .ok_or_else(|| statetemplate::Error::protocol("the event needs a numeric data-id"))
+}
