@@ -6,15 +6,16 @@
 //! smallest set of operations that turns what the browser holds into the new
 //! page.
 //!
-//! Two layers so far:
+//! Three layers:
 //!
 //! - the **fragment engine** ([`FragmentEngine`], [`LivePage`]): pure and
 //!   synchronous, no tokio, no I/O;
 //! - **sessions** ([`StateTemplate`], [`Session`]): one live page per browser
 //!   on tokio, with sealed tokens ([`token`]), idle expiry, an LRU bound and a
-//!   pluggable [`store`]. See "Sessions" below.
-//!
-//! The WebSocket transport and the JS client come next.
+//!   pluggable [`store`]. See "Sessions" below;
+//! - the **browser loop** ([`Live`], [`transport`]): a WebSocket connection
+//!   loop (axum and tokio-tungstenite adapters), event handlers, resume, and
+//!   the JS client the crate serves. See "In the browser" below.
 //!
 //! ```
 //! use minijinja::Environment;
@@ -112,6 +113,41 @@
 //! open a session is the same [`ErrorKind::InvalidSession`]. Records go to a
 //! [`store::SessionStore`] ([`store::MemoryStore`] by default), from which a
 //! session that is not live in this process is restored.
+//!
+//! ## In the browser
+//!
+//! ```no_run
+//! # async fn run() -> statetemplate::Result<()> {
+//! use axum::{Router, response::Html, routing::get};
+//! use serde::{Deserialize, Serialize};
+//! use statetemplate::{Live, StateTemplate};
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Counter { count: i64 }
+//!
+//! let mut env = minijinja::Environment::new();
+//! env.add_template("counter.html", r#"<p>{{ count }}</p><button st-click="inc">+1</button>"#)?;
+//! let engine = StateTemplate::builder(env).build()?;
+//! let live = Live::new(engine.clone())
+//!     .on_update("inc", |c: &mut Counter, _: serde_json::Value| { c.count += 1; Ok(()) });
+//! let page = live.clone();
+//! let app: Router = Router::new()
+//!     .route("/", get(move || async move {
+//!         let initial = engine.new_session("counter.html", &Counter::default()).await.unwrap();
+//!         Html(format!("<!doctype html><body>{}</body>", page.mount(&initial)))
+//!     }))
+//!     .merge(live.router()); // GET /statetemplate/ws and /statetemplate/client.js
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//! axum::serve(listener, app).await.unwrap();
+//! # Ok(()) }
+//! ```
+//!
+//! `Live::mount` wraps the session's HTML in an element that names the
+//! session and loads the client. Elements with `st-click`, `st-submit`,
+//! `st-input`, `st-change` or `st-keydown` send events to the handlers; the
+//! client applies each frame to the DOM by fragment id and key, keeps focus,
+//! caret and typed text, and reconnects with backoff, resuming from its last
+//! seq. The protocol, with every close code, is in `docs/protocol.md`.
 //!
 //! ## Errors
 //!
