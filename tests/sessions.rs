@@ -695,3 +695,54 @@ fn building_outside_a_runtime_is_a_clear_error() {
         assert!(builder().expiration(Duration::ZERO).build().is_err());
     });
 }
+
+#[tokio::test]
+async fn groups_and_broadcast() {
+    let engine = builder().build().unwrap();
+    let mut members = Vec::new();
+    for name in ["a", "b", "c"] {
+        let i = engine
+            .new_session("page.html", &data(name, "t", &[]))
+            .await
+            .unwrap();
+        members.push(reopen(&engine, &i).await);
+    }
+    members[0].join_group("room");
+    members[1].join_group("room");
+    members[1].join_group("room"); // twice is once
+    members[2].join_group("other");
+    let mut subs: Vec<_> = members.iter().map(|s| s.updates()).collect();
+    assert_eq!(engine.group("room").len(), 2);
+    assert_eq!(engine.sessions().len(), 3);
+    for s in engine.group("room") {
+        s.update(|d: &mut Json| {
+            d["title"] = "broadcast".into();
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    for (i, sub) in subs.iter_mut().enumerate().take(2) {
+        let Some(SessionEvent::Patch(p)) = sub.recv().await else {
+            panic!("member {i} got nothing")
+        };
+        assert!(p.frame().contains("broadcast"));
+    }
+    assert_eq!(members[2].html().await.matches("broadcast").count(), 0);
+    members[0].leave_group("room");
+    assert_eq!(engine.group("room").len(), 1);
+    members[1].close().await.unwrap();
+    assert!(
+        engine.group("room").is_empty(),
+        "a closed session leaves its groups"
+    );
+    assert_eq!(engine.group("other").len(), 1);
+    // update() is atomic and typed; a failing closure changes nothing.
+    let before = members[2].html().await;
+    let e = members[2]
+        .update(|_: &mut Json| Err(statetemplate::Error::protocol("no")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol);
+    assert_eq!(members[2].html().await, before);
+}

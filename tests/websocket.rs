@@ -490,3 +490,94 @@ async fn the_client_script_is_served_with_etag() {
     assert!(r.starts_with("HTTP/1.1 304"), "{r}");
     let _ = ErrorKind::Protocol;
 }
+
+#[tokio::test]
+async fn a_connection_that_cannot_keep_up_gets_a_resync() {
+    let mut env = Environment::new();
+    env.add_template("counter.html", PAGE).unwrap();
+    let engine = StateTemplate::builder(env)
+        .keys(KeyRing::generate().unwrap())
+        .subscriber_capacity(4)
+        .build()
+        .unwrap();
+    let live = Live::new(engine.clone());
+    let i = engine
+        .new_session("counter.html", &Counter::default())
+        .await
+        .unwrap();
+    let s = engine
+        .get_session(&i.session_id.to_string(), &i.token)
+        .await
+        .unwrap();
+    // The "socket" takes one message at a time: while the test does not
+    // read, the connection loop is stuck writing and falls behind.
+    let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(1);
+    let (to_client, mut from_server) = tokio::sync::mpsc::channel::<WsMessage>(1);
+    let stream = futures_util::stream::unfold(from_client, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    });
+    let sink = futures_util::sink::unfold(to_client, |tx, m: WsMessage| async move {
+        tx.send(m).await.map_err(|_| "gone")?;
+        Ok::<_, &str>(tx)
+    });
+    let params = ConnectParams {
+        sid: i.session_id.to_string(),
+        token: i.token.clone(),
+        ..Default::default()
+    };
+    let conn = {
+        let live = live.clone();
+        tokio::spawn(async move { live.connect(params, Box::pin(sink), Box::pin(stream)).await })
+    };
+    let read = |m: Option<WsMessage>| match m {
+        Some(WsMessage::Text(t)) => serde_json::from_str::<Json>(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(read(from_server.recv().await)["t"], "hello");
+    let mut wire = WireClient::new();
+    apply(&mut wire, &read(from_server.recv().await));
+    // 50 renders while the client reads nothing: none of them waits.
+    for n in 1..=50 {
+        s.render(&Counter {
+            count: n,
+            items: vec![],
+        })
+        .await
+        .unwrap();
+    }
+    // The client catches up: a few stale frames at most, then a resync
+    // (hello + join frame) at the latest seq instead of the whole backlog.
+    let mut got = Vec::new();
+    loop {
+        let f = read(from_server.recv().await);
+        let join = f["o"][0][1] == "" && f["o"][0][0] == "r";
+        if f["t"] == "hello" {
+            continue;
+        }
+        if join {
+            wire = WireClient::new();
+        }
+        apply(&mut wire, &f);
+        got.push(f);
+        if wire.seq() == 50 {
+            break;
+        }
+    }
+    assert!(got.len() < 10, "{} frames instead of a resync", got.len());
+    assert!(
+        got.iter().any(|f| f["o"][0][1] == ""),
+        "a join frame was sent"
+    );
+    assert_eq!(
+        wire.html(),
+        fresh(
+            &engine,
+            &Counter {
+                count: 50,
+                items: vec![]
+            }
+        )
+    );
+    drop(to_server);
+    conn.await.unwrap();
+}

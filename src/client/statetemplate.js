@@ -358,6 +358,7 @@
         this.epoch = f.epoch;
         if (f.token) this.token = f.token;
         this.tries = 0;
+        this.hellos = (this.hellos || 0) + 1;
         sessionStorage.removeItem('st-reloads');
         setState('connected');
         return;
@@ -370,6 +371,7 @@
       if (f.t) return;
       ae = document.activeElement;
       try { sel = ae && [ae.selectionStart, ae.selectionEnd, ae.selectionDirection]; } catch (x) { sel = null; }
+      if (f.o && f.o[0] && f.o[0][0] === 'r' && f.o[0][1] === '') this.joins = (this.joins || 0) + 1;
       acts = this.model.apply(f);
       for (i = 0; i < acts.length; i++) this.dom.act(acts[i], this.model);
       if (ae && ae !== document.activeElement && ae.isConnected) {

@@ -168,6 +168,19 @@ const examples = {
     await until(tab2, () => document.getElementById('count').textContent === '3');
     await checkFresh(page, base, 'counter: tab 1 after tab 2 clicked');
     await checkFresh(tab2, base, 'counter: tab 2');
+    // A dropped connection resumes from the last seq: no join frame, and
+    // frames pushed meanwhile (the clock) are replayed.
+    const before = await page.evaluate(() => {
+      const c = window.statetemplate.clients[0];
+      const b = { hellos: c.hellos, joins: c.joins, seq: c.model.seq };
+      c.ws.close();
+      return b;
+    });
+    await until(page, (b) => window.statetemplate.clients[0].hellos === b.hellos + 1, before);
+    await until(page, (b) => window.statetemplate.clients[0].model.seq > b.seq, before);
+    const after = await page.evaluate(() => window.statetemplate.clients[0].joins);
+    assert(after === before.joins, `counter: the reconnect resynced (${before.joins} -> ${after} joins) instead of resuming`);
+    await checkFresh(page, base, 'counter: after a resumed reconnect');
     await page.screenshot({ path: path.join(SHOTS, 'counter.png') });
     return page;
   },
