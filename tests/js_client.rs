@@ -79,6 +79,10 @@ fn js_model_mirrors_the_rust_applier() {
         frames += f.len();
     }
     assert!(frames > 100, "{frames} frames compared");
+    // The browser tests replay the same frames through the DOM layer.
+    let fixture = json!({"cases": cases.iter().map(|(n, f, h)| json!({"name": n, "frames": f, "html": h})).collect::<Vec<_>>()});
+    std::fs::create_dir_all("target/browser").unwrap();
+    std::fs::write("target/browser/corpus-frames.json", fixture.to_string()).unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
 

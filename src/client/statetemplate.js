@@ -435,7 +435,7 @@
   function start() {
     var els = document.querySelectorAll('[data-st-root]'), out = [];
     for (var i = 0; i < els.length; i++) out.push(new Client(els[i]));
-    window.statetemplate = { clients: out, Model: Model };
+    window.statetemplate = { clients: out, Model: Model, Dom: Dom };
   }
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();

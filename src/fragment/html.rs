@@ -8,10 +8,22 @@
 pub(crate) enum Ctx {
     /// Between tags: a comment anchor is safe here.
     Text,
-    /// Inside a start or end tag, outside quotes.
-    Tag { raw: Option<RawKind>, closing: bool },
+    /// Between tags right inside `<table>`, before any row group: the HTML
+    /// parser would put a comment here in the table but the rows that follow
+    /// in an implied `tbody`, so anchors here would not be siblings.
+    TableText,
+    /// Inside a start or end tag, outside quotes (`table`: a `<table>` tag).
+    Tag {
+        raw: Option<RawKind>,
+        closing: bool,
+        table: bool,
+    },
     /// Inside a quoted attribute value.
-    Attr { quote: u8, raw: Option<RawKind> },
+    Attr {
+        quote: u8,
+        raw: Option<RawKind>,
+        table: bool,
+    },
     /// Inside `<!-- ... -->`.
     Comment,
     /// Inside `<script>`, `<style>`, `<textarea>` or `<title>`.
@@ -60,7 +72,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
     let mut i = 0;
     while i < b.len() {
         match ctx {
-            Ctx::Text => {
+            Ctx::Text | Ctx::TableText => {
                 let Some(p) = memchr(b'<', &b[i..]) else {
                     return ctx;
                 };
@@ -77,6 +89,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                         ctx = Ctx::Tag {
                             raw: None,
                             closing: true,
+                            table: false,
                         };
                     }
                     i += 1 + n;
@@ -92,14 +105,25 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                         ctx = Ctx::Tag {
                             raw: RawKind::from_name(&name),
                             closing: void,
+                            table: name == "table",
                         };
                     }
                     i += n;
                 }
             }
-            Ctx::Tag { raw, closing } => {
+            Ctx::Tag {
+                raw,
+                closing,
+                table,
+            } => {
                 match b[i] {
-                    b'"' | b'\'' => ctx = Ctx::Attr { quote: b[i], raw },
+                    b'"' | b'\'' => {
+                        ctx = Ctx::Attr {
+                            quote: b[i],
+                            raw,
+                            table,
+                        }
+                    }
                     b'>' => {
                         let self_closing = i > 0 && b[i - 1] == b'/';
                         if self_closing && !closing {
@@ -107,6 +131,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                         }
                         ctx = match raw {
                             Some(k) if !closing && !self_closing => Ctx::Raw(k),
+                            _ if table && !closing && !self_closing => Ctx::TableText,
                             _ => Ctx::Text,
                         };
                     }
@@ -114,7 +139,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                 }
                 i += 1;
             }
-            Ctx::Attr { quote, raw } => {
+            Ctx::Attr { quote, raw, table } => {
                 match memchr(quote, &b[i..]) {
                     Some(p) => i += p + 1,
                     None => return ctx,
@@ -122,6 +147,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                 ctx = Ctx::Tag {
                     raw,
                     closing: false,
+                    table,
                 };
             }
             Ctx::Comment => match find(&b[i..], b"-->") {
@@ -140,6 +166,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                         ctx = Ctx::Tag {
                             raw: None,
                             closing: true,
+                            table: false,
                         };
                     }
                     None => return ctx,
@@ -195,5 +222,8 @@ mod tests {
         assert_eq!(run("<!-- <b> -->"), (Ctx::Text, 0));
         assert_eq!(run("<svg><path d=\"m0\"/></svg>"), (Ctx::Text, 0));
         assert_eq!(run("<script>if (a<b) {}</script>"), (Ctx::Text, 0));
+        assert_eq!(run("<table class=\"t\">"), (Ctx::TableText, 1));
+        assert_eq!(run("<table><tbody>"), (Ctx::Text, 2));
+        assert_eq!(run("<table><tr>"), (Ctx::Text, 2));
     }
 }

@@ -9,7 +9,7 @@
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -158,6 +158,17 @@ const examples = {
     await page.click('#inc');
     await until(page, () => document.getElementById('count').textContent === '2');
     await checkFresh(page, base, 'counter: after clicks');
+    // keydown with a key filter: ArrowUp sends the event, other keys do not.
+    await page.click('#keys');
+    await page.keyboard.press('a');
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('ArrowUp');
+    await until(page, () => document.getElementById('count').textContent === '3');
+    await page.waitForTimeout(200);
+    assert((await text(page, '#count')) === '3', 'counter: only ArrowUp counted');
+    await page.click('#dec');
+    await until(page, () => document.getElementById('count').textContent === '2');
+    await checkFresh(page, base, 'counter: after keys');
     await typingKeepsFocus(page, base, 'counter');
     const tab2 = await ctx.newPage();
     await tab2.goto(base);
@@ -276,12 +287,65 @@ const examples = {
   },
 };
 
+/** Every corpus case's frames through the client's DOM layer: after each
+ * frame the DOM equals the Rust reference applier's HTML, parsed the same
+ * way. (Fixture written by `cargo test --test js_client`.) */
+async function corpusInTheDom(browser) {
+  const fixture = path.join(ROOT, 'target/browser/corpus-frames.json');
+  const cases = JSON.parse(readFileSync(fixture, 'utf8')).cases;
+  const client = readFileSync(path.join(ROOT, 'src/client/statetemplate.js'), 'utf8');
+  const page = await browser.newPage();
+  await page.setContent('<!doctype html><html><body><div id="root"></div></body></html>');
+  await page.addScriptTag({ content: client });
+  const results = await page.evaluate((cases) => {
+    const out = [];
+    const root = document.getElementById('root');
+    for (const c of cases) {
+      root.innerHTML = '';
+      const model = new window.statetemplate.Model();
+      const dom = new window.statetemplate.Dom(root);
+      const probe = document.createElement('div');
+      let error = null;
+      let step = 0;
+      try {
+        for (; step < c.frames.length; step++) {
+          const acts = model.apply(JSON.parse(c.frames[step]));
+          for (const a of acts) dom.act(a, model);
+          probe.innerHTML = c.html[step];
+          if (probe.innerHTML !== root.innerHTML) {
+            error = `step ${step}: DOM differs\n  dom:  ${root.innerHTML}\n  want: ${probe.innerHTML}`;
+            break;
+          }
+        }
+      } catch (e) {
+        error = `step ${step}: ${e}`;
+      }
+      out.push({ name: c.name, steps: c.frames.length, error });
+    }
+    return out;
+  }, cases);
+  await page.close();
+  let steps = 0;
+  const failed = [];
+  for (const r of results) {
+    steps += r.steps;
+    if (r.error) failed.push(`${r.name}: ${r.error}`);
+  }
+  console.log(`corpus in the DOM: ${results.length} cases, ${steps} frames, ${failed.length} failed`);
+  return failed;
+}
+
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 try {
+  if (!only.length || only.includes('corpus')) {
+    const failed = await corpusInTheDom(browser);
+    for (const f of failed) console.log('FAIL corpus ' + f);
+    failures += failed.length;
+  }
   for (const [name, run] of Object.entries(examples)) {
     if (only.length && !only.includes(name)) continue;
     const port = await freePort();
