@@ -8,7 +8,6 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderMap;
@@ -103,12 +102,7 @@ async fn main() -> Result<(), statetemplate::Error> {
         .on_update("rename", |c: &mut Chat, p: Input| {
             c.name = p.value.trim().chars().take(32).collect();
             Ok(())
-        })
-        .on_update("note", |c: &mut Chat, p: Input| {
-            c.note = p.value;
-            Ok(())
         });
-    common::spawn_clock(engine.clone(), Duration::from_millis(500));
     let page_live = live.clone();
     let app = Router::new()
         .route(

@@ -6,11 +6,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::time::Duration;
-
-use axum::Router;
-use axum::http::HeaderMap;
-use axum::routing::get;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -21,11 +16,6 @@ struct Counter {
     count: i64,
     note: String,
     clock: String,
-}
-
-#[derive(Deserialize)]
-struct Input {
-    value: String,
 }
 
 #[tokio::main]
@@ -41,35 +31,11 @@ async fn main() -> Result<(), statetemplate::Error> {
         .on_update("dec", |c: &mut Counter, _: Json| {
             c.count -= 1;
             Ok(())
-        })
-        .on_update("note", |c: &mut Counter, p: Input| {
-            c.note = p.value;
-            Ok(())
         });
-    common::spawn_clock(engine.clone(), Duration::from_millis(500));
-    let page_live = live.clone();
-    let app = Router::new()
-        .route(
-            "/",
-            get(move |headers: HeaderMap| {
-                let live = page_live.clone();
-                async move {
-                    common::page(
-                        &live,
-                        &headers,
-                        "counter.html",
-                        "Counter",
-                        || Counter {
-                            clock: common::clock_text(),
-                            ..Counter::default()
-                        },
-                        |_| {},
-                    )
-                    .await
-                }
-            }),
-        )
-        .merge(live.router());
+    let app = common::app(live, "counter.html", "Counter", || Counter {
+        clock: common::clock_text(),
+        ..Counter::default()
+    });
     common::serve(app, 3000).await;
     Ok(())
 }

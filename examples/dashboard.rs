@@ -8,9 +8,6 @@ mod common;
 
 use std::time::Duration;
 
-use axum::Router;
-use axum::http::HeaderMap;
-use axum::routing::get;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -35,11 +32,6 @@ struct Row {
     cpu: u64,
     mem: u64,
     status: String,
-}
-
-#[derive(Deserialize)]
-struct Input {
-    value: String,
 }
 
 /// A small deterministic generator (no dependency needed for an example).
@@ -109,37 +101,12 @@ async fn main() -> Result<(), statetemplate::Error> {
         include_str!("../templates/dashboard.html"),
     )?;
     let engine = StateTemplate::builder(env).keys(common::keys()).build()?;
-    let live = common::live(&engine)
-        .on_update("pause", |d: &mut Dash, _: Json| {
-            d.paused = !d.paused;
-            Ok(())
-        })
-        .on_update("note", |d: &mut Dash, p: Input| {
-            d.note = p.value;
-            Ok(())
-        });
+    let live = common::live(&engine).on_update("pause", |d: &mut Dash, _: Json| {
+        d.paused = !d.paused;
+        Ok(())
+    });
     spawn_feed(engine.clone(), Duration::from_millis(200));
-    common::spawn_clock(engine.clone(), Duration::from_millis(500));
-    let page_live = live.clone();
-    let app = Router::new()
-        .route(
-            "/",
-            get(move |headers: HeaderMap| {
-                let live = page_live.clone();
-                async move {
-                    common::page(
-                        &live,
-                        &headers,
-                        "dashboard.html",
-                        "Dashboard",
-                        start,
-                        |_| {},
-                    )
-                    .await
-                }
-            }),
-        )
-        .merge(live.router());
+    let app = common::app(live, "dashboard.html", "Dashboard", start);
     common::serve(app, 3002).await;
     Ok(())
 }

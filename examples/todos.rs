@@ -6,11 +6,6 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::time::Duration;
-
-use axum::Router;
-use axum::http::HeaderMap;
-use axum::routing::get;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -34,11 +29,6 @@ struct Todo {
 #[derive(Deserialize)]
 struct NewTodo {
     text: String,
-}
-
-#[derive(Deserialize)]
-struct Input {
-    value: String,
 }
 
 impl Todos {
@@ -93,49 +83,32 @@ async fn main() -> Result<(), statetemplate::Error> {
                 d.todos.swap(i, i + 1);
             }
             Ok(())
-        })
-        .on_update("note", |d: &mut Todos, p: Input| {
-            d.note = p.value;
-            Ok(())
         });
-    common::spawn_clock(engine.clone(), Duration::from_millis(500));
-    let page_live = live.clone();
-    let app = Router::new()
-        .route(
-            "/",
-            get(move |headers: HeaderMap| {
-                let live = page_live.clone();
-                async move {
-                    let start = || {
-                        let todos = vec![
-                            Todo {
-                                id: 1,
-                                text: "Buy milk".into(),
-                                done: false,
-                            },
-                            Todo {
-                                id: 2,
-                                text: "Write the report".into(),
-                                done: true,
-                            },
-                            Todo {
-                                id: 3,
-                                text: "Call Ada".into(),
-                                done: false,
-                            },
-                        ];
-                        Todos {
-                            todos,
-                            next: 3,
-                            clock: common::clock_text(),
-                            ..Todos::default()
-                        }
-                    };
-                    common::page(&live, &headers, "todos.html", "Todos", start, |_| {}).await
-                }
-            }),
-        )
-        .merge(live.router());
+    let app = common::app(live, "todos.html", "Todos", || {
+        let todos = vec![
+            Todo {
+                id: 1,
+                text: "Buy milk".into(),
+                done: false,
+            },
+            Todo {
+                id: 2,
+                text: "Write the report".into(),
+                done: true,
+            },
+            Todo {
+                id: 3,
+                text: "Call Ada".into(),
+                done: false,
+            },
+        ];
+        Todos {
+            todos,
+            next: 3,
+            clock: common::clock_text(),
+            ..Todos::default()
+        }
+    });
     common::serve(app, 3001).await;
     Ok(())
 }

@@ -23,6 +23,8 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# One tungstenite in the tree (axum's): `cargo tree -i` fails if two are.
+cargo tree -q -i tungstenite --all-features >/dev/null
 # Unit, corpus (insta), session, WebSocket, JS-model-mirror, error and doc tests.
 cargo test --all-features
 # Property tests again in release mode with many more cases.

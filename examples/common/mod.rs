@@ -19,9 +19,43 @@ pub(crate) fn keys() -> KeyRing {
         .unwrap_or_else(|_| KeyRing::generate().expect("OS random source"))
 }
 
-/// The live layer; `STATETEMPLATE_DEBUG=1` adds the test oracle route.
+#[derive(serde::Deserialize)]
+struct Input {
+    value: String,
+}
+
+/// The live layer every browser example starts from: the `note` field's
+/// handler (any page data with a `note`), the server clock pushed to every
+/// session twice a second, and with `STATETEMPLATE_DEBUG=1` the test oracle
+/// route.
 pub(crate) fn live(engine: &StateTemplate) -> Live {
-    Live::new(engine.clone()).debug_oracle(std::env::var("STATETEMPLATE_DEBUG").is_ok())
+    spawn_clock(engine.clone(), Duration::from_millis(500));
+    Live::new(engine.clone())
+        .debug_oracle(std::env::var("STATETEMPLATE_DEBUG").is_ok())
+        .on_update("note", |d: &mut serde_json::Value, p: Input| {
+            d["note"] = p.value.into();
+            Ok(())
+        })
+}
+
+/// The app: `GET /` serves this browser's page (see [`page`]) of `template`
+/// with `data()` for new sessions, plus the live routes.
+pub(crate) fn app<T, F>(live: Live, template: &'static str, title: &'static str, data: F) -> Router
+where
+    T: Serialize + Send + Sync + 'static,
+    F: Fn() -> T + Clone + Send + Sync + 'static,
+{
+    let routes = live.router();
+    Router::new()
+        .route(
+            "/",
+            axum::routing::get(move |headers: HeaderMap| {
+                let live = live.clone();
+                let data = data.clone();
+                async move { page(&live, &headers, template, title, data, |_| {}).await }
+            }),
+        )
+        .merge(routes)
 }
 
 fn cookie(headers: &HeaderMap) -> Option<(String, String)> {
@@ -137,7 +171,7 @@ pub(crate) fn clock_text() -> String {
 
 /// Pushes the server clock to every session every `every`: a render from a
 /// background task reaching every browser.
-pub(crate) fn spawn_clock(engine: StateTemplate, every: Duration) {
+fn spawn_clock(engine: StateTemplate, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
