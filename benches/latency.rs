@@ -60,7 +60,11 @@ async fn open(
         "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
         i.session_id, i.token
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", format!("http://{addr}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     next_text(&mut ws).await; // hello
     next_text(&mut ws).await; // join frame
     (s, ws)

@@ -164,6 +164,41 @@ pub mod store;
 pub mod token;
 pub mod transport;
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`).
+    //! Not part of the stable API.
+
+    use crate::token::KeyRing;
+
+    /// Opens `token` with `ring` at `now_ms`: the claims' session id bytes,
+    /// or `None` when the token is refused.
+    pub fn open_token(ring: &KeyRing, token: &str, now_ms: u64) -> Option<[u8; 16]> {
+        ring.open(token, now_ms).ok().map(|c| *c.session.as_bytes())
+    }
+
+    /// Seals a token for the session id `sid`, valid from `now_ms` for a minute.
+    pub fn seal_token(ring: &KeyRing, sid: [u8; 16], now_ms: u64) -> String {
+        ring.seal(&crate::token::Claims {
+            session: crate::session::SessionId::from_bytes(sid),
+            issued_ms: now_ms,
+            expires_ms: now_ms + 60_000,
+            generation: 0,
+        })
+        .expect("sealing")
+    }
+
+    /// Parses a client frame; whether it was accepted.
+    pub fn parse_client_frame(text: &str) -> bool {
+        crate::transport::parse_client_frame(text).is_ok()
+    }
+
+    /// Parses a WebSocket URL query string.
+    pub fn parse_query(q: &str) -> crate::transport::ConnectParams {
+        crate::transport::parse_query(q)
+    }
+}
+
 pub use error::{Error, ErrorKind, Result};
 pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
 pub use protocol::{Action, Update};

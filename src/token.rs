@@ -220,6 +220,12 @@ impl KeyRing {
     }
 
     pub(crate) fn seal(&self, claims: &Claims) -> Result<String> {
+        self.seal_for(PURPOSE, claims)
+    }
+
+    /// Seals for another purpose (the AAD binds it: a token of one purpose
+    /// never opens for another).
+    fn seal_for(&self, purpose: &[u8], claims: &Claims) -> Result<String> {
         let key = &self.keys[0].key;
         let mut raw = Vec::with_capacity(RAW);
         raw.push(TOKEN_VERSION);
@@ -233,7 +239,7 @@ impl KeyRing {
         plain[16..24].copy_from_slice(&claims.issued_ms.to_be_bytes());
         plain[24..32].copy_from_slice(&claims.expires_ms.to_be_bytes());
         plain[32..].copy_from_slice(&claims.generation.to_be_bytes());
-        let aad = aad(&raw[..HEADER]);
+        let aad = aad(&raw[..HEADER], purpose);
         let sealed = key
             .cipher
             .encrypt(
@@ -252,11 +258,11 @@ impl KeyRing {
     /// its grace period), authenticity, then time. Every failure is the
     /// same [`ErrorKind::InvalidSession`] error.
     pub(crate) fn open(&self, token: &str, now_ms: u64) -> Result<Claims> {
-        self.open_inner(token, now_ms)
+        self.open_inner(PURPOSE, token, now_ms)
             .ok_or_else(Error::invalid_session)
     }
 
-    fn open_inner(&self, token: &str, now_ms: u64) -> Option<Claims> {
+    fn open_inner(&self, purpose: &[u8], token: &str, now_ms: u64) -> Option<Claims> {
         if token.len() > MAX_TOKEN_LEN || token.len() != RAW.div_ceil(3) * 4 - (3 - RAW % 3) % 3 {
             return None;
         }
@@ -272,7 +278,7 @@ impl KeyRing {
             return None;
         }
         let nonce: [u8; NONCE] = raw[HEADER..HEADER + NONCE].try_into().ok()?;
-        let aad = aad(&raw[..HEADER]);
+        let aad = aad(&raw[..HEADER], purpose);
         let plain = entry
             .key
             .cipher
@@ -304,10 +310,10 @@ impl KeyRing {
     }
 }
 
-fn aad(header: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(header.len() + PURPOSE.len());
+fn aad(header: &[u8], purpose: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(header.len() + purpose.len());
     a.extend_from_slice(header);
-    a.extend_from_slice(PURPOSE);
+    a.extend_from_slice(purpose);
     a
 }
 
@@ -415,6 +421,115 @@ mod tests {
         let t_new = ring.seal(&c).unwrap();
         assert!(KeyRing::new(old).open(&t_new, c.issued_ms).is_err());
         assert_eq!(ring.primary_id(), new.id());
+    }
+
+    #[test]
+    fn another_purpose_does_not_open() {
+        let ring = KeyRing::generate().unwrap();
+        let c = claims(1_000_000);
+        let other = ring.seal_for(b"email-v1", &c).unwrap();
+        assert!(ring.open(&other, 1_000_001).is_err());
+        assert!(ring.open_inner(b"email-v1", &other, 1_000_001).is_some());
+        let ws = ring.seal(&c).unwrap();
+        assert!(ring.open_inner(b"email-v1", &ws, 1_000_001).is_none());
+    }
+
+    #[test]
+    fn a_million_tokens_repeat_no_nonce_and_ids_do_not_repeat() {
+        let ring = KeyRing::generate().unwrap();
+        let c = claims(1_000_000);
+        let mut nonces = std::collections::HashSet::with_capacity(1_000_000);
+        let mut ids = std::collections::HashSet::with_capacity(1_000_000);
+        let mut raw = [0u8; RAW + 3];
+        for _ in 0..1_000_000 {
+            let t = ring.seal(&c).unwrap();
+            URL_SAFE_NO_PAD.decode_slice(&t, &mut raw).unwrap();
+            let nonce: [u8; NONCE] = raw[HEADER..HEADER + NONCE].try_into().unwrap();
+            assert!(nonces.insert(nonce), "a nonce repeated");
+            assert!(
+                ids.insert(*SessionId::generate().unwrap().as_bytes()),
+                "a session id repeated"
+            );
+        }
+        assert_eq!((nonces.len(), ids.len()), (1_000_000, 1_000_000));
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ring_and_token() -> impl Strategy<Value = (KeyRing, String, Claims)> {
+            (
+                any::<[u8; 32]>(),
+                any::<[u8; 16]>(),
+                1u64..1 << 50,
+                1u64..1 << 30,
+                any::<u32>(),
+            )
+                .prop_map(|(k, sid, at, ttl, generation)| {
+                    let ring = KeyRing::new(Key::from_bytes(&k).unwrap());
+                    let c = Claims {
+                        session: SessionId::from_bytes(sid),
+                        issued_ms: at,
+                        expires_ms: at + ttl,
+                        generation,
+                    };
+                    let t = ring.seal(&c).unwrap();
+                    (ring, t, c)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn round_trips((ring, t, c) in ring_and_token()) {
+                prop_assert_eq!(ring.open(&t, c.issued_ms).unwrap(), c);
+            }
+
+            #[test]
+            fn any_bit_flip_is_refused((ring, t, c) in ring_and_token(), i in 0usize..RAW, bit in 0u8..8) {
+                let mut raw = URL_SAFE_NO_PAD.decode(&t).unwrap();
+                raw[i] ^= 1 << bit;
+                prop_assert!(ring.open(&URL_SAFE_NO_PAD.encode(&raw), c.issued_ms).is_err());
+            }
+
+            #[test]
+            fn any_character_change_is_refused((ring, t, c) in ring_and_token(), i in 0usize..92, ch in any::<char>()) {
+                let mut chars: Vec<char> = t.chars().collect();
+                prop_assume!(chars[i] != ch);
+                chars[i] = ch;
+                let edited: String = chars.into_iter().collect();
+                prop_assert!(ring.open(&edited, c.issued_ms).is_err());
+            }
+
+            #[test]
+            fn any_truncation_or_extension_is_refused((ring, t, c) in ring_and_token(), cut in 0usize..92, tail in "[A-Za-z0-9_=+/ \t\n-]{1,40}") {
+                prop_assert!(ring.open(&t[..cut], c.issued_ms).is_err());
+                let (longer, prefixed) = (format!("{t}{tail}"), format!("{tail}{t}"));
+                prop_assert!(ring.open(&longer, c.issued_ms).is_err());
+                prop_assert!(ring.open(&prefixed, c.issued_ms).is_err());
+            }
+
+            #[test]
+            fn any_junk_is_refused((ring, _t, c) in ring_and_token(), junk in ".{0,600}") {
+                prop_assert!(ring.open(&junk, c.issued_ms).is_err());
+            }
+
+            #[test]
+            fn another_key_refuses((_ring, t, c) in ring_and_token(), other in any::<[u8; 32]>()) {
+                let other = KeyRing::new(Key::from_bytes(&other).unwrap());
+                prop_assert!(other.open(&t, c.issued_ms).is_err());
+            }
+
+            #[test]
+            fn time_bounds_hold((ring, t, c) in ring_and_token(), after in 0u64..1 << 31) {
+                let skew = CLOCK_SKEW.as_millis() as u64;
+                let ok = ring.open(&t, c.issued_ms.saturating_sub(skew) + after).is_ok();
+                let now = c.issued_ms.saturating_sub(skew) + after;
+                prop_assert_eq!(ok, now < c.expires_ms);
+            }
+        }
     }
 
     #[test]

@@ -100,8 +100,24 @@ fn url(addr: &str, i: &InitialRender, token: &str, resume: Option<(u64, &str)>) 
     u
 }
 
+/// Connects as a page of the server's own origin would.
 async fn connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.unwrap().0
+    let host = url.trim_start_matches("ws://").split('/').next().unwrap();
+    connect_from(url, Some(&format!("http://{host}")))
+        .await
+        .unwrap()
+}
+
+async fn connect_from(
+    url: &str,
+    origin: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("origin", o.parse().unwrap());
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
 }
 
 /// The next text frame (pings are answered by the client library).

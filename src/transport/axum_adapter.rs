@@ -32,11 +32,20 @@ impl Live {
         router
             .route(
                 &self.ws_path(),
-                any(move |ws: WebSocketUpgrade, RawQuery(q): RawQuery| {
-                    let live = live.clone();
-                    let params = parse_query(q.as_deref().unwrap_or(""));
-                    async move { live.upgrade(ws, params) }
-                }),
+                any(
+                    move |ws: WebSocketUpgrade, headers: HeaderMap, RawQuery(q): RawQuery| {
+                        let live = live.clone();
+                        let params = parse_query(q.as_deref().unwrap_or(""));
+                        async move {
+                            let h = |n| headers.get(n).and_then(|v: &HeaderValue| v.to_str().ok());
+                            if !live.origin_allowed(h(header::ORIGIN), h(header::HOST)) {
+                                return (StatusCode::FORBIDDEN, "origin not allowed")
+                                    .into_response();
+                            }
+                            live.upgrade(ws, params)
+                        }
+                    },
+                ),
             )
             .route(
                 &self.client_path(),

@@ -25,6 +25,8 @@ mod axum_adapter;
 pub mod client;
 mod tungstenite_server;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use tungstenite_server::parse_query;
 pub use tungstenite_server::serve as serve_tungstenite;
 
 /// Close codes the server sends (and the JS client understands).
@@ -144,6 +146,10 @@ struct Config {
     write_timeout: Duration,
     max_message: usize,
     debug_oracle: bool,
+    origins: Option<Vec<String>>,
+    rate_per_sec: f64,
+    rate_burst: f64,
+    handshake_timeout: Duration,
 }
 
 /// The live layer: an engine, its event handlers and the connection
@@ -154,6 +160,7 @@ pub struct Live {
     engine: StateTemplate,
     handlers: Arc<HashMap<String, Arc<Handler>>>,
     config: Arc<Config>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl fmt::Debug for Live {
@@ -175,6 +182,7 @@ impl Live {
         Live {
             engine,
             handlers: Arc::new(HashMap::new()),
+            open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             config: Arc::new(Config {
                 prefix: "/statetemplate".to_owned(),
                 ping_interval: Duration::from_secs(20),
@@ -182,6 +190,10 @@ impl Live {
                 write_timeout: Duration::from_secs(10),
                 max_message: 64 << 10,
                 debug_oracle: false,
+                origins: None,
+                rate_per_sec: 100.0,
+                rate_burst: 200.0,
+                handshake_timeout: Duration::from_secs(10),
             }),
         }
     }
@@ -254,6 +266,68 @@ impl Live {
         self
     }
 
+    /// Accept WebSocket handshakes only from these origins (exact,
+    /// case-insensitive, like `https://app.example.com`). Default: the
+    /// page's own host, i.e. the `Origin`'s host and port must equal the
+    /// request's `Host`. A missing or `null` origin is always refused (403).
+    pub fn allowed_origins<I, S>(mut self, origins: I) -> Live
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.config_mut().origins = Some(
+            origins
+                .into_iter()
+                .map(|o| o.into().trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        );
+        self
+    }
+
+    /// Whether a handshake with this `Origin` and `Host` is allowed (see
+    /// [`Live::allowed_origins`]). The adapters answer 403 when it is not.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin.map(str::trim) else {
+            return false;
+        };
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        if origin.is_empty() || origin == "null" {
+            return false;
+        }
+        if let Some(list) = &self.config.origins {
+            return list.contains(&origin);
+        }
+        let (Some(host), Some((scheme, authority))) = (host, origin.split_once("://")) else {
+            return false;
+        };
+        (scheme == "http" || scheme == "https")
+            && !authority.contains(['/', '@'])
+            && authority == host.trim().to_ascii_lowercase()
+    }
+
+    /// How many messages a second one connection may send (`burst` at
+    /// once). Beyond it the server stops reading that connection until the
+    /// budget refills, so a flood slows only the flooder. Default: 100 a
+    /// second, bursts of 200.
+    pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Live {
+        let c = self.config_mut();
+        c.rate_per_sec = f64::from(per_second.max(1));
+        c.rate_burst = f64::from(burst.max(1));
+        self
+    }
+
+    /// How long the plain tokio-tungstenite server gives a client to
+    /// complete the WebSocket handshake (slowloris). Default: 10 s.
+    pub fn handshake_timeout(mut self, d: Duration) -> Live {
+        self.config_mut().handshake_timeout = d;
+        self
+    }
+
+    /// How many connections are open now (all clones of this `Live`).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The largest message (and frame) accepted from a client, in bytes.
     pub fn max_message(mut self, bytes: usize) -> Live {
         self.config_mut().max_message = bytes;
@@ -305,6 +379,7 @@ impl Live {
         St: Stream<Item = std::result::Result<WsMessage, E>> + Unpin,
         E: fmt::Display,
     {
+        let _count = OpenGuard::new(&self.open);
         let mut out = Out {
             sink: &mut sink,
             timeout: self.config.write_timeout,
@@ -380,6 +455,7 @@ impl Live {
         }
         tracing::debug!(parent: &span, "client connected");
         let mut last_heard = Instant::now();
+        let mut budget = Bucket::new(cfg.rate_per_sec, cfg.rate_burst);
         let mut ping =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         loop {
@@ -415,6 +491,7 @@ impl Live {
                         }
                         None => break,
                     };
+                    budget.take().await;
                     last_heard = Instant::now();
                     match msg {
                         WsMessage::Text(t) => {
@@ -571,6 +648,56 @@ pub(crate) fn parse_client_frame(text: &str) -> std::result::Result<ClientFrame,
     }
 }
 
+/// Counts a connection while it lives.
+struct OpenGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> OpenGuard<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> OpenGuard<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenGuard(n)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A token bucket: `rate` messages a second, `burst` at once. `take` waits
+/// (the connection is not read meanwhile) when the bucket is empty.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    async fn take(&mut self) {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens < 1.0 {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
+            tokio::time::sleep(wait).await;
+            self.tokens = 1.0;
+            self.at = Instant::now();
+        }
+        self.tokens -= 1.0;
+    }
+}
+
 /// The writing half with a per-write timeout.
 struct Out<'a, Si> {
     sink: &'a mut Si,
@@ -607,6 +734,36 @@ impl<Si: Sink<WsMessage> + Unpin> Out<'_, Si> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let mut env = minijinja::Environment::new();
+        env.add_template("t", "x").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let engine = rt.block_on(async { StateTemplate::builder(env).build().unwrap() });
+        let live = Live::new(engine);
+        let host = Some("app.example.com:8080");
+        let ok = |o: &str| live.origin_allowed(Some(o), host);
+        assert!(ok("http://app.example.com:8080"));
+        assert!(ok("https://APP.example.com:8080/"));
+        assert!(!ok("http://app.example.com:8081"), "wrong port");
+        assert!(!ok("http://app.example.com"), "no port");
+        assert!(!ok("http://app.example.com:8080.evil.com"));
+        assert!(!ok("http://app.example.com.evil.com:8080"));
+        assert!(!ok("http://evil.com@app.example.com:8080"));
+        assert!(!ok("null"));
+        assert!(!ok(""));
+        assert!(!ok("ftp://app.example.com:8080"));
+        assert!(!live.origin_allowed(None, host), "missing origin");
+        assert!(!live.origin_allowed(Some("http://a"), None), "missing host");
+        let listed = live.allowed_origins(["https://app.example.com"]);
+        assert!(listed.origin_allowed(Some("https://app.example.com"), Some("x")));
+        assert!(!listed.origin_allowed(Some("https://app.example.com.evil.com"), Some("x")));
+        assert!(!listed.origin_allowed(Some("http://app.example.com"), Some("x")));
+    }
 
     #[test]
     fn client_frames() {

@@ -12,9 +12,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{ConnectParams, Live, WsMessage};
 
-/// How long a client may take to complete the WebSocket handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts WebSocket connections on `listener` (at [`Live::ws_path`]) and
 /// runs each on its own task. Returns only if accepting fails for good; a
 /// transient failure (out of file descriptors) backs off and retries.
@@ -50,6 +47,12 @@ impl Live {
                 *r.status_mut() = StatusCode::NOT_FOUND;
                 return Err(r);
             }
+            let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+            if !self.origin_allowed(h("origin"), h("host")) {
+                let mut r = ErrorResponse::new(Some("origin not allowed".to_owned()));
+                *r.status_mut() = StatusCode::FORBIDDEN;
+                return Err(r);
+            }
             let q = req.uri().query().unwrap_or("");
             params = Some(parse_query(q));
             Ok(resp)
@@ -61,7 +64,7 @@ impl Live {
             .read_buffer_size(4 << 10)
             .write_buffer_size(0);
         let ws = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
+            self.config.handshake_timeout,
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
         )
         .await
