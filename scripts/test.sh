@@ -35,3 +35,6 @@ cargo run --quiet --example fragments >/dev/null
 # Real-browser tests of every browser example in headless Chromium.
 cargo build --quiet --examples
 node tests/browser/run.mjs
+# The Autobahn WebSocket conformance suite, when Python 2.7 is present
+# (it says SKIPPED otherwise).
+bash scripts/autobahn.sh

@@ -623,3 +623,62 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     assert_eq!(next_json(&mut ws).await["t"], "hello");
     child.kill().await.unwrap();
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use statetemplate::transport::{ConnectParams, WsMessage};
+
+    fn frame() -> impl Strategy<Value = String> {
+        prop_oneof![
+            ".{0,200}",
+            "\\{\"t\":\"(ev|ack|ping|[a-z]{0,4})\"(,\"n\":\"[a-z]{0,6}\")?(,\"d\":[0-9\\[\\]{}\",:a-z]{0,30})?(,\"q\":-?[0-9]{1,20})?\\}",
+            "[\\[\\]{}\",:0-9a-z]{0,300}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any sequence of client frames: the loop answers, never panics,
+        /// keeps serving (a ping still gets its pong) and the session is
+        /// unchanged (no handler matches these names).
+        #[test]
+        fn any_client_frames_leave_the_session_intact(frames in proptest::collection::vec(frame(), 1..20)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let engine = engine();
+                let live = Live::new(engine.clone()).rate_limit(100_000, 100_000);
+                let i = engine.new_session("p.html", &Page::default()).await.unwrap();
+                let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(64);
+                let (to_client, mut from_server) = tokio::sync::mpsc::channel::<WsMessage>(64);
+                let stream = futures_util::stream::unfold(from_client, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+                let sink = futures_util::sink::unfold(to_client, |tx, m: WsMessage| async move {
+                    tx.send(m).await.map_err(|_| "gone")?;
+                    Ok::<_, &str>(tx)
+                });
+                let params = ConnectParams { sid: i.session_id.to_string(), token: i.token.clone(), ..Default::default() };
+                let conn = tokio::spawn(async move { live.connect(params, Box::pin(sink), Box::pin(stream)).await });
+                let reader = tokio::spawn(async move {
+                    let mut pong = false;
+                    while let Some(m) = from_server.recv().await {
+                        if let WsMessage::Text(t) = m {
+                            if t == r#"{"t":"pong"}"# { pong = true; break; }
+                        }
+                    }
+                    pong
+                });
+                for f in frames {
+                    to_server.send(Ok(WsMessage::Text(f))).await.unwrap();
+                }
+                to_server.send(Ok(WsMessage::Text(r#"{"t":"ping"}"#.into()))).await.unwrap();
+                assert!(reader.await.unwrap(), "the connection stopped serving");
+                drop(to_server);
+                conn.await.unwrap();
+                let s = engine.get_session(&i.session_id.to_string(), &i.token).await.unwrap();
+                assert_eq!(s.seq().await, 0);
+                assert_eq!(s.html().await, i.html);
+            });
+        }
+    }
+}

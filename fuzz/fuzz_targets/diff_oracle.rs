@@ -25,7 +25,9 @@ fn engine() -> &'static FragmentEngine {
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let mut parts = text.splitn(2, '\u{1}');
-    let (Some(a), Some(b)) = (parts.next(), parts.next()) else { return };
+    let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+        return;
+    };
     let (Ok(a), Ok(b)) = (
         serde_json::from_str::<serde_json::Value>(a),
         serde_json::from_str::<serde_json::Value>(b),
@@ -33,13 +35,17 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let e = engine();
-    let Ok(mut page) = e.render("p", &a) else { return };
+    let Ok(mut page) = e.render("p", &a) else {
+        return;
+    };
     let mut wire = WireClient::new();
     wire.apply(&page.join_frame()).expect("join applies");
     let before = page.html();
     match page.update(&b) {
         Ok(patch) => {
-            let fresh = e.render_html("p", &b).expect("fresh render of data that updated");
+            let fresh = e
+                .render_html("p", &b)
+                .expect("fresh render of data that updated");
             assert_eq!(page.html(), fresh);
             if let Some(f) = page.encode(&patch) {
                 wire.apply(&f).expect("frame applies");

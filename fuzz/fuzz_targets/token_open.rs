@@ -17,7 +17,9 @@ fn ring() -> &'static KeyRing {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     let ring = ring();
     if mode % 2 == 0 {
         if let Ok(s) = std::str::from_utf8(rest) {
@@ -47,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    let Ok(edited) = String::from_utf8(bytes) else { return };
+    let Ok(edited) = String::from_utf8(bytes) else {
+        return;
+    };
     let opened = open_token(ring, &edited, NOW);
     if edited == token {
         assert_eq!(opened, Some(sid));

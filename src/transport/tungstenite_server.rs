@@ -34,6 +34,18 @@ pub async fn serve(listener: TcpListener, live: Live) -> std::io::Result<()> {
 }
 
 impl Live {
+    /// The tungstenite settings the plain server uses: messages and frames
+    /// capped at [`Live::max_message`], a 4 KiB read buffer (tungstenite's
+    /// default is 128 KiB), writes not buffered.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let max = self.config.max_message;
+        WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+            .read_buffer_size(4 << 10)
+            .write_buffer_size(0)
+    }
+
     /// Runs the WebSocket handshake on one TCP connection, then the
     /// connection loop.
     pub async fn serve_tcp(&self, stream: TcpStream) {
@@ -57,12 +69,7 @@ impl Live {
             params = Some(parse_query(q));
             Ok(resp)
         };
-        let max = self.config.max_message;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max))
-            .read_buffer_size(4 << 10)
-            .write_buffer_size(0);
+        let config = self.websocket_config();
         let ws = match tokio::time::timeout(
             self.config.handshake_timeout,
             tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
