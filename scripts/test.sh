@@ -32,6 +32,7 @@ PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --te
 # The examples assert what they show (each tab ends with a fresh render).
 cargo run --quiet --example sessions >/dev/null
 cargo run --quiet --example fragments >/dev/null
+[ "$(cargo run --quiet --example keygen 2>/dev/null | wc -c)" = 44 ]
 # Real-browser tests of every browser example in headless Chromium.
 cargo build --quiet --examples
 node tests/browser/run.mjs
