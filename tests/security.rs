@@ -94,6 +94,20 @@ async fn connect(
     Ok(tokio_tungstenite::connect_async(req).await?.0)
 }
 
+async fn new_page(engine: &StateTemplate) -> InitialRender {
+    engine
+        .new_session("p.html", &Page::default())
+        .await
+        .unwrap()
+}
+
+/// Connects to session `i` from the server's own origin.
+async fn connect_own(addr: &str, i: &InitialRender) -> Ws {
+    connect(addr, &query(i), Some(&format!("http://{addr}")))
+        .await
+        .unwrap()
+}
+
 async fn next_json(ws: &mut Ws) -> Json {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -214,10 +228,7 @@ async fn origin_is_checked_at_the_handshake() {
     for kind in [Server::Axum, Server::Plain] {
         let addr = serve(&live, kind).await;
         let port = addr.rsplit(':').next().unwrap();
-        let i = engine
-            .new_session("p.html", &Page::default())
-            .await
-            .unwrap();
+        let i = new_page(&engine).await;
         let path = query(&i);
         let own = format!("http://{addr}");
         assert!(
@@ -246,10 +257,7 @@ async fn origin_is_checked_at_the_handshake() {
     // An allow-list replaces the same-host rule.
     let listed = live.clone().allowed_origins(["https://app.example.com"]);
     let addr = serve(&listed, Server::Plain).await;
-    let i = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
     assert!(
         connect(&addr, &query(&i), Some("https://app.example.com"))
             .await
@@ -278,13 +286,8 @@ async fn half_open_handshakes_are_dropped() {
         .unwrap_or(0);
     assert_eq!(n, 0, "the server closed without answering");
     // Other clients are served meanwhile.
-    let i = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap();
-    let mut ws = connect(&addr, &query(&i), Some(&format!("http://{addr}")))
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
+    let mut ws = connect_own(&addr, &i).await;
     assert_eq!(next_json(&mut ws).await["t"], "hello");
 }
 
@@ -294,17 +297,9 @@ async fn bad_frames_get_errors_or_close_codes_and_change_nothing() {
     let live = live(&engine);
     for kind in [Server::Axum, Server::Plain] {
         let addr = serve(&live, kind).await;
-        let victim = engine
-            .new_session("p.html", &Page::default())
-            .await
-            .unwrap();
-        let bystander = engine
-            .new_session("p.html", &Page::default())
-            .await
-            .unwrap();
-        let mut other = connect(&addr, &query(&bystander), Some(&format!("http://{addr}")))
-            .await
-            .unwrap();
+        let victim = new_page(&engine).await;
+        let bystander = new_page(&engine).await;
+        let mut other = connect_own(&addr, &bystander).await;
         next_json(&mut other).await; // hello
         next_json(&mut other).await; // join
 
@@ -376,10 +371,7 @@ async fn a_flood_is_rate_limited() {
     let engine = engine();
     let live = live(&engine).rate_limit(50, 50);
     let addr = serve(&live, Server::Axum).await;
-    let i = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
     let mut raw = Raw::open(&addr, &query(&i)).await;
     raw.json().await;
     raw.json().await;
@@ -406,10 +398,7 @@ async fn a_client_that_never_reads_is_dropped() {
     let engine = engine();
     let live = live(&engine).write_timeout(Duration::from_millis(300));
     let addr = serve(&live, Server::Axum).await;
-    let i = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
     let _raw = Raw::open(&addr, &query(&i)).await; // never reads again
     let s = engine
         .get_session(&i.session_id.to_string(), &i.token)
@@ -466,9 +455,7 @@ async fn a_thousand_sessions_with_concurrent_events_stay_isolated() {
                 )
                 .await
                 .unwrap();
-            let mut ws = connect(&addr, &query(&i), Some(&format!("http://{addr}")))
-                .await
-                .unwrap();
+            let mut ws = connect_own(&addr, &i).await;
             assert_eq!(next_json(&mut ws).await["t"], "hello");
             let mut seen = vec![next_json(&mut ws).await.to_string()];
             for _ in 0..3 {
@@ -514,10 +501,7 @@ async fn tokens_stop_working_when_the_session_ends() {
     let live = live(&engine);
     let addr = serve(&live, Server::Plain).await;
     let own = format!("http://{addr}");
-    let a = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap();
+    let a = new_page(&engine).await;
     let s = engine
         .get_session(&a.session_id.to_string(), &a.token)
         .await
@@ -525,14 +509,8 @@ async fn tokens_stop_working_when_the_session_ends() {
     s.close().await.unwrap();
     let mut ws = connect(&addr, &query(&a), Some(&own)).await.unwrap();
     assert_eq!(closed(&mut ws).await, close::INVALID_SESSION, "closed");
-    let b = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap();
-    let _c = engine
-        .new_session("p.html", &Page::default())
-        .await
-        .unwrap(); // evicts b
+    let b = new_page(&engine).await;
+    let _c = new_page(&engine).await; // evicts b
     let mut ws = connect(&addr, &query(&b), Some(&own)).await.unwrap();
     assert_eq!(closed(&mut ws).await, close::INVALID_SESSION, "evicted");
 }
@@ -649,7 +627,7 @@ mod prop {
             rt.block_on(async move {
                 let engine = engine();
                 let live = Live::new(engine.clone()).rate_limit(100_000, 100_000);
-                let i = engine.new_session("p.html", &Page::default()).await.unwrap();
+                let i = new_page(&engine).await;
                 let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(64);
                 let (to_client, mut from_server) = tokio::sync::mpsc::channel::<WsMessage>(64);
                 let stream = futures_util::stream::unfold(from_client, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
