@@ -399,7 +399,8 @@ async fn lru_eviction_and_callback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_renders_on_one_session_arrive_in_order() {
-    let engine = builder().build().unwrap();
+    // Room for all 200 updates: this test is about order, not lag.
+    let engine = builder().subscriber_capacity(256).build().unwrap();
     let d = |i: usize| data("c", &format!("title {i}"), &[(i as u32 % 7, "r")]);
     let initial = engine.new_session("page.html", &d(0)).await.unwrap();
     let s = reopen(&engine, &initial).await;

@@ -189,7 +189,7 @@ impl Builder {
     }
 
     /// How many updates a subscriber may fall behind before it is sent a
-    /// [`SessionEvent::Resync`] instead. Default: 256.
+    /// [`SessionEvent::Resync`] instead. Default: 32 (each frame slot costs memory per session with subscribers).
     pub fn subscriber_capacity(mut self, n: usize) -> Builder {
         self.config.subscriber_capacity = n;
         self
@@ -331,7 +331,7 @@ impl StateTemplate {
                 cleanup_interval: Duration::from_secs(60),
                 max_sessions: 100_000,
                 token_ttl: day,
-                subscriber_capacity: 256,
+                subscriber_capacity: 32,
                 replay_frames: 64,
             },
             keys: None,
