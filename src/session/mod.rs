@@ -365,8 +365,7 @@ impl StateTemplate {
     ) -> Result<InitialRender> {
         let e = &self.inner;
         e.check_running()?;
-        let value = to_value(data)?;
-        let page = e.fragments.render(template, &value)?;
+        let page = e.fragments.render(template, data)?;
         let html = page.html();
         let id = SessionId::generate()?;
         let now = e.clock.now_ms();
@@ -407,10 +406,7 @@ impl StateTemplate {
             let s = e.open(&id, &claims, now).await.inspect_err(|_| {
                 tracing::debug!("session refused");
             })?;
-            let session = Session {
-                inner: s,
-                engine: self.inner.clone(),
-            };
+            let session = self.handle(s);
             session.touch().await?;
             Ok(session)
         }
@@ -423,10 +419,7 @@ impl StateTemplate {
         self.inner
             .live
             .iter()
-            .map(|s| Session {
-                inner: s.value().clone(),
-                engine: self.inner.clone(),
-            })
+            .map(|s| self.handle(s.value().clone()))
             .collect()
     }
 
@@ -479,10 +472,14 @@ impl StateTemplate {
     /// created the session themselves.
     pub(crate) fn session_unchecked(&self, id: &SessionId) -> Option<Session> {
         let s = self.inner.live.get(id)?.clone();
-        Some(Session {
-            inner: s,
+        Some(self.handle(s))
+    }
+
+    fn handle(&self, inner: Arc<SessionInner>) -> Session {
+        Session {
+            inner,
             engine: self.inner.clone(),
-        })
+        }
     }
 }
 
@@ -692,10 +689,7 @@ struct SessionInner {
     template: Arc<str>,
     created_ms: u64,
     state: tokio::sync::Mutex<LivePage>,
-    tx: Mutex<Tx>,
-    /// Recent frames for clients that reconnect (`None` until a client
-    /// joins: sessions nobody connects to keep and encode nothing).
-    replay: Mutex<Option<std::collections::VecDeque<Arc<Rendered>>>>,
+    outlet: Mutex<Outlet>,
     /// Identifies this incarnation of the page: frames of another epoch
     /// (another process, a restored session) cannot be replayed.
     epoch: u64,
@@ -708,11 +702,60 @@ struct SessionInner {
     generation: AtomicU32,
 }
 
+/// Where a session's frames go: its subscribers and its recent-frame buffer.
+#[derive(Default)]
+struct Outlet {
+    tx: Tx,
+    /// Recent frames for clients that reconnect (`None` until a client
+    /// joins: sessions nobody connects to keep and encode nothing).
+    replay: Option<std::collections::VecDeque<Arc<Rendered>>>,
+}
+
+#[derive(Default)]
 enum Tx {
-    /// Nobody has subscribed yet (no channel allocated).
+    /// Nobody subscribes (no channel allocated).
+    #[default]
     Idle,
     Open(broadcast::Sender<SessionEvent>),
     Closed,
+}
+
+impl Outlet {
+    /// Whether a render's frame has anywhere to go. A channel nobody listens
+    /// to any more is released.
+    fn wanted(&mut self) -> bool {
+        if let Tx::Open(s) = &self.tx {
+            if s.receiver_count() == 0 {
+                self.tx = Tx::Idle;
+            }
+        }
+        matches!(self.tx, Tx::Open(_)) || self.replay.is_some()
+    }
+
+    /// Sends a frame to the subscribers and keeps it (the newest `keep`).
+    fn publish(&mut self, frame: Arc<Rendered>, keep: usize) {
+        if let Some(buf) = &mut self.replay {
+            if buf.len() >= keep {
+                buf.pop_front();
+            }
+            buf.push_back(frame.clone());
+        }
+        if let Tx::Open(s) = &self.tx {
+            let _ = s.send(SessionEvent::Patch(frame));
+        }
+    }
+
+    fn subscribe(&mut self, capacity: usize) -> Option<broadcast::Receiver<SessionEvent>> {
+        match &self.tx {
+            Tx::Closed => None,
+            Tx::Open(s) => Some(s.subscribe()),
+            Tx::Idle => {
+                let (s, r) = broadcast::channel(capacity);
+                self.tx = Tx::Open(s);
+                Some(r)
+            }
+        }
+    }
 }
 
 impl SessionInner {
@@ -729,8 +772,7 @@ impl SessionInner {
             template,
             created_ms,
             state: tokio::sync::Mutex::new(page),
-            tx: Mutex::new(Tx::Idle),
-            replay: Mutex::new(None),
+            outlet: Mutex::new(Outlet::default()),
             epoch: random_u64(),
             groups: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
@@ -741,34 +783,10 @@ impl SessionInner {
     }
 
     fn end_subscribers(&self) {
-        *self.tx.lock().expect("lock") = Tx::Closed;
-        *self.replay.lock().expect("lock") = None;
-    }
-
-    /// The sender, if anyone is listening (else the channel is released).
-    fn listening(&self) -> Option<broadcast::Sender<SessionEvent>> {
-        let mut tx = self.tx.lock().expect("lock");
-        match &*tx {
-            Tx::Open(s) if s.receiver_count() > 0 => Some(s.clone()),
-            Tx::Open(_) => {
-                *tx = Tx::Idle;
-                None
-            }
-            _ => None,
-        }
-    }
-
-    fn subscribe(&self, capacity: usize) -> Option<broadcast::Receiver<SessionEvent>> {
-        let mut tx = self.tx.lock().expect("lock");
-        match &mut *tx {
-            Tx::Closed => None,
-            Tx::Open(s) => Some(s.subscribe()),
-            Tx::Idle => {
-                let (s, r) = broadcast::channel(capacity);
-                *tx = Tx::Open(s);
-                Some(r)
-            }
-        }
+        *self.outlet.lock().expect("lock") = Outlet {
+            tx: Tx::Closed,
+            replay: None,
+        };
     }
 }
 
@@ -892,28 +910,17 @@ impl Session {
         s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
         e.lru.lock().expect("lock").bump(s.id);
         let seq = patch.seq();
-        let tx = s.listening();
-        let mut replay = s.replay.lock().expect("lock");
-        if tx.is_some() || replay.is_some() {
+        let mut outlet = s.outlet.lock().expect("lock");
+        if outlet.wanted() {
             let rendered = Arc::new(Rendered {
                 seq,
                 timestamp_ms: now,
                 patch: patch.clone(),
                 frame: page.encode(&patch).unwrap_or_default(),
             });
-            if let Some(buf) = replay.as_mut() {
-                if buf.len() >= e.config.replay_frames {
-                    buf.pop_front();
-                }
-                if e.config.replay_frames > 0 {
-                    buf.push_back(rendered.clone());
-                }
-            }
-            if let Some(tx) = tx {
-                let _ = tx.send(SessionEvent::Patch(rendered));
-            }
+            outlet.publish(rendered, e.config.replay_frames);
         }
-        drop(replay);
+        drop(outlet);
         tracing::trace!(seq, ops = patch.len(), "rendered");
         Ok((seq, Some(patch)))
     }
@@ -926,7 +933,12 @@ impl Session {
     /// (`recv` gives `None`) when the session closes, expires or is evicted.
     pub fn updates(&self) -> Subscriber {
         Subscriber {
-            rx: self.inner.subscribe(self.engine.config.subscriber_capacity),
+            rx: self
+                .inner
+                .outlet
+                .lock()
+                .expect("lock")
+                .subscribe(self.engine.config.subscriber_capacity),
             session: Arc::downgrade(&self.inner),
             floor: 0,
         }
@@ -943,11 +955,10 @@ impl Session {
         let mut sub = self.updates();
         let resync = snapshot(&mut page, self.inner.epoch);
         sub.floor = resync.seq;
-        self.inner
-            .replay
-            .lock()
-            .expect("lock")
-            .get_or_insert_with(Default::default);
+        if self.engine.config.replay_frames > 0 {
+            let mut outlet = self.inner.outlet.lock().expect("lock");
+            outlet.replay.get_or_insert_with(Default::default);
+        }
         Ok((resync, sub))
     }
 
@@ -964,15 +975,18 @@ impl Session {
         let now = page.seq();
         let same_page = epoch == format!("{:016x}", self.inner.epoch);
         if same_page && seq <= now {
-            let replay = self.inner.replay.lock().expect("lock");
-            let missed: Option<Vec<Arc<Rendered>>> = replay.as_ref().and_then(|buf| {
-                let frames: Vec<Arc<Rendered>> =
-                    buf.iter().filter(|r| r.seq > seq).cloned().collect();
-                // Complete only if it starts right after `seq`.
-                let complete = frames.first().map_or(seq == now, |f| f.seq == seq + 1);
-                complete.then_some(frames)
-            });
-            drop(replay);
+            let outlet = self.inner.outlet.lock().expect("lock");
+            let frames: Vec<Arc<Rendered>> = outlet
+                .replay
+                .iter()
+                .flatten()
+                .filter(|r| r.seq > seq)
+                .cloned()
+                .collect();
+            // Complete only if it starts right after `seq`.
+            let complete = frames.first().map_or(seq == now, |f| f.seq == seq + 1);
+            let missed = complete.then_some(frames);
+            drop(outlet);
             if let Some(frames) = missed {
                 let mut sub = self.updates();
                 sub.floor = now;
