@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures_util::{SinkExt, StreamExt, future};
 
-use super::tungstenite_server::parse_query;
-use super::{ConnectParams, Live, WsMessage, client};
+use super::tungstenite_server::read_error;
+use super::{ConnectParams, Live, ReadError, WsMessage, client, parse_query};
 
 impl Live {
     /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`) and
@@ -80,7 +80,7 @@ impl Live {
                 let (sink, stream) = socket.split();
                 let sink =
                     sink.with(|m: WsMessage| future::ready(Ok::<_, axum::Error>(to_axum(m))));
-                let stream = stream.map(|r| r.map(from_axum));
+                let stream = stream.map(|r| r.map(from_axum).map_err(axum_read_error));
                 self.connect(params, Box::pin(sink), stream).await;
             })
     }
@@ -111,6 +111,18 @@ fn client_script(headers: &HeaderMap, query: Option<&str>) -> Response {
         client::JS,
     )
         .into_response()
+}
+
+/// axum wraps tungstenite's errors; unwrap them to see size and UTF-8
+/// failures (one tungstenite version is in the tree).
+fn axum_read_error(e: axum::Error) -> ReadError {
+    match e
+        .into_inner()
+        .downcast::<tokio_tungstenite::tungstenite::Error>()
+    {
+        Ok(t) => read_error(*t),
+        Err(other) => ReadError::Other(other.to_string()),
+    }
 }
 
 fn to_axum(m: WsMessage) -> Message {

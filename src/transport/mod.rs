@@ -25,8 +25,6 @@ mod axum_adapter;
 pub mod client;
 mod tungstenite_server;
 
-#[cfg(feature = "fuzzing")]
-pub(crate) use tungstenite_server::parse_query;
 pub use tungstenite_server::serve as serve_tungstenite;
 
 /// Close codes the server sends (and the JS client understands).
@@ -70,6 +68,35 @@ pub enum WsMessage {
     Pong(Vec<u8>),
     /// A close, with code and reason.
     Close(Option<(u16, String)>),
+}
+
+/// Why reading from a socket failed, as the connection loop sees it: the
+/// two failures with close codes of their own, and the rest. Adapters map
+/// their library's errors into it; a `String` is an `Other`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// A message or frame over the size limit (close 1009).
+    TooBig,
+    /// A text message that is not UTF-8 (close 1007).
+    InvalidUtf8,
+    /// Anything else (the connection just ends).
+    Other(String),
+}
+
+impl From<String> for ReadError {
+    fn from(s: String) -> ReadError {
+        ReadError::Other(s)
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::TooBig => f.write_str("message too big"),
+            ReadError::InvalidUtf8 => f.write_str("invalid UTF-8"),
+            ReadError::Other(m) => f.write_str(m),
+        }
+    }
 }
 
 /// What a client sends to connect: from the WebSocket URL's query string
@@ -377,7 +404,7 @@ impl Live {
     where
         Si: Sink<WsMessage> + Unpin,
         St: Stream<Item = std::result::Result<WsMessage, E>> + Unpin,
-        E: fmt::Display,
+        E: Into<ReadError>,
     {
         let _count = OpenGuard::new(&self.open);
         let mut out = Out {
@@ -404,7 +431,7 @@ impl Live {
     where
         Si: Sink<WsMessage> + Unpin,
         St: Stream<Item = std::result::Result<WsMessage, E>> + Unpin,
-        E: fmt::Display,
+        E: Into<ReadError>,
     {
         let cfg = self.config.clone();
         if params.v.is_some_and(|v| v != crate::WIRE_VERSION) {
@@ -480,12 +507,12 @@ impl Live {
                     let msg = match msg {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
+                            let e: ReadError = e.into();
                             tracing::debug!(parent: &span, error = %e, "socket error");
-                            let text = e.to_string();
-                            if text.contains("too long") || text.contains("too big") {
-                                out.close(close::TOO_BIG, "message too big").await;
-                            } else if text.contains("UTF-8") || text.contains("utf-8") {
-                                out.close(close::INVALID_DATA, "invalid UTF-8").await;
+                            match e {
+                                ReadError::TooBig => out.close(close::TOO_BIG, "message too big").await,
+                                ReadError::InvalidUtf8 => out.close(close::INVALID_DATA, "invalid UTF-8").await,
+                                ReadError::Other(_) => {}
                             }
                             break;
                         }
@@ -596,6 +623,52 @@ fn attr_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('"', "&quot;")
         .replace('<', "&lt;")
+}
+
+/// Parses `sid=…&token=…&seq=…&epoch=…&v=…` (percent-decoded); unknown
+/// or malformed fields are left unset.
+pub(crate) fn parse_query(q: &str) -> ConnectParams {
+    let mut p = ConnectParams::default();
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        match k {
+            "sid" => p.sid = v,
+            "token" => p.token = v,
+            "seq" => p.seq = v.parse().ok(),
+            "epoch" => p.epoch = Some(v),
+            "v" => p.v = v.parse().ok(),
+            _ => {}
+        }
+    }
+    p
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (_, Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', None) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, None) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A frame from the client.
@@ -763,6 +836,17 @@ mod tests {
         assert!(listed.origin_allowed(Some("https://app.example.com"), Some("x")));
         assert!(!listed.origin_allowed(Some("https://app.example.com.evil.com"), Some("x")));
         assert!(!listed.origin_allowed(Some("http://app.example.com"), Some("x")));
+    }
+
+    #[test]
+    fn query() {
+        let p = parse_query("sid=abc&token=a%2Bb-_&seq=7&epoch=00ff&v=1&x=%");
+        assert_eq!(p.sid, "abc");
+        assert_eq!(p.token, "a+b-_");
+        assert_eq!(p.seq, Some(7));
+        assert_eq!(p.epoch.as_deref(), Some("00ff"));
+        assert_eq!(p.v, Some(1));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::{ConnectParams, Live, WsMessage};
+use super::{ConnectParams, Live, ReadError, WsMessage, parse_query};
 
 /// Accepts WebSocket connections on `listener` (at [`Live::ws_path`]) and
 /// runs each on its own task. Returns only if accepting fails for good; a
@@ -96,7 +96,7 @@ impl Live {
             future::ready(match r {
                 Ok(Message::Frame(_)) => None,
                 Ok(m) => Some(Ok(from_tungstenite(m))),
-                Err(e) => Some(Err(e)),
+                Err(e) => Some(Err(read_error(e))),
             })
         });
         self.connect(params.unwrap_or_default(), Box::pin(sink), Box::pin(stream))
@@ -104,54 +104,14 @@ impl Live {
     }
 }
 
-/// Parses `sid=…&token=…&seq=…&epoch=…&v=…` (percent-decoded).
-pub(crate) fn parse_query(q: &str) -> ConnectParams {
-    let mut p = ConnectParams::default();
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        match k {
-            "sid" => p.sid = v,
-            "token" => p.token = v,
-            "seq" => p.seq = v.parse().ok(),
-            "epoch" => p.epoch = Some(v),
-            "v" => p.v = v.parse().ok(),
-            _ => {}
-        }
+/// The connection loop's view of a tungstenite read error.
+pub(crate) fn read_error(e: tokio_tungstenite::tungstenite::Error) -> ReadError {
+    use tokio_tungstenite::tungstenite::Error;
+    match e {
+        Error::Capacity(_) => ReadError::TooBig,
+        Error::Utf8(_) => ReadError::InvalidUtf8,
+        other => ReadError::Other(other.to_string()),
     }
-    p
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn to_tungstenite(m: WsMessage) -> Message {
@@ -177,21 +137,5 @@ fn from_tungstenite(m: Message) -> WsMessage {
             WsMessage::Close(c.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())))
         }
         Message::Frame(_) => WsMessage::Binary(Vec::new()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query() {
-        let p = parse_query("sid=abc&token=a%2Bb-_&seq=7&epoch=00ff&v=1&x=%");
-        assert_eq!(p.sid, "abc");
-        assert_eq!(p.token, "a+b-_");
-        assert_eq!(p.seq, Some(7));
-        assert_eq!(p.epoch.as_deref(), Some("00ff"));
-        assert_eq!(p.v, Some(1));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }
