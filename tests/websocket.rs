@@ -163,6 +163,28 @@ fn apply(wire: &mut WireClient, f: &Json) {
     wire.apply(&f.to_string()).unwrap();
 }
 
+/// A counter at `n` with no items.
+fn count(n: i64) -> Counter {
+    Counter {
+        count: n,
+        items: vec![],
+    }
+}
+
+async fn new_counter(engine: &StateTemplate) -> InitialRender {
+    engine
+        .new_session("counter.html", &Counter::default())
+        .await
+        .unwrap()
+}
+
+async fn reopen(engine: &StateTemplate, i: &InitialRender) -> statetemplate::Session {
+    engine
+        .get_session(&i.session_id.to_string(), &i.token)
+        .await
+        .unwrap()
+}
+
 fn fresh(engine: &StateTemplate, c: &Counter) -> String {
     engine.fragments().render_html("counter.html", c).unwrap()
 }
@@ -189,16 +211,7 @@ async fn full_flow(addr: &str, engine: &StateTemplate) {
     // An event changes the data; the frame brings the client to a fresh render.
     send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
     apply(&mut wire, &text(&mut ws).await);
-    assert_eq!(
-        wire.html(),
-        fresh(
-            engine,
-            &Counter {
-                count: 1,
-                items: vec![]
-            }
-        )
-    );
+    assert_eq!(wire.html(), fresh(engine, &count(1)));
 
     // Errors come back as error frames; the connection and state survive.
     send(&mut ws, json!({"t":"ev","n":"nope","r":2})).await;
@@ -227,10 +240,7 @@ async fn full_flow(addr: &str, engine: &StateTemplate) {
     assert_eq!(wire.html(), fresh(engine, &now));
 
     // Server push: a render from elsewhere reaches the client.
-    let s = engine
-        .get_session(&i.session_id.to_string(), &i.token)
-        .await
-        .unwrap();
+    let s = reopen(engine, &i).await;
     s.render(&Counter {
         count: 6,
         items: vec![Item {
@@ -268,10 +278,7 @@ async fn tungstenite_server_end_to_end() {
 async fn two_tabs_stay_in_sync() {
     let engine = engine(64);
     let addr = serve_axum(&live(&engine)).await;
-    let i = engine
-        .new_session("counter.html", &Counter::default())
-        .await
-        .unwrap();
+    let i = new_counter(&engine).await;
     let mut a = connect(&url(&addr, &i, &i.token, None)).await;
     let mut b = connect(&url(&addr, &i, &i.token, None)).await;
     let (mut wa, _) = join(&mut a).await;
@@ -282,10 +289,7 @@ async fn two_tabs_stay_in_sync() {
         apply(&mut wa, &text(&mut a).await);
         apply(&mut wb, &text(&mut b).await);
     }
-    let s = engine
-        .get_session(&i.session_id.to_string(), &i.token)
-        .await
-        .unwrap();
+    let s = reopen(&engine, &i).await;
     let data: Counter = s.data().await.unwrap();
     assert_eq!(data.items.len(), 2, "neither tab's event was lost");
     assert_eq!(wa.html(), fresh(&engine, &data));
@@ -296,14 +300,8 @@ async fn two_tabs_stay_in_sync() {
 async fn resume_replays_what_was_missed_or_resyncs() {
     let engine = engine(3);
     let addr = serve_axum(&live(&engine)).await;
-    let i = engine
-        .new_session("counter.html", &Counter::default())
-        .await
-        .unwrap();
-    let s = engine
-        .get_session(&i.session_id.to_string(), &i.token)
-        .await
-        .unwrap();
+    let i = new_counter(&engine).await;
+    let s = reopen(&engine, &i).await;
     let mut ws = connect(&url(&addr, &i, &i.token, None)).await;
     let (mut wire, epoch) = join(&mut ws).await;
     ws.close(None).await.unwrap();
@@ -311,12 +309,7 @@ async fn resume_replays_what_was_missed_or_resyncs() {
 
     // Two renders while disconnected: within the buffer of 3.
     for n in 1..=2 {
-        s.render(&Counter {
-            count: n,
-            items: vec![],
-        })
-        .await
-        .unwrap();
+        s.render(&count(n)).await.unwrap();
     }
     let mut ws = connect(&url(&addr, &i, &i.token, Some((wire.seq(), &epoch)))).await;
     assert_eq!(text(&mut ws).await["t"], "hello");
@@ -325,27 +318,13 @@ async fn resume_replays_what_was_missed_or_resyncs() {
         assert_eq!(f["q"], want, "a replayed frame, not a join");
         apply(&mut wire, &f);
     }
-    assert_eq!(
-        wire.html(),
-        fresh(
-            &engine,
-            &Counter {
-                count: 2,
-                items: vec![]
-            }
-        )
-    );
+    assert_eq!(wire.html(), fresh(&engine, &count(2)));
     ws.close(None).await.unwrap();
     drop(ws);
 
     // Five more: the buffer of 3 no longer covers seq 2 -> a resync.
     for n in 3..=7 {
-        s.render(&Counter {
-            count: n,
-            items: vec![],
-        })
-        .await
-        .unwrap();
+        s.render(&count(n)).await.unwrap();
     }
     let mut ws = connect(&url(&addr, &i, &i.token, Some((wire.seq(), &epoch)))).await;
     assert_eq!(text(&mut ws).await["t"], "hello");
@@ -353,16 +332,7 @@ async fn resume_replays_what_was_missed_or_resyncs() {
     assert_eq!(f["o"][0][1], "", "a join frame");
     let mut fresh_client = WireClient::new();
     apply(&mut fresh_client, &f);
-    assert_eq!(
-        fresh_client.html(),
-        fresh(
-            &engine,
-            &Counter {
-                count: 7,
-                items: vec![]
-            }
-        )
-    );
+    assert_eq!(fresh_client.html(), fresh(&engine, &count(7)));
 
     // Another epoch (a restarted server) also resyncs.
     let mut ws2 = connect(&url(&addr, &i, &i.token, Some((7, "0000000000000000")))).await;
@@ -375,10 +345,7 @@ async fn every_failure_has_a_close_code() {
     let engine = engine(8);
     let live = live(&engine).heartbeat(Duration::from_millis(50), Duration::from_millis(200));
     let addr = serve_axum(&live).await;
-    let i = engine
-        .new_session("counter.html", &Counter::default())
-        .await
-        .unwrap();
+    let i = new_counter(&engine).await;
 
     let mut bad = connect(&url(&addr, &i, "not-a-token", None)).await;
     assert_eq!(closed(&mut bad).await, close::INVALID_SESSION);
@@ -410,19 +377,8 @@ async fn every_failure_has_a_close_code() {
     assert_eq!(closed(&mut silent).await, close::IDLE_TIMEOUT);
 
     // The session survived all of it.
-    let s = engine
-        .get_session(&i.session_id.to_string(), &i.token)
-        .await
-        .unwrap();
-    assert_eq!(
-        s.render(&Counter {
-            count: 1,
-            items: vec![]
-        })
-        .await
-        .unwrap(),
-        1
-    );
+    let s = reopen(&engine, &i).await;
+    assert_eq!(s.render(&count(1)).await.unwrap(), 1);
 }
 
 /// A "socket" made of two channels of `capacity`: what the test sends, and
@@ -460,10 +416,7 @@ fn read_text(m: Option<WsMessage>) -> Json {
 async fn the_loop_runs_over_channels() {
     let engine = engine(8);
     let live = live(&engine);
-    let i = engine
-        .new_session("counter.html", &Counter::default())
-        .await
-        .unwrap();
+    let i = new_counter(&engine).await;
     let (to_server, mut from_server, sink, stream) = channel_socket(8);
     let params = ConnectParams {
         sid: i.session_id.to_string(),
@@ -484,16 +437,7 @@ async fn the_loop_runs_over_channels() {
         .await
         .unwrap();
     apply(&mut wire, &next(from_server.recv().await));
-    assert_eq!(
-        wire.html(),
-        fresh(
-            &engine,
-            &Counter {
-                count: 1,
-                items: vec![]
-            }
-        )
-    );
+    assert_eq!(wire.html(), fresh(&engine, &count(1)));
     to_server.send(Ok(WsMessage::Close(None))).await.unwrap();
     task.await.unwrap();
 }
@@ -540,14 +484,8 @@ async fn a_connection_that_cannot_keep_up_gets_a_resync() {
         .build()
         .unwrap();
     let live = Live::new(engine.clone());
-    let i = engine
-        .new_session("counter.html", &Counter::default())
-        .await
-        .unwrap();
-    let s = engine
-        .get_session(&i.session_id.to_string(), &i.token)
-        .await
-        .unwrap();
+    let i = new_counter(&engine).await;
+    let s = reopen(&engine, &i).await;
     // The "socket" takes one message at a time: while the test does not
     // read, the connection loop is stuck writing and falls behind.
     let (to_server, mut from_server, sink, stream) = channel_socket(1);
@@ -566,12 +504,7 @@ async fn a_connection_that_cannot_keep_up_gets_a_resync() {
     apply(&mut wire, &read(from_server.recv().await));
     // 50 renders while the client reads nothing: none of them waits.
     for n in 1..=50 {
-        s.render(&Counter {
-            count: n,
-            items: vec![],
-        })
-        .await
-        .unwrap();
+        s.render(&count(n)).await.unwrap();
     }
     // The client catches up: a few stale frames at most, then a resync
     // (hello + join frame) at the latest seq instead of the whole backlog.
@@ -596,16 +529,7 @@ async fn a_connection_that_cannot_keep_up_gets_a_resync() {
         got.iter().any(|f| f["o"][0][1] == ""),
         "a join frame was sent"
     );
-    assert_eq!(
-        wire.html(),
-        fresh(
-            &engine,
-            &Counter {
-                count: 50,
-                items: vec![]
-            }
-        )
-    );
+    assert_eq!(wire.html(), fresh(&engine, &count(50)));
     drop(to_server);
     conn.await.unwrap();
 }
