@@ -4,8 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
-use std::process::Command;
 
 use serde_json::{Value as Json, json};
 use statetemplate::FragmentEngine;
@@ -21,60 +19,35 @@ fn cases() -> Vec<(String, Vec<String>, Vec<String>)> {
         .map(|e| e.unwrap().path())
         .collect();
     paths.sort();
-    for p in paths {
-        let case = common::load_case(&p);
+    for p in &paths {
+        let case = common::load_case(p);
         let name = p.file_stem().unwrap().to_string_lossy().into_owned();
         let mut rev = case.steps.clone();
         rev.reverse();
         for (label, steps) in [("", &case.steps), ("/reversed", &rev)] {
             let engine = FragmentEngine::new(common::env_for(&case));
-            let mut page = engine.render(common::MAIN, &steps[0]).unwrap();
-            let mut wire = WireClient::new();
-            let mut frames = vec![page.join_frame()];
-            wire.apply(&frames[0]).unwrap();
-            let mut html = vec![wire.html()];
-            for d in &steps[1..] {
-                let patch = page.update(d).unwrap();
-                if let Some(f) = page.encode(&patch) {
-                    wire.apply(&f).unwrap();
-                    frames.push(f);
-                    html.push(wire.html());
-                }
-            }
-            assert_eq!(wire.html(), page.html());
+            let (frames, html) = common::frames(&engine, steps);
             out.push((format!("{name}{label}"), frames, html));
         }
     }
+    assert!(paths.len() >= 20, "{} corpus cases", paths.len());
+    assert_eq!(out.len(), 2 * paths.len());
     out
 }
 
 #[test]
 fn js_model_mirrors_the_rust_applier() {
     let cases = cases();
-    let input = json!({"cases": cases.iter().map(|(n, f, _)| json!({"name": n, "frames": f})).collect::<Vec<_>>()});
-    let dir = std::env::temp_dir().join(format!("st-js-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("frames.json");
-    std::fs::File::create(&file)
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let out = Command::new("node")
-        .arg(Path::new("tests/js/model_check.js"))
-        .arg(&file)
-        .output()
-        .expect("node is required for the JS client tests (scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(results.len(), cases.len());
+    let input: Vec<(String, Vec<String>)> = cases
+        .iter()
+        .map(|(n, f, _)| (n.clone(), f.clone()))
+        .collect();
+    let results = common::js_model(&input);
     let mut frames = 0;
     for ((name, f, want), got) in cases.iter().zip(&results) {
         assert_eq!(got["error"], Json::Null, "{name}: JS model failed");
         let got_html: Vec<String> = serde_json::from_value(got["html"].clone()).unwrap();
+        assert_eq!(got_html.len(), f.len(), "{name}: one HTML per frame");
         assert_eq!(&got_html, want, "{name}: JS model and WireClient differ");
         frames += f.len();
     }
@@ -83,7 +56,6 @@ fn js_model_mirrors_the_rust_applier() {
     let fixture = json!({"cases": cases.iter().map(|(n, f, h)| json!({"name": n, "frames": f, "html": h})).collect::<Vec<_>>()});
     std::fs::create_dir_all("target/browser").unwrap();
     std::fs::write("target/browser/corpus-frames.json", fixture.to_string()).unwrap();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -98,19 +70,15 @@ fn js_model_rejects_what_the_rust_applier_rejects() {
     for f in frames {
         assert!(WireClient::new().apply(f).is_err(), "Rust accepts {f}");
     }
-    let input = json!({"cases": frames.iter().map(|f| json!({"name": f, "frames": [f]})).collect::<Vec<_>>()});
-    let file = std::env::temp_dir().join(format!("st-js-bad-{}.json", std::process::id()));
-    std::fs::write(&file, input.to_string()).unwrap();
-    let out = Command::new("node")
-        .arg("tests/js/model_check.js")
-        .arg(&file)
-        .output()
-        .expect("node is required");
-    let results: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
+    let input: Vec<(String, Vec<String>)> = frames
+        .iter()
+        .map(|f| (f.to_string(), vec![f.to_string()]))
+        .collect();
+    let results = common::js_model(&input);
+    assert_eq!(results.len(), frames.len());
     for (f, r) in frames.iter().zip(results) {
         assert_ne!(r["error"], Json::Null, "JS accepts {f}");
     }
-    let _ = std::fs::remove_file(file);
 }
 
 #[test]

@@ -605,28 +605,67 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
 mod prop {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::FileFailurePersistence;
     use statetemplate::transport::{ConnectParams, WsMessage};
 
-    fn frame() -> impl Strategy<Value = String> {
-        prop_oneof![
+    /// A client frame: a valid `set` event (its owner), or anything else.
+    #[derive(Clone, Debug)]
+    enum Frame {
+        Set(String),
+        Other(String),
+    }
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        let junk = prop_oneof![
             ".{0,200}",
             "\\{\"t\":\"(ev|ack|ping|[a-z]{0,4})\"(,\"n\":\"[a-z]{0,6}\")?(,\"d\":[0-9\\[\\]{}\",:a-z]{0,30})?(,\"q\":-?[0-9]{1,20})?\\}",
             "[\\[\\]{}\",:0-9a-z]{0,300}",
+            // Events for the real handler with payloads it must refuse.
+            "\\{\"t\":\"ev\",\"n\":\"set\",\"d\":(7|null|\\[\\]|\\{\\}|\\{\"owner\":[0-9]\\})\\}",
         ]
+        // Only the `Set` arm may hold a valid event, so that the expected
+        // state is known exactly.
+        .prop_filter("no valid set event in junk", |f| !is_valid_set(f))
+        .prop_map(Frame::Other);
+        prop_oneof![3 => junk, 1 => "[a-z<>&\"]{0,12}".prop_map(Frame::Set)]
     }
 
+    /// What the `set` handler accepts, judged independently of the loop.
+    fn is_valid_set(text: &str) -> bool {
+        let Ok(j) = serde_json::from_str::<Json>(text) else {
+            return false;
+        };
+        j["t"] == "ev" && j["n"] == "set" && j["d"]["owner"].is_string()
+    }
+
+    fn text(f: &Frame) -> String {
+        match f {
+            Frame::Set(owner) => json!({"t": "ev", "n": "set", "d": {"owner": owner}}).to_string(),
+            Frame::Other(t) => t.clone(),
+        }
+    }
+
+    /// The last frame of every case: an unknown event whose error reply
+    /// echoes this ref, so that once it arrives every earlier frame has been
+    /// handled.
+    const PROBE: u64 = 18_446_744_073_709_551_557;
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig {
+            cases: 64,
+            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+            ..ProptestConfig::default()
+        })]
 
         /// Any sequence of client frames: the loop answers, never panics,
-        /// keeps serving (a ping still gets its pong) and the session is
-        /// unchanged (no handler matches these names).
+        /// keeps serving, and the session holds exactly what the valid
+        /// events made of it: `seq` is their count, the page their result.
         #[test]
         fn any_client_frames_leave_the_session_intact(frames in proptest::collection::vec(frame(), 1..20)) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let engine = engine();
-                let live = Live::new(engine.clone()).rate_limit(100_000, 100_000);
+                let live = live(&engine).rate_limit(100_000, 100_000);
                 let i = new_page(&engine).await;
                 let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(64);
                 let (to_client, mut from_server) = tokio::sync::mpsc::channel::<WsMessage>(64);
@@ -638,24 +677,42 @@ mod prop {
                 let params = ConnectParams { sid: i.session_id.to_string(), token: i.token.clone(), ..Default::default() };
                 let conn = tokio::spawn(async move { live.connect(params, Box::pin(sink), Box::pin(stream)).await });
                 let reader = tokio::spawn(async move {
-                    let mut pong = false;
+                    let mut replies = Vec::new();
                     while let Some(m) = from_server.recv().await {
                         if let WsMessage::Text(t) = m {
-                            if t == r#"{"t":"pong"}"# { pong = true; break; }
+                            let j: Json = serde_json::from_str(&t).expect("the server sends JSON");
+                            if j["t"] == "error" && j["r"] == PROBE {
+                                assert_eq!(j["code"], "unknown_event");
+                                return replies;
+                            }
+                            replies.push(j);
                         }
                     }
-                    pong
+                    panic!("the connection ended before the probe's reply");
                 });
-                for f in frames {
-                    to_server.send(Ok(WsMessage::Text(f))).await.unwrap();
+                let mut want = Page::default();
+                for f in &frames {
+                    if let Frame::Set(owner) = f {
+                        want.owner = owner.clone();
+                        want.count += 1;
+                    }
+                    to_server.send(Ok(WsMessage::Text(text(f)))).await.unwrap();
                 }
-                to_server.send(Ok(WsMessage::Text(r#"{"t":"ping"}"#.into()))).await.unwrap();
-                assert!(reader.await.unwrap(), "the connection stopped serving");
+                let probe = json!({"t": "ev", "n": "probe", "r": PROBE}).to_string();
+                to_server.send(Ok(WsMessage::Text(probe))).await.unwrap();
+                let replies = tokio::time::timeout(Duration::from_secs(10), reader)
+                    .await
+                    .expect("the probe was answered")
+                    .unwrap();
                 drop(to_server);
                 conn.await.unwrap();
+                // One update frame per valid event, after hello and join.
+                let updates = replies.iter().filter(|j| j["q"].as_u64().is_some_and(|q| q > 0)).count();
+                assert_eq!(updates as i64, want.count, "update frames: {replies:?}");
                 let s = engine.get_session(&i.session_id.to_string(), &i.token).await.unwrap();
-                assert_eq!(s.seq().await, 0);
-                assert_eq!(s.html().await, i.html);
+                assert_eq!(s.seq().await, want.count as u64, "seq counts the valid events");
+                let fresh = engine.new_session("p.html", &want).await.unwrap();
+                assert_eq!(s.html().await, fresh.html, "the page is the valid events' result");
             });
         }
     }

@@ -84,7 +84,8 @@ impl Object for ScopeObj {
 #[derive(Debug)]
 pub(crate) struct LoopObj {
     pub index0: usize,
-    pub len: usize,
+    /// `None` when the iterator's size is not known up front.
+    pub len: Option<usize>,
     pub prev: Option<Value>,
     pub next: Option<Value>,
 }
@@ -95,11 +96,13 @@ impl Object for LoopObj {
         Some(match key.as_str()? {
             "index0" => Value::from(i),
             "index" => Value::from(i + 1),
-            "revindex" => Value::from(self.len - i),
-            "revindex0" => Value::from(self.len - i - 1),
+            "revindex" => self.len.map_or(Value::UNDEFINED, |n| Value::from(n - i)),
+            "revindex0" => self
+                .len
+                .map_or(Value::UNDEFINED, |n| Value::from(n - i - 1)),
             "first" => Value::from(i == 0),
-            "last" => Value::from(i + 1 == self.len),
-            "length" => Value::from(self.len),
+            "last" => Value::from(self.len == Some(i + 1)),
+            "length" => self.len.map_or(Value::UNDEFINED, Value::from),
             "depth" => Value::from(1),
             "depth0" => Value::from(0),
             "previtem" => self.prev.clone().unwrap_or(Value::UNDEFINED),

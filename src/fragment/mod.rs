@@ -739,6 +739,10 @@ impl Walk<'_> {
         }
         let iterable = eval_value(self.env, &f.iter, scope)?;
         let mut items: Vec<Value> = Vec::new();
+        // As in minijinja, `loop.length` (and what derives from it) is known
+        // only when the iterator's size is exact, or after a loop filter
+        // (which collects the items first); iterating a string is not.
+        let mut sized = true;
         if !iterable.is_undefined() && !iterable.is_none() {
             let it = iterable.try_iter().map_err(|e| {
                 Error::located(
@@ -748,6 +752,8 @@ impl Walk<'_> {
                     f.iter.line as usize,
                 )
             })?;
+            let (lo, hi) = it.size_hint();
+            sized = f.filter.is_some() || hi == Some(lo);
             for v in it {
                 if let Some(filter) = &f.filter {
                     let s = bind_target(scope, &f.target, f.unpack, v.clone())?;
@@ -793,7 +799,7 @@ impl Walk<'_> {
             let s = bind_target(scope, &f.target, f.unpack, value.clone())?;
             let lo = LoopObj {
                 index0: i,
-                len,
+                len: sized.then_some(len),
                 prev: i.checked_sub(1).map(|j| items[j].clone()),
                 next: items.get(i + 1).cloned(),
             };

@@ -108,6 +108,7 @@ impl Renderer {
             rx: self.shared.tx.subscribe(),
             shared: self.shared.clone(),
             floor: 0,
+            lagged: false,
         }
     }
 
@@ -122,6 +123,9 @@ pub struct UpdateReceiver {
     rx: broadcast::Receiver<Update>,
     shared: Arc<Shared>,
     floor: u64,
+    /// Lagged, and the root replace is not yet handed out (so that `recv`
+    /// is cancel safe).
+    lagged: bool,
 }
 
 impl fmt::Debug for UpdateReceiver {
@@ -133,27 +137,29 @@ impl fmt::Debug for UpdateReceiver {
 }
 
 impl UpdateReceiver {
-    /// The next update; `None` once the renderer is dropped.
+    /// The next update; `None` once the renderer is dropped. Cancel safe.
     pub async fn recv(&mut self) -> Option<Update> {
         loop {
+            if self.lagged {
+                let session = self.shared.session.lock().await.clone()?;
+                let page = session.inner.state.lock().await;
+                let (seq, html) = (page.seq(), page.html());
+                drop(page);
+                self.floor = seq;
+                self.lagged = false;
+                return Some(Update {
+                    fragment_id: String::new(),
+                    html,
+                    action: Action::Replace,
+                    target: None,
+                    timestamp: crate::protocol::now_millis(),
+                    seq,
+                });
+            }
             match self.rx.recv().await {
                 Ok(u) if u.seq <= self.floor => continue,
                 Ok(u) => return Some(u),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let session = self.shared.session.lock().await.clone()?;
-                    let page = session.inner.state.lock().await;
-                    let (seq, html) = (page.seq(), page.html());
-                    drop(page);
-                    self.floor = seq;
-                    return Some(Update {
-                        fragment_id: String::new(),
-                        html,
-                        action: Action::Replace,
-                        target: None,
-                        timestamp: crate::protocol::now_millis(),
-                        seq,
-                    });
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.lagged = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }

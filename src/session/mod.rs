@@ -399,7 +399,10 @@ impl StateTemplate {
         let e = &self.inner;
         e.check_running()?;
         let now = e.clock.now_ms();
-        let claims = e.keys.open(token, now)?;
+        let claims = e.keys.open(token, now).inspect_err(|_| {
+            // Neither the token nor the id it was offered with is logged.
+            tracing::debug!("session refused: the token did not open");
+        })?;
         let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
         let span = tracing::debug_span!("session", sid = %id.short());
         async {
@@ -941,6 +944,7 @@ impl Session {
                 .subscribe(self.engine.config.subscriber_capacity),
             session: Arc::downgrade(&self.inner),
             floor: 0,
+            lagged: false,
         }
     }
 
@@ -1256,6 +1260,10 @@ pub struct Subscriber {
     /// Events at or below this seq are already reflected in what the
     /// subscriber was given.
     floor: u64,
+    /// The receiver lagged and the resync is not yet handed out. Kept here,
+    /// not in the future's state, so that `recv` is cancel safe: a `recv`
+    /// dropped while it waits for the page lock resyncs on the next call.
+    lagged: bool,
 }
 
 impl fmt::Debug for Subscriber {
@@ -1268,10 +1276,32 @@ impl fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
-    /// The next event, or `None` once the session has ended.
+    /// The next event, or `None` once the session has ended. Cancel safe:
+    /// dropping the future loses no event (as in `tokio::select!`).
     pub async fn recv(&mut self) -> Option<SessionEvent> {
         loop {
             let rx = self.rx.as_mut()?;
+            if self.lagged {
+                let Some(s) = self.session.upgrade() else {
+                    self.rx = None;
+                    return None;
+                };
+                let mut page = s.state.lock().await;
+                if s.closed.load(Ordering::SeqCst) {
+                    self.rx = None;
+                    return None;
+                }
+                let r = snapshot(&mut page, s.epoch);
+                // Renders send while holding the page lock: a receiver
+                // made now starts exactly after `r`, and the missed
+                // backlog is dropped (it would lag again).
+                *rx = rx.resubscribe();
+                drop(page);
+                tracing::debug!(sid = %s.id.short(), seq = r.seq, "subscriber lagged; resync");
+                self.lagged = false;
+                self.floor = r.seq;
+                return Some(SessionEvent::Resync(Arc::new(r)));
+            }
             match rx.recv().await {
                 Ok(ev) if ev.seq() <= self.floor => continue,
                 Ok(ev) => {
@@ -1279,24 +1309,8 @@ impl Subscriber {
                     return Some(ev);
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let Some(s) = self.session.upgrade() else {
-                        self.rx = None;
-                        return None;
-                    };
-                    let mut page = s.state.lock().await;
-                    if s.closed.load(Ordering::SeqCst) {
-                        self.rx = None;
-                        return None;
-                    }
-                    let r = snapshot(&mut page, s.epoch);
-                    // Renders send while holding the page lock: a receiver
-                    // made now starts exactly after `r`, and the missed
-                    // backlog is dropped (it would lag again).
-                    *rx = rx.resubscribe();
-                    drop(page);
-                    tracing::debug!(sid = %s.id.short(), missed, seq = r.seq, "subscriber lagged; resync");
-                    self.floor = r.seq;
-                    return Some(SessionEvent::Resync(Arc::new(r)));
+                    tracing::trace!(missed, "subscriber lagged");
+                    self.lagged = true;
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     self.rx = None;

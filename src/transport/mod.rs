@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
@@ -487,22 +487,11 @@ impl Live {
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         loop {
             tokio::select! {
-                ev = sub.recv() => match ev {
-                    Some(SessionEvent::Patch(p)) => {
-                        if !out.text(p.frame().to_owned()).await {
-                            break;
-                        }
-                    }
-                    Some(SessionEvent::Resync(r)) => {
-                        if !(out.text(hello(r.epoch(), &token)).await && out.text(r.frame().to_owned()).await) {
-                            break;
-                        }
-                    }
-                    None => {
-                        out.close(close::SESSION_ENDED, "session ended").await;
+                ev = sub.recv() => {
+                    if !forward(out, ev, &token).await {
                         break;
                     }
-                },
+                }
                 msg = stream.next() => {
                     let msg = match msg {
                         Some(Ok(m)) => m,
@@ -528,7 +517,16 @@ impl Live {
                                 break;
                             }
                             if let Some(reply) = self.client_frame(&session, &t).await {
-                                if !out.text(reply).await {
+                                // What the event rendered goes out before its
+                                // reply, so a client sees the two in order.
+                                let mut open = true;
+                                while let Some(ev) = sub.recv().now_or_never() {
+                                    open = forward(out, ev, &token).await;
+                                    if !open {
+                                        break;
+                                    }
+                                }
+                                if !open || !out.text(reply).await {
                                     break;
                                 }
                             }
@@ -669,6 +667,25 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends one session event to the client; `false` once the connection is
+/// done (the socket failed, or the session ended and was closed with 4002).
+async fn forward<Si: Sink<WsMessage> + Unpin>(
+    out: &mut Out<'_, Si>,
+    ev: Option<SessionEvent>,
+    token: &str,
+) -> bool {
+    match ev {
+        Some(SessionEvent::Patch(p)) => out.text(p.frame().to_owned()).await,
+        Some(SessionEvent::Resync(r)) => {
+            out.text(hello(r.epoch(), token)).await && out.text(r.frame().to_owned()).await
+        }
+        None => {
+            out.close(close::SESSION_ENDED, "session ended").await;
+            false
+        }
+    }
 }
 
 /// A frame from the client.

@@ -41,13 +41,15 @@ pub fn env_for(case: &Case) -> Environment<'static> {
     env
 }
 
-fn bare_render(case: &Case, data: &Json) -> String {
+/// Plain minijinja's render of the main template (the engine's filters
+/// registered, no anchors).
+pub fn bare_render(case: &Case, data: &Json) -> Result<String, String> {
     let mut env = env_for(case);
     register_filters(&mut env);
     env.get_template(MAIN)
         .unwrap()
         .render(minijinja::value::Serde(data))
-        .unwrap()
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// Runs `steps` through one page and checks every oracle after each step:
@@ -56,6 +58,9 @@ fn bare_render(case: &Case, data: &Json) -> String {
 /// 3. a wire client fed the join frame and every frame holds exactly that;
 /// 4. the seed-style updates applied to the previous HTML give exactly that.
 ///
+/// A step that plain minijinja cannot render must fail in the engine too,
+/// leaving the page as it was; the next step continues from there.
+///
 /// Returns a transcript of what each step emitted (for snapshots).
 pub fn run(engine: &FragmentEngine, case: &Case, steps: &[Json]) -> Result<String, String> {
     let mut out = String::new();
@@ -63,7 +68,7 @@ pub fn run(engine: &FragmentEngine, case: &Case, steps: &[Json]) -> Result<Strin
         .render(MAIN, &steps[0])
         .map_err(|e| format!("{e:#}"))?;
     let html0 = page.html();
-    let bare0 = bare_render(case, &steps[0]);
+    let bare0 = bare_render(case, &steps[0])?;
     if strip_anchors(&html0) != bare0 {
         return Err(format!(
             "step 0: annotated render differs from minijinja\nours: {}\nbare: {bare0}",
@@ -88,7 +93,20 @@ pub fn run(engine: &FragmentEngine, case: &Case, steps: &[Json]) -> Result<Strin
     .unwrap();
     let mut prev = html0;
     for (n, data) in steps.iter().enumerate().skip(1) {
-        let patch = page.update(data).map_err(|e| format!("step {n}: {e:#}"))?;
+        let (patch, bare) = match (page.update(data), bare_render(case, data)) {
+            (Ok(p), Ok(b)) => (p, b),
+            (Err(e), Err(_)) => {
+                if page.html() != prev {
+                    return Err(format!(
+                        "step {n}: a failed update changed the page ({e:#})"
+                    ));
+                }
+                writeln!(out, "== step {n}: error, as in minijinja").unwrap();
+                continue;
+            }
+            (Err(e), Ok(_)) => return Err(format!("step {n}: {e:#}; minijinja renders it")),
+            (Ok(_), Err(e)) => return Err(format!("step {n}: minijinja fails ({e}); we did not")),
+        };
         let fresh = engine
             .render_html(MAIN, data)
             .map_err(|e| format!("{e:#}"))?;
@@ -98,7 +116,6 @@ pub fn run(engine: &FragmentEngine, case: &Case, steps: &[Json]) -> Result<Strin
                 "step {n}: page differs from fresh render\npage:  {now}\nfresh: {fresh}"
             ));
         }
-        let bare = bare_render(case, data);
         if strip_anchors(&fresh) != bare {
             return Err(format!(
                 "step {n}: annotated render differs from minijinja\nours: {}\nbare: {bare}",
@@ -150,4 +167,56 @@ pub fn run(engine: &FragmentEngine, case: &Case, steps: &[Json]) -> Result<Strin
         prev = fresh;
     }
     Ok(out)
+}
+
+/// The join frame and every update frame of `steps` on one page, with the
+/// reference applier's HTML after each frame. Steps that fail to render
+/// emit nothing (the page keeps its state).
+pub fn frames(engine: &FragmentEngine, steps: &[Json]) -> (Vec<String>, Vec<String>) {
+    let mut page = engine.render(MAIN, &steps[0]).unwrap();
+    let mut wire = WireClient::new();
+    let mut frames = vec![page.join_frame()];
+    wire.apply(&frames[0]).unwrap();
+    let mut html = vec![wire.html()];
+    for d in &steps[1..] {
+        let Ok(patch) = page.update(d) else { continue };
+        if let Some(f) = page.encode(&patch) {
+            wire.apply(&f).unwrap();
+            frames.push(f);
+            html.push(wire.html());
+        }
+    }
+    assert_eq!(wire.html(), page.html());
+    (frames, html)
+}
+
+/// Feeds each named frame sequence through the JS client's model in Node
+/// (`tests/js/model_check.js`); one result per sequence, with `html` after
+/// every frame and `error` (null when all applied).
+pub fn js_model(cases: &[(String, Vec<String>)]) -> Vec<Json> {
+    let input = serde_json::json!({"cases": cases.iter().map(|(n, f)| serde_json::json!({"name": n, "frames": f})).collect::<Vec<_>>()});
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let file = std::env::temp_dir().join(format!(
+        "st-js-{}-{}.json",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&file, input.to_string()).unwrap();
+    let out = std::process::Command::new("node")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js/model_check.js"))
+        .arg(&file)
+        .output()
+        .expect("node is required for the JS client tests (scripts/test.sh installs it)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results.len(), cases.len(), "one result per sequence");
+    for ((name, _), r) in cases.iter().zip(&results) {
+        assert_eq!(r["name"].as_str(), Some(name.as_str()), "results in order");
+    }
+    results
 }
