@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Runs the Autobahn WebSocket conformance suite (fuzzingclient) against the
-# WebSocket layer of the plain server (examples/autobahn_echo.rs), if Python
-# 2.7 is on this machine (the suite needs it). Results: target/autobahn/.
+# WebSocket layer of the plain server (examples/autobahn_echo.rs). The suite
+# needs Python 2.7, which Debian no longer packages and no registry we reach
+# serves: this machine image ships one under pyenv. Without it the run FAILS,
+# unless AUTOBAHN_SKIP=1 says to skip it (then it says so). Results:
+# target/autobahn/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=~/.pyenv/versions/2.7.18/bin/python
-if [ ! -x "$PY" ]; then
-  echo "autobahn: SKIPPED (no Python 2.7 at $PY; the suite needs it)"
+if [ "${AUTOBAHN_SKIP:-}" = 1 ]; then
+  echo "autobahn: skipped (AUTOBAHN_SKIP=1)"
   exit 0
+fi
+PY=""
+for c in "${AUTOBAHN_PYTHON:-}" ~/.pyenv/versions/2.7*/bin/python "$(command -v python2.7 || true)" "$(command -v python2 || true)"; do
+  if [ -n "$c" ] && [ -x "$c" ] && "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' 2>/dev/null; then
+    PY=$c
+    break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "autobahn: FAILED: no Python 2.7 found (set AUTOBAHN_PYTHON, or AUTOBAHN_SKIP=1 to skip this suite)" >&2
+  exit 1
 fi
 "$PY" -c 'import autobahntestsuite' 2>/dev/null || "$PY" -m pip install -q autobahntestsuite==0.8.2
 WSTEST="$(dirname "$PY")/wstest"

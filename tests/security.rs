@@ -3,6 +3,8 @@
 //! descriptors, and isolation under load. Real sockets on loopback, both
 //! servers (axum and the plain tokio-tungstenite one).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,7 +157,13 @@ impl Raw {
     }
 
     async fn send(&mut self, opcode: u8, payload: &[u8]) {
-        let mut f = vec![0x80 | opcode];
+        self.send_frame(true, opcode, payload).await;
+    }
+
+    /// One frame; `fin` false starts or continues a fragmented message
+    /// (later frames use opcode 0).
+    async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
         let n = payload.len();
         if n < 126 {
             f.push(0x80 | n as u8);
@@ -363,6 +371,72 @@ async fn bad_frames_get_errors_or_close_codes_and_change_nothing() {
         .unwrap();
         let f = next_json(&mut other).await;
         assert_eq!(f["q"], 1, "{kind:?}: the bystander's update arrives");
+    }
+}
+
+/// A ping message of exactly `n` bytes (the server ignores the padding).
+fn ping_of(n: usize) -> Vec<u8> {
+    let head = br#"{"t":"ping","p":""#;
+    let mut m = head.to_vec();
+    m.resize(n - 2, b'x');
+    m.extend_from_slice(br#""}"#);
+    assert_eq!(m.len(), n);
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_message_limit_is_64_kib_whole_or_in_fragments() {
+    const LIMIT: usize = 64 << 10;
+    let engine = engine();
+    let live = live(&engine);
+    for kind in [Server::Axum, Server::Plain] {
+        let addr = serve(&live, kind).await;
+        let i = new_page(&engine).await;
+        let open = || async {
+            let mut raw = Raw::open(&addr, &query(&i)).await;
+            raw.json().await; // hello
+            raw.json().await; // join
+            raw
+        };
+        // Exactly at the limit: served, whole and as four fragments.
+        let mut raw = open().await;
+        raw.send(1, &ping_of(LIMIT)).await;
+        assert_eq!(raw.json().await["t"], "pong", "{kind:?}: 64 KiB whole");
+        let m = ping_of(LIMIT);
+        for (n, part) in m.chunks(LIMIT / 4).enumerate() {
+            raw.send_frame(n == 3, if n == 0 { 1 } else { 0 }, part)
+                .await;
+        }
+        assert_eq!(
+            raw.json().await["t"],
+            "pong",
+            "{kind:?}: 64 KiB in fragments"
+        );
+        // One byte over: 1009.
+        raw.send(1, &ping_of(LIMIT + 1)).await;
+        assert_eq!(
+            raw.close_code().await,
+            close::TOO_BIG,
+            "{kind:?}: 64 KiB + 1"
+        );
+        // 65 KiB as four fragments of 16.25 KiB (each under the limit): 1009.
+        let mut raw = open().await;
+        let m = ping_of(65 << 10);
+        for (n, part) in m.chunks(m.len() / 4).enumerate() {
+            raw.send_frame(n == 3, if n == 0 { 1 } else { 0 }, part)
+                .await;
+        }
+        assert_eq!(
+            raw.close_code().await,
+            close::TOO_BIG,
+            "{kind:?}: 65 KiB in fragments"
+        );
+        // The session is untouched.
+        let s = engine
+            .get_session(&i.session_id.to_string(), &i.token)
+            .await
+            .unwrap();
+        assert_eq!(s.seq().await, 0);
     }
 }
 
@@ -667,15 +741,9 @@ mod prop {
                 let engine = engine();
                 let live = live(&engine).rate_limit(100_000, 100_000);
                 let i = new_page(&engine).await;
-                let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(64);
-                let (to_client, mut from_server) = tokio::sync::mpsc::channel::<WsMessage>(64);
-                let stream = futures_util::stream::unfold(from_client, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-                let sink = futures_util::sink::unfold(to_client, |tx, m: WsMessage| async move {
-                    tx.send(m).await.map_err(|_| "gone")?;
-                    Ok::<_, &str>(tx)
-                });
+                let (to_server, mut from_server, sink, stream) = common::channel_socket(64);
                 let params = ConnectParams { sid: i.session_id.to_string(), token: i.token.clone(), ..Default::default() };
-                let conn = tokio::spawn(async move { live.connect(params, Box::pin(sink), Box::pin(stream)).await });
+                let conn = tokio::spawn(async move { live.connect(params, sink, stream).await });
                 let reader = tokio::spawn(async move {
                     let mut replies = Vec::new();
                     while let Some(m) = from_server.recv().await {

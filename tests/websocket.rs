@@ -2,6 +2,8 @@
 //! tokio-tungstenite server, with a tokio-tungstenite client), and over
 //! channels.
 
+mod common;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -381,30 +383,6 @@ async fn every_failure_has_a_close_code() {
     assert_eq!(s.render(&count(1)).await.unwrap(), 1);
 }
 
-/// A "socket" made of two channels of `capacity`: what the test sends, and
-/// what the connection loop writes.
-#[allow(clippy::type_complexity)]
-fn channel_socket(
-    capacity: usize,
-) -> (
-    tokio::sync::mpsc::Sender<Result<WsMessage, String>>,
-    tokio::sync::mpsc::Receiver<WsMessage>,
-    std::pin::Pin<Box<dyn futures_util::Sink<WsMessage, Error = &'static str> + Send>>,
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<WsMessage, String>> + Send>>,
-) {
-    let (to_server, from_client) =
-        tokio::sync::mpsc::channel::<Result<WsMessage, String>>(capacity);
-    let (to_client, from_server) = tokio::sync::mpsc::channel::<WsMessage>(capacity);
-    let stream = futures_util::stream::unfold(from_client, |mut rx| async move {
-        rx.recv().await.map(|m| (m, rx))
-    });
-    let sink = futures_util::sink::unfold(to_client, |tx, m: WsMessage| async move {
-        tx.send(m).await.map_err(|_| "gone")?;
-        Ok::<_, &'static str>(tx)
-    });
-    (to_server, from_server, Box::pin(sink), Box::pin(stream))
-}
-
 fn read_text(m: Option<WsMessage>) -> Json {
     match m {
         Some(WsMessage::Text(t)) => serde_json::from_str::<Json>(&t).unwrap(),
@@ -417,7 +395,7 @@ async fn the_loop_runs_over_channels() {
     let engine = engine(8);
     let live = live(&engine);
     let i = new_counter(&engine).await;
-    let (to_server, mut from_server, sink, stream) = channel_socket(8);
+    let (to_server, mut from_server, sink, stream) = common::channel_socket(8);
     let params = ConnectParams {
         sid: i.session_id.to_string(),
         token: i.token.clone(),
@@ -488,7 +466,7 @@ async fn a_connection_that_cannot_keep_up_gets_a_resync() {
     let s = reopen(&engine, &i).await;
     // The "socket" takes one message at a time: while the test does not
     // read, the connection loop is stuck writing and falls behind.
-    let (to_server, mut from_server, sink, stream) = channel_socket(1);
+    let (to_server, mut from_server, sink, stream) = common::channel_socket(1);
     let params = ConnectParams {
         sid: i.session_id.to_string(),
         token: i.token.clone(),

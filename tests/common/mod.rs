@@ -7,6 +7,7 @@ use std::path::Path;
 use minijinja::Environment;
 use serde_json::Value as Json;
 use statetemplate::apply::{WireClient, apply_updates, strip_anchors};
+use statetemplate::transport::WsMessage;
 use statetemplate::{FragmentEngine, register_filters};
 
 pub const MAIN: &str = "main.html";
@@ -219,4 +220,28 @@ pub fn js_model(cases: &[(String, Vec<String>)]) -> Vec<Json> {
         assert_eq!(r["name"].as_str(), Some(name.as_str()), "results in order");
     }
     results
+}
+
+/// A "socket" made of two channels of `capacity`: what the test sends, and
+/// what the connection loop writes.
+#[allow(clippy::type_complexity)]
+pub fn channel_socket(
+    capacity: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Result<WsMessage, String>>,
+    tokio::sync::mpsc::Receiver<WsMessage>,
+    std::pin::Pin<Box<dyn futures_util::Sink<WsMessage, Error = &'static str> + Send>>,
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<WsMessage, String>> + Send>>,
+) {
+    let (to_server, from_client) =
+        tokio::sync::mpsc::channel::<Result<WsMessage, String>>(capacity);
+    let (to_client, from_server) = tokio::sync::mpsc::channel::<WsMessage>(capacity);
+    let stream = futures_util::stream::unfold(from_client, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    });
+    let sink = futures_util::sink::unfold(to_client, |tx, m: WsMessage| async move {
+        tx.send(m).await.map_err(|_| "gone")?;
+        Ok::<_, &'static str>(tx)
+    });
+    (to_server, from_server, Box::pin(sink), Box::pin(stream))
 }
