@@ -8,9 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use minijinja::Environment;
 use minijinja::machinery::ast::{self, CallArg, Expr, Stmt};
-use minijinja::machinery::parse;
+use minijinja::machinery::{get_compiled_template, parse};
+use minijinja::{AutoEscape, Environment};
 
 use super::html::{Ctx, scan};
 use crate::error::{Error, ErrorKind, Result};
@@ -78,6 +78,11 @@ pub(crate) struct Synth {
     pub origin: Arc<Origin>,
     /// Line in the user's template where the piece starts.
     pub line: u32,
+    /// The escaping it runs with: that of the user's template whose
+    /// execution it belongs to (the rendered template for its own text and
+    /// its layouts, an included template for what it includes), decided by
+    /// the environment's callback on that template's real name.
+    pub escape: AutoEscape,
 }
 
 #[derive(Debug)]
@@ -320,6 +325,8 @@ pub(crate) struct Compiler<'e> {
     next_node: u32,
     scope: Vec<(String, Local)>,
     depth: usize,
+    /// The escaping of the template whose execution is being compiled.
+    escape: AutoEscape,
 }
 
 type Chain = Vec<Arc<Src>>;
@@ -351,10 +358,19 @@ impl<'e> Compiler<'e> {
             next_node: 0,
             scope: Vec::new(),
             depth: 0,
+            escape: AutoEscape::None,
         }
     }
 
+    /// The escaping minijinja gives template `name` (the environment's
+    /// auto-escape callback on its real name).
+    fn initial_escape(&self, name: &str) -> Result<AutoEscape> {
+        let t = self.env.get_template(name)?;
+        Ok(get_compiled_template(&t).initial_auto_escape.clone())
+    }
+
     pub(crate) fn compile(&mut self, name: &str) -> Result<Program> {
+        self.escape = self.initial_escape(name)?;
         let root = self.template(name, &HashMap::new(), Ctx::Text, false)?.0;
         Ok(Program { root })
     }
@@ -362,6 +378,7 @@ impl<'e> Compiler<'e> {
     /// A program that renders the whole template as one leaf: used when a
     /// template needs something the splitter does not model.
     pub(crate) fn whole(&mut self, name: &str) -> Result<Program> {
+        self.escape = self.initial_escape(name)?;
         let source: Arc<str> = self.env.get_template(name)?.source().into();
         let origin = Arc::new(Origin {
             name: name.into(),
@@ -501,14 +518,17 @@ impl<'e> Compiler<'e> {
 
     fn add_synth(&mut self, origin: &Arc<Origin>, source: String, line: u16) -> Synth {
         let n = self.counters.synth.fetch_add(1, Ordering::Relaxed);
-        // Ends with the user's template name, so that auto-escaping (chosen by
-        // file extension) is the same as in the original.
-        let name = format!("\u{1}st{n}/{}", origin.name);
+        // The escaping is passed in when the piece runs (`escape`), not left
+        // to the callback on this name. The name still starts and ends with
+        // the user's, for what minijinja decides by name at run time (the
+        // `escape` filter inside `{% autoescape false %}`).
+        let name = format!("{0}\u{1}st{n}/{0}", origin.name);
         self.synths.push((name.clone(), source));
         Synth {
             name: name.into(),
             origin: origin.clone(),
             line: line as u32,
+            escape: self.escape.clone(),
         }
     }
 
@@ -736,8 +756,12 @@ impl<'e> Compiler<'e> {
                 }
                 Stmt::Include(inc) => match const_str(&inc.name) {
                     Some(name) if !inc.ignore_missing => {
-                        let (body, c2, d2) =
-                            self.template(&name, &HashMap::new(), ctx, cx.in_item)?;
+                        // An included template runs with its own escaping.
+                        let inner = self.initial_escape(&name)?;
+                        let outer = std::mem::replace(&mut self.escape, inner);
+                        let included = self.template(&name, &HashMap::new(), ctx, cx.in_item);
+                        self.escape = outer;
+                        let (body, c2, d2) = included?;
                         let ok = c2 == ctx && d2 == 0;
                         (
                             Op::Sub {

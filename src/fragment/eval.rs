@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, Value};
-use minijinja::{Environment, State};
+use minijinja::{Environment, State, machinery};
 
 use super::compile::Synth;
 use crate::error::{Error, Result};
@@ -129,16 +129,42 @@ fn locate(err: minijinja::Error, synth: &Synth) -> Error {
     Error::located(err, &synth.origin.name, &synth.origin.source, line)
 }
 
+/// Runs a synthetic template with the escaping of the user's template it
+/// came from (not the one the environment's callback would give its
+/// synthetic name); `out` receives what it prints.
+fn run<'env, R>(
+    env: &'env Environment<'env>,
+    synth: &Synth,
+    scope: &Scope,
+    out: &mut String,
+    then: impl FnOnce(&State<'_, 'env>) -> R,
+) -> Result<R> {
+    let t = env
+        .get_template(&synth.name)
+        .map_err(|e| locate(e, synth))?;
+    let c = machinery::get_compiled_template(&t);
+    let mut output = machinery::make_string_output(out);
+    let (_, state) = machinery::eval(
+        env,
+        &c.instructions,
+        scope.value(),
+        &c.blocks,
+        &mut output,
+        synth.escape.clone(),
+    )
+    .map_err(|e| locate(e, synth))?;
+    Ok(then(&state))
+}
+
 /// Renders a leaf to its output text.
 pub(crate) fn render_leaf(
     env: &Environment<'static>,
     synth: &Synth,
     scope: &Scope,
 ) -> Result<String> {
-    let t = env
-        .get_template(&synth.name)
-        .map_err(|e| locate(e, synth))?;
-    t.render(scope.value()).map_err(|e| locate(e, synth))
+    let mut out = String::new();
+    run(env, synth, scope, &mut out, |_| ())?;
+    Ok(out)
 }
 
 /// Runs a statement or `__st_v` assignment and reads back the named values.
@@ -148,17 +174,13 @@ pub(crate) fn eval_names(
     scope: &Scope,
     names: &[&str],
 ) -> Result<Vec<Value>> {
-    let t = env
-        .get_template(&synth.name)
-        .map_err(|e| locate(e, synth))?;
-    let captured = t
-        .render_captured(scope.value())
-        .map_err(|e| locate(e, synth))?;
-    let state = captured.state();
-    Ok(names
-        .iter()
-        .map(|n| state.lookup(n).unwrap_or(Value::UNDEFINED))
-        .collect())
+    let mut out = String::new();
+    run(env, synth, scope, &mut out, |state| {
+        names
+            .iter()
+            .map(|n| state.lookup(n).unwrap_or(Value::UNDEFINED))
+            .collect()
+    })
 }
 
 pub(crate) fn eval_value(
