@@ -212,12 +212,28 @@
       at = ba[i];
       if (a.getAttributeNS(at.namespaceURI, at.localName) !== at.value) a.setAttributeNS(at.namespaceURI, at.name, at.value);
     }
-    var focused = a === document.activeElement, tag = a.nodeName;
-    if (tag === 'TEXTAREA' && focused) return;
+    if (a.nodeName === 'TEXTAREA' && typing(a)) return;
     morphList(a, Array.prototype.slice.call(a.childNodes), Array.prototype.slice.call(b.childNodes), null);
-    if (!focused && (tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT')) {
-      if (a.value !== b.value) a.value = b.value;
-      if (a.checked !== b.checked) a.checked = b.checked;
+    sync(a);
+  }
+
+  /* A text field with focus holds what the user is typing: left alone. */
+  function typing(f) {
+    return f === document.activeElement && (f.nodeName === 'TEXTAREA' || f.nodeName === 'INPUT' && !/^(checkbox|radio)$/.test(f.type));
+  }
+
+  /* A field's state (value, checkedness, selectedness) as a fresh parse of
+   * its markup gives it: read from its own attributes and children once
+   * they are morphed, so neither a user's input nor moved-out children of
+   * the new markup leave it behind. Only set when it differs: a textarea
+   * that was never touched keeps following its text. */
+  function sync(f) {
+    var n = f.nodeName, o, i;
+    if (n === 'SELECT') {
+      for (o = f.options, i = 0; i < o.length; i++) if (o[i].selected !== o[i].defaultSelected) o[i].selected = o[i].defaultSelected;
+    } else if ((n === 'INPUT' || n === 'TEXTAREA') && !typing(f)) {
+      if (f.type === 'checkbox' || f.type === 'radio') { if (f.checked !== f.defaultChecked) f.checked = f.defaultChecked; }
+      else if (f.type !== 'file' && f.value !== f.defaultValue) f.value = f.defaultValue;
     }
   }
 
@@ -252,38 +268,42 @@
     return nodes;
   };
 
+  /* Applies one action; a select whose options it touched then takes the
+   * selection its markup says. */
   Dom.prototype.act = function (a, model) {
     var s, e, olds, n, at, list, f, p, nodes, i;
     switch (a.k) {
       case 'root':
-        morphList(this.root, Array.prototype.slice.call(this.root.childNodes),
-          Array.prototype.slice.call(parse(this.root, model.toHtml()).childNodes), null);
-        return;
+        p = this.root;
+        morphList(p, Array.prototype.slice.call(p.childNodes),
+          Array.prototype.slice.call(parse(p, model.toHtml()).childNodes), null);
+        break;
       case 'h':
-        s = this.start(a.id); e = this.end(s); olds = [];
+        s = this.start(a.id); e = this.end(s); olds = []; p = s.parentNode;
         for (n = s.nextSibling; n !== e; n = n.nextSibling) olds.push(n);
-        morphList(s.parentNode, olds, Array.prototype.slice.call(parse(s.parentNode, a.html).childNodes), e);
-        return;
+        morphList(p, olds, Array.prototype.slice.call(parse(p, a.html).childNodes), e);
+        break;
       case 'i':
         list = this.start(a.list);
         at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
         p = list.parentNode;
-        f = parse(p, a.html);
-        p.insertBefore(f, at);
-        return;
+        p.insertBefore(parse(p, a.html), at);
+        break;
       case 'x':
-        nodes = this.range(a.id);
-        for (i = 0; i < nodes.length; i++) nodes[i].parentNode.removeChild(nodes[i]);
-        return;
+        nodes = this.range(a.id); p = nodes[0].parentNode;
+        for (i = 0; i < nodes.length; i++) p.removeChild(nodes[i]);
+        break;
       case 'm':
         nodes = this.range(a.id);
         f = document.createDocumentFragment();
         for (i = 0; i < nodes.length; i++) f.appendChild(nodes[i]);
         list = this.start(a.list);
         at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
-        list.parentNode.insertBefore(f, at);
-        return;
+        p = list.parentNode;
+        p.insertBefore(f, at);
+        break;
     }
+    if (p && p.closest && (p = p.closest('select'))) sync(p);
   };
 
   /* ---- The connection. ---- */

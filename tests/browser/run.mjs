@@ -4,12 +4,13 @@
 //
 // After every step the page's DOM must equal a fresh full render of the
 // session's current data (the server's debug oracle route), compared in the
-// browser after both are parsed the same way.
+// browser after both are parsed the same way: the markup (innerHTML) and the
+// form state markup does not show (every field's value, checked, selected).
 
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,11 +18,38 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SHOTS = path.join(ROOT, 'target/browser');
 const KEY = randomBytes(32).toString('base64url');
+const CLIENT = readFileSync(path.join(ROOT, 'src/client/statetemplate.js'), 'utf8');
 const only = process.argv.slice(2);
 mkdirSync(SHOTS, { recursive: true });
 
 let failures = 0;
-let checks = 0;
+let checks = 0; // DOM-vs-fresh-render checks in the examples
+let fieldChecks = 0; // form fields compared in those checks
+
+/** Installed in every page: compares the form state (`value`, `checked`,
+ * `selected`) of every field under `live` with the fields of `fresh` (a
+ * detached element holding a fresh parse), in document order. Returns
+ * `{n, diff}`: fields compared and the first difference (or null). */
+function installFormDiff() {
+  const PROPS = { input: ['value', 'checked'], textarea: ['value'], select: ['value', 'selectedIndex'], option: ['selected'] };
+  window.__formDiff = (live, fresh) => {
+    const q = 'input, textarea, select, option';
+    const a = live.querySelectorAll(q);
+    const b = fresh.querySelectorAll(q);
+    const name = (x, i) => `${x.localName}#${i}` + (x.id ? ` id=${x.id}` : '') + (x.name ? ` name=${x.name}` : '') +
+      (x.localName === 'option' ? ` (${x.value})` : '');
+    if (a.length !== b.length) return { n: a.length, diff: `${a.length} fields, fresh render has ${b.length}` };
+    for (let i = 0; i < a.length; i++) {
+      if (a[i].localName !== b[i].localName) return { n: i, diff: `${name(a[i], i)}: fresh render has ${name(b[i], i)}` };
+      for (const p of PROPS[a[i].localName]) {
+        if (a[i][p] !== b[i][p]) {
+          return { n: i, diff: `${name(a[i], i)}.${p} is ${JSON.stringify(a[i][p])}, fresh render ${JSON.stringify(b[i][p])}` };
+        }
+      }
+    }
+    return { n: a.length, diff: null };
+  };
+}
 
 function assert(cond, msg) {
   if (!cond) throw new Error('assertion failed: ' + msg);
@@ -86,7 +114,6 @@ async function connected(page) {
 
 /** The DOM equals a fresh full render of the session's data (same seq). */
 async function checkFresh(page, base, label) {
-  checks++;
   for (let attempt = 0; attempt < 200; attempt++) {
     const c = await page.evaluate(() => {
       const cl = window.statetemplate.clients[0];
@@ -100,7 +127,8 @@ async function checkFresh(page, base, label) {
       if (cl.model.seq !== fresh.seq) return { wait: true };
       const d = document.createElement('div');
       d.innerHTML = fresh.html;
-      return { same: d.innerHTML === cl.el.innerHTML, dom: cl.el.innerHTML, fresh: d.innerHTML };
+      const form = window.__formDiff(cl.el, d);
+      return { same: d.innerHTML === cl.el.innerHTML, dom: cl.el.innerHTML, fresh: d.innerHTML, form };
     }, fresh);
     if (res.wait) { await page.waitForTimeout(20); continue; }
     if (!res.same) {
@@ -108,6 +136,10 @@ async function checkFresh(page, base, label) {
       while (i < res.dom.length && res.dom[i] === res.fresh[i]) i++;
       throw new Error(`${label}: DOM differs from a fresh render at ${i}:\n  dom:   ${res.dom.slice(Math.max(0, i - 80), i + 120)}\n  fresh: ${res.fresh.slice(Math.max(0, i - 80), i + 120)}`);
     }
+    if (res.form.diff) throw new Error(`${label}: form state differs from a fresh render: ${res.form.diff}`);
+    assert(res.form.n > 0, `${label}: no form fields compared`);
+    fieldChecks += res.form.n;
+    checks++;
     return;
   }
   throw new Error(`${label}: the client never reached the server's seq`);
@@ -117,22 +149,72 @@ async function text(page, sel) {
   return (await page.textContent(sel)).trim();
 }
 
-/** Typing while the server pushes keeps focus, caret and the typed text. */
+/** The value of the field `sel` in a fresh render of the session's data:
+ * what the server's data holds for it. */
+async function serverValue(page, base, sel) {
+  const c = await page.evaluate(() => {
+    const cl = window.statetemplate.clients[0];
+    return { sid: cl.sid, token: cl.token };
+  });
+  const r = await fetch(`${base}/statetemplate/debug/fresh?sid=${c.sid}&token=${encodeURIComponent(c.token)}`);
+  assert(r.ok, `oracle answered ${r.status}`);
+  const fresh = await r.json();
+  return page.evaluate(([html, sel]) => {
+    const d = document.createElement('div');
+    d.innerHTML = html;
+    const f = d.querySelector(sel);
+    return f ? f.value : null;
+  }, [fresh.html, sel]);
+}
+
+/** Waits until the server's data holds `want` for the field `sel`. */
+async function untilServer(page, base, sel, want, label, ms = 10000) {
+  const end = Date.now() + ms;
+  let got;
+  while (Date.now() < end) {
+    got = await serverValue(page, base, sel);
+    if (got === want) return;
+    await page.waitForTimeout(50);
+  }
+  throw new Error(`${label}: the server's ${sel} is ${JSON.stringify(got)}, not ${JSON.stringify(want)}`);
+}
+
+/** Typing while the server pushes keeps focus, caret and the typed text:
+ * at the end of the text, then in its middle (after Home). Once the server
+ * holds the typed note, everything equals a fresh render, the field too. */
 async function typingKeepsFocus(page, base, name) {
+  const note = () => page.evaluate(() => {
+    const n = document.getElementById('note');
+    return {
+      id: document.activeElement && document.activeElement.id,
+      value: n.value,
+      start: n.selectionStart,
+      end: n.selectionEnd,
+      seq: window.statetemplate.clients[0].model.seq,
+    };
+  });
+  const typed = async (text, caret, before, where) => {
+    const st = await note();
+    assert(st.id === 'note', `${name}: focus moved to ${st.id} (${where})`);
+    assert(st.value === text, `${name}: typed text became ${JSON.stringify(st.value)} (${where})`);
+    assert(st.start === caret && st.end === caret, `${name}: caret at ${st.start}-${st.end}, not ${caret} (${where})`);
+    assert(st.seq >= before + 2, `${name}: the server pushed while typing ${where} (${before} -> ${st.seq})`);
+  };
   await page.click('#note');
-  const before = await page.evaluate(() => window.statetemplate.clients[0].model.seq);
+  await page.keyboard.press('End');
+  let before = (await note()).seq;
   await page.keyboard.type('hello, live world', { delay: 100 });
-  const state = await page.evaluate(() => ({
-    id: document.activeElement && document.activeElement.id,
-    value: document.getElementById('note').value,
-    caret: document.getElementById('note').selectionStart,
-    seq: window.statetemplate.clients[0].model.seq,
-  }));
-  assert(state.id === 'note', `${name}: focus moved to ${state.id}`);
-  assert(state.value === 'hello, live world', `${name}: typed text became ${JSON.stringify(state.value)}`);
-  assert(state.caret === 'hello, live world'.length, `${name}: caret at ${state.caret}`);
-  assert(state.seq >= before + 2, `${name}: the server pushed while typing (${before} -> ${state.seq})`);
-  await until(page, () => document.getElementById('echo') ? document.getElementById('echo').textContent === 'hello, live world' : true);
+  await typed('hello, live world', 17, before, 'at the end');
+  await untilServer(page, base, '#note', 'hello, live world', `${name}: after typing`);
+  await page.keyboard.press('Home');
+  before = (await note()).seq;
+  await page.keyboard.type('Oh, ', { delay: 400 });
+  await typed('Oh, hello, live world', 4, before, 'in the middle');
+  await untilServer(page, base, '#note', 'Oh, hello, live world', `${name}: after typing in the middle`);
+  await typed('Oh, hello, live world', 4, before, 'once the server has it');
+  if (name === 'counter') {
+    await until(page, () => document.getElementById('echo').textContent === 'Oh, hello, live world');
+  }
   await checkFresh(page, base, `${name}: after typing`);
 }
 
@@ -163,6 +245,8 @@ const examples = {
     await page.keyboard.press('a');
     await page.keyboard.press('ArrowDown');
     await page.keyboard.press('ArrowUp');
+    await page.keyboard.press('End');
+    await page.keyboard.press('Backspace'); // the 'a' typed into #keys: the server does not hold it
     await until(page, () => document.getElementById('count').textContent === '3');
     await page.waitForTimeout(200);
     assert((await text(page, '#count')) === '3', 'counter: only ArrowUp counted');
@@ -227,6 +311,21 @@ const examples = {
     await until(page, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'From tab two'));
     await checkFresh(page, base, 'todos: tab 1 after tab 2 added');
     await checkFresh(tab2, base, 'todos: tab 2');
+    // Tab 2 toggles the todo tab 1 clicked (so its checkedness is the
+    // user's, no longer following the attribute), while tab 1 has it focused:
+    // tab 1's checkbox.checked follows, both ways.
+    const box = 'li[data-key="1"] input[type=checkbox]';
+    await page.focus(box);
+    for (const want of [false, true]) {
+      assert(await tab2.evaluate((box) => document.querySelector(box).checked, box) === !want, `todos: tab 2's checkbox before toggling`);
+      await tab2.click(box);
+      await until(page, (want) => document.querySelector('li[data-key="1"]').className === (want ? 'done' : 'open'), want);
+      assert(await page.evaluate((box) => document.activeElement === document.querySelector(box), box), 'todos: tab 1 kept focus on the checkbox');
+      assert(await page.evaluate((box) => document.querySelector(box).checked, box) === want,
+        `todos: tab 1's checkbox.checked is not ${want} after tab 2 toggled it`);
+      await checkFresh(page, base, `todos: tab 1 after tab 2 toggled (${want})`);
+      await checkFresh(tab2, base, `todos: tab 2 toggled (${want})`);
+    }
     await page.screenshot({ path: path.join(SHOTS, 'todos.png') });
     return page;
   },
@@ -261,7 +360,7 @@ const examples = {
     await connected(page);
     await page.fill('#name', 'Ada');
     await page.press('#name', 'Tab');
-    const other = await browser.newContext();
+    const other = await newContext(browser);
     const bob = await other.newPage();
     await bob.goto(base);
     await connected(bob);
@@ -270,6 +369,8 @@ const examples = {
     await page.fill('#text', 'Hello Bob');
     await page.press('#text', 'Enter');
     await until(bob, () => document.getElementById('messages').textContent.includes('AdaHello Bob'));
+    await untilServer(bob, base, '#name', 'Bob', 'chat: renamed');
+    await untilServer(page, base, '#name', 'Ada', 'chat: renamed');
     await checkFresh(bob, base, 'chat: broadcast to another session');
     await checkFresh(page, base, 'chat: sender');
     const tab2 = await ctx.newPage();
@@ -289,50 +390,110 @@ const examples = {
 
 /** Every corpus case's frames through the client's DOM layer: after each
  * frame the DOM equals the Rust reference applier's HTML, parsed the same
- * way. (Fixture written by `cargo test --test js_client`.) */
+ * way, markup and form state. Each case runs twice: as parsed, and with
+ * every field touched after each frame (its value, checkedness and
+ * selectedness set to what they are, as a user's input does), so they no
+ * longer follow their attributes and the client itself must set them.
+ * (Fixture written by `cargo test --test js_client`.) */
 async function corpusInTheDom(browser) {
   const fixture = path.join(ROOT, 'target/browser/corpus-frames.json');
   const cases = JSON.parse(readFileSync(fixture, 'utf8')).cases;
-  const client = readFileSync(path.join(ROOT, 'src/client/statetemplate.js'), 'utf8');
   const page = await browser.newPage();
   await page.setContent('<!doctype html><html><body><div id="root"></div></body></html>');
-  await page.addScriptTag({ content: client });
+  await page.evaluate(installFormDiff);
+  await page.addScriptTag({ content: CLIENT });
   const results = await page.evaluate((cases) => {
     const out = [];
     const root = document.getElementById('root');
-    for (const c of cases) {
-      root.innerHTML = '';
-      const model = new window.statetemplate.Model();
-      const dom = new window.statetemplate.Dom(root);
-      const probe = document.createElement('div');
-      let error = null;
-      let step = 0;
-      try {
-        for (; step < c.frames.length; step++) {
-          const acts = model.apply(JSON.parse(c.frames[step]));
-          for (const a of acts) dom.act(a, model);
-          probe.innerHTML = c.html[step];
-          if (probe.innerHTML !== root.innerHTML) {
-            error = `step ${step}: DOM differs\n  dom:  ${root.innerHTML}\n  want: ${probe.innerHTML}`;
-            break;
+    // As a user's input would, then back: the field's state is now its own.
+    const touch = () => {
+      for (const f of root.querySelectorAll('input, textarea, select')) {
+        if (f.type === 'checkbox' || f.type === 'radio') {
+          const c = f.checked;
+          f.checked = !c;
+          f.checked = c;
+        } else if (f.localName !== 'select') {
+          const v = f.value;
+          f.value = v + '!';
+          f.value = v;
+        } else if (!f.multiple) {
+          const i = f.selectedIndex;
+          f.selectedIndex = i ? 0 : f.options.length - 1;
+          f.selectedIndex = i;
+        } else {
+          for (const o of f.options) {
+            const s = o.selected;
+            o.selected = !s;
+            o.selected = s;
           }
         }
-      } catch (e) {
-        error = `step ${step}: ${e}`;
       }
-      out.push({ name: c.name, steps: c.frames.length, error });
+    };
+    for (const c of cases) {
+      for (const touched of [false, true]) {
+        root.innerHTML = '';
+        const model = new window.statetemplate.Model();
+        const dom = new window.statetemplate.Dom(root);
+        const probe = document.createElement('div');
+        let error = null;
+        let step = 0;
+        let fields = 0;
+        try {
+          for (; step < c.frames.length; step++) {
+            const acts = model.apply(JSON.parse(c.frames[step]));
+            for (const a of acts) dom.act(a, model);
+            probe.innerHTML = c.html[step];
+            if (probe.innerHTML !== root.innerHTML) {
+              error = `step ${step}: DOM differs\n  dom:  ${root.innerHTML}\n  want: ${probe.innerHTML}`;
+              break;
+            }
+            const form = window.__formDiff(root, probe);
+            if (form.diff) {
+              error = `step ${step}: form state differs: ${form.diff}\n  html: ${probe.innerHTML}`;
+              break;
+            }
+            fields += form.n;
+            if (touched) touch();
+          }
+        } catch (e) {
+          error = `step ${step}: ${e}`;
+        }
+        out.push({ name: c.name + (touched ? ' (touched)' : ''), steps: step, fields, error });
+      }
     }
     return out;
   }, cases);
   await page.close();
   let steps = 0;
+  let fields = 0;
   const failed = [];
   for (const r of results) {
     steps += r.steps;
+    fields += r.fields;
     if (r.error) failed.push(`${r.name}: ${r.error}`);
   }
-  console.log(`corpus in the DOM: ${results.length} cases, ${steps} frames, ${failed.length} failed`);
+  for (const f of failed) console.log('FAIL corpus ' + f);
+  console.log(`corpus in the DOM: ${results.length} runs of ${cases.length} cases, ${steps} frames, ${fields} form fields compared, ${failed.length} failed`);
+  // A run that checks nothing fails: every corpus file in both orders, the
+  // form-state cases among them, every frame applied.
+  const files = readdirSync(path.join(ROOT, 'tests/corpus')).filter((f) => f.endsWith('.txt'));
+  assert(cases.length === 2 * files.length, `the fixture has ${cases.length} cases for ${files.length} corpus files (rerun cargo test --test js_client)`);
+  assert(files.length >= 22, `only ${files.length} corpus files`);
+  for (const want of ['21_textarea_inputs', '22_select']) {
+    assert(cases.some((c) => c.name === want), `the fixture has no case ${want}`);
+  }
+  const frames = cases.reduce((n, c) => n + c.frames.length, 0);
+  assert(results.length === 2 * cases.length, `ran ${results.length} of ${2 * cases.length} corpus runs`);
+  assert(failed.length || steps === 2 * frames, `applied ${steps} of ${2 * frames} frames`);
+  assert(frames >= 150, `only ${frames} corpus frames`);
+  assert(fields >= 650, `only ${fields} form fields compared`);
   return failed;
+}
+
+const unknown = only.filter((n) => n !== 'corpus' && !(n in examples));
+if (unknown.length) {
+  console.log(`unknown test(s): ${unknown.join(', ')} (corpus, ${Object.keys(examples).join(', ')})`);
+  process.exit(2);
 }
 
 const browser = await chromium.launch({
@@ -340,27 +501,52 @@ const browser = await chromium.launch({
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
+/** A browser context whose pages can compare form state. */
+async function newContext(browser) {
+  const ctx = await browser.newContext();
+  await ctx.addInitScript(installFormDiff);
+  return ctx;
+}
+
+// The least each example checks against a fresh render (restart included):
+// a check skipped by mistake fails the run.
+const MIN_CHECKS = { counter: 8, todos: 13, dashboard: 7, chat: 5 };
+let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
-    const failed = await corpusInTheDom(browser);
-    for (const f of failed) console.log('FAIL corpus ' + f);
-    failures += failed.length;
+    try {
+      failures += (await corpusInTheDom(browser)).length;
+    } catch (e) {
+      failures++;
+      console.log(`FAIL corpus: ${e.stack || e}`);
+    }
+    ran++;
   }
   for (const [name, run] of Object.entries(examples)) {
     if (only.length && !only.includes(name)) continue;
+    ran++;
     const port = await freePort();
     const base = `http://127.0.0.1:${port}`;
     let server = await startServer(name, port);
-    const ctx = await browser.newContext();
+    const served = await (await fetch(`${base}/statetemplate/client.js`)).text();
+    if (served !== CLIENT) {
+      console.log(`FAIL ${name}: it serves another client than src/client/statetemplate.js (run cargo build --examples)`);
+      failures++;
+      await stopServer(server);
+      continue;
+    }
+    const ctx = await newContext(browser);
     const errors = [];
     ctx.on('page', (p) => p.on('pageerror', (e) => errors.push(String(e))));
     const started = Date.now();
+    const checks0 = checks;
     try {
       const page = await run(ctx, base, browser);
       server = await restartRecovers(server, name, port, page, base);
       await page.screenshot({ path: path.join(SHOTS, `${name}-recovered.png`) });
       assert(errors.length === 0, `${name}: page errors: ${errors.join('; ')}`);
-      console.log(`ok   ${name} (${Date.now() - started} ms)`);
+      assert(checks - checks0 >= MIN_CHECKS[name], `${name}: ${checks - checks0} checks against a fresh render, expected ${MIN_CHECKS[name]}`);
+      console.log(`ok   ${name} (${checks - checks0} checks, ${Date.now() - started} ms)`);
     } catch (e) {
       failures++;
       console.log(`FAIL ${name}: ${e.stack || e}`);
@@ -372,8 +558,13 @@ try {
 } finally {
   await browser.close();
 }
-console.log(`${checks} DOM-vs-fresh-render checks; screenshots in ${SHOTS}`);
+const want = only.length ? new Set(only).size : 1 + Object.keys(examples).length;
+console.log(`${ran} test(s) run; in the examples ${checks} DOM-vs-fresh-render checks (markup and ${fieldChecks} form fields); screenshots in ${SHOTS}`);
+if (ran !== want) {
+  console.log(`ran ${ran} of ${want} tests`);
+  failures++;
+}
 if (failures) {
-  console.log(`${failures} example(s) failed`);
+  console.log(`${failures} failure(s)`);
   process.exit(1);
 }
