@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Store,
     /// The configuration is invalid (a malformed key, a bad option).
     Config,
+    /// No room for a new session: every slot up to `max_sessions` is held
+    /// by a session a client has joined. Try again later (HTTP 503).
+    Capacity,
 }
 
 /// The crate's error: a kind, a message and, for template errors, the

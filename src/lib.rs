@@ -203,7 +203,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
 pub use protocol::{Action, Update};
 pub use session::{
-    Builder, Catchup, EvictReason, InitialRender, Rendered, Renderer, Resync, Session,
+    Builder, Catchup, Connection, EvictReason, InitialRender, Rendered, Renderer, Resync, Session,
     SessionEvent, SessionId, StateTemplate, Subscriber, UpdateReceiver,
 };
 pub use transport::{Event, EventCtx, Live};

@@ -2,7 +2,7 @@
 //! incrementally, streamed to every subscriber, expired when idle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -20,10 +20,11 @@ use crate::{Error, ErrorKind, Result, Update};
 mod compat;
 mod id;
 mod lru;
+mod pool;
 
 pub use compat::{Renderer, UpdateReceiver};
 pub use id::SessionId;
-use lru::Lru;
+use pool::{Pool, Pools};
 
 /// Called with a session's last record when it is evicted or expires.
 type EvictFn = dyn Fn(&SessionRecord, EvictReason) + Send + Sync;
@@ -32,10 +33,13 @@ type EvictFn = dyn Fn(&SessionRecord, EvictReason) + Send + Sync;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EvictReason {
-    /// `max_sessions` was reached and this session was the least recently
-    /// used.
+    /// A cap was reached (`max_sessions`, or `max_unjoined` for sessions no
+    /// client has joined) and this session was the first to go: the least
+    /// recently active of the first pool in line (unjoined, then joined
+    /// without a connection, then connected).
     Capacity,
-    /// The session was idle for longer than the expiration.
+    /// The session saw no client activity for longer than its timeout
+    /// (`expiration`, or `unjoined_expiration` while no client has joined).
     Expired,
 }
 
@@ -89,7 +93,7 @@ struct EngineInner {
     store: Arc<dyn SessionStore>,
     live: DashMap<SessionId, Arc<SessionInner>>,
     groups: DashMap<Arc<str>, std::collections::HashSet<SessionId>>,
-    lru: Mutex<Lru>,
+    pools: Mutex<Pools>,
     config: Config,
     clock: Clock,
     on_evict: Option<Arc<EvictFn>>,
@@ -100,8 +104,10 @@ struct EngineInner {
 #[derive(Debug, Clone)]
 struct Config {
     expiration: Duration,
+    unjoined_expiration: Duration,
     cleanup_interval: Duration,
     max_sessions: usize,
+    max_unjoined: usize,
     token_ttl: Duration,
     subscriber_capacity: usize,
     replay_frames: usize,
@@ -146,10 +152,31 @@ impl fmt::Debug for Builder {
 }
 
 impl Builder {
-    /// How long a session may be idle (no render, no client activity)
-    /// before it expires. Default: 24 hours.
+    /// How long a session that a client has joined may go without client
+    /// activity before it expires. Activity is what a client does: a socket
+    /// joins, a client frame arrives (event, ack, ping), or the app calls
+    /// [`Session::touch`] or [`StateTemplate::get_session`]. A render the
+    /// server makes is not activity, so a ticker does not keep abandoned
+    /// sessions alive. Default: 24 hours.
     pub fn expiration(mut self, idle: Duration) -> Builder {
         self.config.expiration = idle;
+        self
+    }
+
+    /// How long a session that no client has joined yet (a page load whose
+    /// socket never connected) may go without activity. Page loads are
+    /// anonymous and cheap to make, so they get a short leash. At most the
+    /// `expiration`. Default: 5 minutes.
+    pub fn unjoined_expiration(mut self, idle: Duration) -> Builder {
+        self.config.unjoined_expiration = idle;
+        self
+    }
+
+    /// The most live sessions that no client has joined; creating one more
+    /// evicts the least recently active of them (never a joined session).
+    /// At most `max_sessions`. Default: 10,000.
+    pub fn max_unjoined(mut self, n: usize) -> Builder {
+        self.config.max_unjoined = n;
         self
     }
 
@@ -160,8 +187,14 @@ impl Builder {
         self
     }
 
-    /// The most live sessions kept; creating one more evicts the least
-    /// recently used (see [`Builder::on_evict`]). Default: 100,000.
+    /// The most live sessions kept. Making room evicts the least recently
+    /// active session of the first pool in line: sessions no client joined,
+    /// then joined sessions without an open connection, and sessions with
+    /// an open connection last. A new session (a page load) only ever
+    /// evicts sessions no client joined; when none is left it is refused
+    /// with [`ErrorKind::Capacity`]. A returning client (a session restored
+    /// from the store) may evict from every pool. See [`Builder::on_evict`].
+    /// Default: 100,000.
     pub fn max_sessions(mut self, n: usize) -> Builder {
         self.config.max_sessions = n;
         self
@@ -229,6 +262,12 @@ impl Builder {
         if c.max_sessions == 0 {
             return bad("max_sessions must be at least 1");
         }
+        if c.max_unjoined == 0 {
+            return bad("max_unjoined must be at least 1");
+        }
+        if c.unjoined_expiration.is_zero() {
+            return bad("unjoined_expiration must be positive");
+        }
         if c.token_ttl.is_zero() {
             return bad("token_ttl must be positive");
         }
@@ -260,8 +299,12 @@ impl Builder {
                 .unwrap_or_else(|| Arc::new(MemoryStore::default())),
             live: DashMap::new(),
             groups: DashMap::new(),
-            lru: Mutex::new(Lru::default()),
-            config: self.config,
+            pools: Mutex::new(Pools::default()),
+            config: Config {
+                max_unjoined: self.config.max_unjoined.min(self.config.max_sessions),
+                unjoined_expiration: self.config.unjoined_expiration.min(self.config.expiration),
+                ..self.config
+            },
             clock: Clock::new(),
             on_evict: self.on_evict,
             shut: AtomicBool::new(false),
@@ -328,8 +371,10 @@ impl StateTemplate {
             env,
             config: Config {
                 expiration: day,
+                unjoined_expiration: Duration::from_secs(5 * 60),
                 cleanup_interval: Duration::from_secs(60),
                 max_sessions: 100_000,
+                max_unjoined: 10_000,
                 token_ttl: day,
                 subscriber_capacity: 32,
                 replay_frames: 64,
@@ -355,9 +400,17 @@ impl StateTemplate {
         self.inner.live.len()
     }
 
+    /// How many live sessions no client has joined yet (see
+    /// [`Builder::max_unjoined`]).
+    pub fn unjoined_sessions(&self) -> usize {
+        self.inner.pools.lock().expect("lock").unjoined()
+    }
+
     /// Renders `template` with `data` for a new session, stores it, and
-    /// returns the HTML, the session id and a token. May evict the least
-    /// recently used session (see [`Builder::max_sessions`]).
+    /// returns the HTML, the session id and a token. The session starts
+    /// unjoined: it may evict the least recently active unjoined session,
+    /// and is refused with [`ErrorKind::Capacity`] when only joined
+    /// sessions could make room (see [`Builder::max_sessions`]).
     pub async fn new_session<S: Serialize + ?Sized>(
         &self,
         template: &str,
@@ -372,12 +425,23 @@ impl StateTemplate {
         let s = Arc::new(SessionInner::new(id, template.into(), page, now, now, 0));
         let span = tracing::debug_span!("session", sid = %id.short());
         async {
-            e.store
-                .create(&e.record(&s, &*s.state.lock().await))
-                .await?;
-            s.stored_expiry
-                .store(now + e.expiration_ms(), Ordering::Relaxed);
-            e.insert_live(s.clone()).await;
+            // Room first: a page load may only push out unjoined sessions.
+            e.live.insert(s.id, s.clone());
+            if !e.make_room(&s, &[Pool::Unjoined]).await {
+                e.live.remove(&s.id);
+                tracing::debug!("session refused: at capacity");
+                return Err(Error::new(
+                    ErrorKind::Capacity,
+                    "at capacity: every session slot is held by a joined session",
+                ));
+            }
+            let record = e.record(&s, &*s.state.lock().await);
+            if let Err(err) = e.store.create(&record).await {
+                e.pools.lock().expect("lock").remove(&s.id);
+                e.live.remove(&s.id);
+                return Err(err);
+            }
+            s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
             let token = e.mint(id, 0, now)?;
             tracing::debug!(template, "session created");
             Ok(InitialRender {
@@ -468,7 +532,7 @@ impl StateTemplate {
             s.end_subscribers();
         }
         e.live.clear();
-        *e.lru.lock().expect("lock") = Lru::default();
+        *e.pools.lock().expect("lock") = Pools::default();
     }
 
     /// A session handle without a token check, for in-crate layers that
@@ -497,8 +561,15 @@ impl EngineInner {
         Ok(())
     }
 
-    fn expiration_ms(&self) -> u64 {
-        self.config.expiration.as_millis() as u64
+    /// How long `s` may go without client activity: `expiration` once a
+    /// client joined it, `unjoined_expiration` before.
+    fn timeout_ms(&self, s: &SessionInner) -> u64 {
+        let t = if s.joined.load(Ordering::Relaxed) {
+            self.config.expiration
+        } else {
+            self.config.unjoined_expiration
+        };
+        t.as_millis() as u64
     }
 
     fn mint(&self, id: SessionId, generation: u32, now: u64) -> Result<String> {
@@ -520,12 +591,12 @@ impl EngineInner {
             generation: s.generation.load(Ordering::Relaxed),
             created_ms: s.created_ms,
             last_access_ms: last,
-            expires_ms: last + self.expiration_ms(),
+            expires_ms: last + self.timeout_ms(s),
         }
     }
 
     fn is_idle(&self, s: &SessionInner, now: u64) -> bool {
-        now.saturating_sub(s.last_access.load(Ordering::Relaxed)) >= self.expiration_ms()
+        now.saturating_sub(s.last_access.load(Ordering::Relaxed)) >= self.timeout_ms(s)
     }
 
     /// Finds (or restores from the store) the session a token names.
@@ -577,35 +648,39 @@ impl EngineInner {
             dashmap::mapref::entry::Entry::Vacant(v) => v.insert(s).clone(),
         };
         tracing::debug!(seq = rec.seq, "session restored from the store");
-        self.evict_over_capacity(&s).await;
+        // A returning client: room may come from every pool, connected
+        // sessions last.
+        self.make_room(&s, &[Pool::Unjoined, Pool::Detached, Pool::Connected])
+            .await;
         Ok(s)
     }
 
-    async fn insert_live(&self, s: Arc<SessionInner>) {
-        self.live.insert(s.id, s.clone());
-        self.evict_over_capacity(&s).await;
-    }
-
-    async fn evict_over_capacity(&self, newest: &Arc<SessionInner>) {
-        let victims: Vec<SessionId> = {
-            let mut lru = self.lru.lock().expect("lock");
-            lru.bump(newest.id);
-            let mut v = Vec::new();
-            while lru.len() > self.config.max_sessions {
-                match lru.pop_oldest() {
-                    Some(id) => v.push(id),
-                    None => break,
-                }
+    /// Adds `newest` to the pools and evicts what the caps require, taking
+    /// victims from `order`. False when the caps cannot hold with it (it is
+    /// then taken out of the pools again; the caller undoes the rest).
+    async fn make_room(&self, newest: &Arc<SessionInner>, order: &[Pool]) -> bool {
+        let room = {
+            let mut pools = self.pools.lock().expect("lock");
+            pools.add(newest.id);
+            let room = pools.make_room(
+                newest.id,
+                self.config.max_sessions,
+                self.config.max_unjoined,
+                order,
+            );
+            if !room.fits {
+                pools.remove(&newest.id);
             }
-            v
+            room
         };
-        for id in victims {
+        for id in room.victims {
             let s = self.live.get(&id).map(|s| s.clone());
             if let Some(s) = s {
-                tracing::debug!(sid = %id.short(), "session evicted (max_sessions)");
+                tracing::debug!(sid = %id.short(), "session evicted (capacity)");
                 self.remove(&s, Some(EvictReason::Capacity)).await;
             }
         }
+        room.fits
     }
 
     /// Ends a session: no more renders, subscribers end, the store forgets
@@ -620,7 +695,7 @@ impl EngineInner {
             .and(self.on_evict.as_ref())
             .map(|_| self.record(s, &page));
         s.end_subscribers();
-        self.lru.lock().expect("lock").remove(&s.id);
+        self.pools.lock().expect("lock").remove(&s.id);
         drop(page);
         self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
         for g in std::mem::take(&mut *s.groups.lock().expect("lock")) {
@@ -663,7 +738,7 @@ impl EngineInner {
                 match live {
                     Some(s) if !self.is_idle(&s, now) => {
                         let last = s.last_access.load(Ordering::Relaxed);
-                        let exp = last + self.expiration_ms();
+                        let exp = last + self.timeout_ms(&s);
                         self.store.touch(&id, last, exp).await?;
                         s.stored_expiry.store(exp, Ordering::Relaxed);
                     }
@@ -698,6 +773,12 @@ struct SessionInner {
     epoch: u64,
     groups: Mutex<Vec<Arc<str>>>,
     closed: AtomicBool,
+    /// A client has joined (a socket, or [`Session::join`] /
+    /// [`Session::resume`]): the session left the unjoined pool for good.
+    joined: AtomicBool,
+    /// Open client connections (see [`Session::connection`]).
+    connections: AtomicUsize,
+    /// The time of the last client activity (not of the last render).
     last_access: AtomicU64,
     /// The expiry last written to the store (store writes on activity are
     /// skipped while it is recent enough).
@@ -779,6 +860,8 @@ impl SessionInner {
             epoch: random_u64(),
             groups: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
             generation: AtomicU32::new(generation),
@@ -897,21 +980,18 @@ impl Session {
                 return Err(err);
             }
         };
+        // A render is not client activity: it moves neither the idle clock
+        // nor the session's place in the eviction order.
         if patch.is_empty() {
-            drop(page);
-            self.touch().await?;
             return Ok((patch.seq(), None));
         }
-        let previous_access = s.last_access.swap(now, Ordering::SeqCst);
         let record = e.record(s, &page);
         if let Err(err) = e.store.save(&record).await {
             page.restore(checkpoint);
-            s.last_access.store(previous_access, Ordering::SeqCst);
             tracing::warn!(error = %err, "store save failed; render undone");
             return Err(err);
         }
         s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
-        e.lru.lock().expect("lock").bump(s.id);
         let seq = patch.seq();
         let mut outlet = s.outlet.lock().expect("lock");
         if outlet.wanted() {
@@ -963,6 +1043,8 @@ impl Session {
             let mut outlet = self.inner.outlet.lock().expect("lock");
             outlet.replay.get_or_insert_with(Default::default);
         }
+        drop(page);
+        self.mark_joined();
         Ok((resync, sub))
     }
 
@@ -994,11 +1076,13 @@ impl Session {
             if let Some(frames) = missed {
                 let mut sub = self.updates();
                 sub.floor = now;
+                self.mark_joined();
                 return Ok((Catchup::Frames(frames), sub));
             }
         }
         drop(page);
         let (r, sub) = self.join().await?;
+        self.mark_joined();
         Ok((Catchup::Resync(r), sub))
     }
 
@@ -1066,8 +1150,9 @@ impl Session {
         self.inner.state.lock().await.seq()
     }
 
-    /// Records activity (a transport calls this on every client frame): the
-    /// idle clock restarts.
+    /// Records client activity (a transport calls this on every client
+    /// frame): the idle clock restarts and the session becomes the most
+    /// recent of its pool. Renders do not do this.
     pub async fn touch(&self) -> Result<()> {
         let (s, e) = (&self.inner, &self.engine);
         if s.closed.load(Ordering::SeqCst) {
@@ -1075,21 +1160,64 @@ impl Session {
         }
         let now = e.clock.now_ms();
         s.last_access.fetch_max(now, Ordering::SeqCst);
-        e.lru.lock().expect("lock").bump(s.id);
+        e.pools.lock().expect("lock").bump(s.id);
         if s.closed.load(Ordering::SeqCst) {
-            e.lru.lock().expect("lock").remove(&s.id);
+            e.pools.lock().expect("lock").remove(&s.id);
             return Err(Session::closed_error());
         }
         // Store writes are skipped while the stored expiry is within 1/64 of
-        // the expiration (at least a second) of the true one; the sweep
-        // checks live sessions before removing them.
-        let exp = now + e.expiration_ms();
-        let slack = (e.expiration_ms() / 64).max(1000);
+        // the timeout (at least a second) of the true one; the sweep checks
+        // live sessions before removing them.
+        let timeout = e.timeout_ms(s);
+        let exp = now + timeout;
+        let slack = (timeout / 64).max(1000);
         if exp.saturating_sub(s.stored_expiry.load(Ordering::Relaxed)) >= slack {
             e.store.touch(&s.id, now, exp).await?;
             s.stored_expiry.store(exp, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A client joined: the session leaves the unjoined pool for good.
+    fn mark_joined(&self) {
+        let s = &self.inner;
+        let mut pools = self.engine.pools.lock().expect("lock");
+        if !s.joined.swap(true, Ordering::SeqCst) {
+            let to = if s.connections.load(Ordering::SeqCst) > 0 {
+                Pool::Connected
+            } else {
+                Pool::Detached
+            };
+            pools.set(s.id, to);
+        }
+    }
+
+    /// Whether a client has joined this session (a socket, or
+    /// [`Session::join`] / [`Session::resume`]).
+    pub fn is_joined(&self) -> bool {
+        self.inner.joined.load(Ordering::SeqCst)
+    }
+
+    /// Counts an open client connection for as long as the guard lives. A
+    /// session with an open connection is evicted last (see
+    /// [`Builder::max_sessions`]). The WebSocket transport holds one per
+    /// socket; a transport of your own should too.
+    pub fn connection(&self) -> Connection {
+        let s = &self.inner;
+        let mut pools = self.engine.pools.lock().expect("lock");
+        s.joined.store(true, Ordering::SeqCst);
+        if s.connections.fetch_add(1, Ordering::SeqCst) == 0 {
+            pools.set(s.id, Pool::Connected);
+        }
+        drop(pools);
+        Connection {
+            session: self.clone(),
+        }
+    }
+
+    /// How many client connections are open (see [`Session::connection`]).
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
     }
 
     /// A fresh token for this session (for example, to hand a long-lived
@@ -1132,6 +1260,29 @@ impl Session {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// An open client connection of a session; see [`Session::connection`].
+pub struct Connection {
+    session: Session,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("session", &self.session.inner.id.short())
+            .finish()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let (s, e) = (&self.session.inner, &self.session.engine);
+        let mut pools = e.pools.lock().expect("lock");
+        if s.connections.fetch_sub(1, Ordering::SeqCst) == 1 && !s.closed.load(Ordering::SeqCst) {
+            pools.set(s.id, Pool::Detached);
+        }
     }
 }
 

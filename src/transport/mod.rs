@@ -446,6 +446,9 @@ impl Live {
                 return;
             }
         };
+        // The session counts this socket as an open connection while it
+        // lives (such sessions are evicted last).
+        let _connection = session.connection();
         let span = tracing::debug_span!("socket", sid = %session.id().short());
         let start = match (params.seq, params.epoch.as_deref()) {
             (Some(seq), Some(epoch)) => session.resume(seq, epoch).await,
