@@ -159,6 +159,7 @@ pub mod apply;
 mod error;
 mod fragment;
 pub mod protocol;
+pub mod rate;
 mod session;
 pub mod store;
 pub mod token;

@@ -1,8 +1,10 @@
 //! The settings `Live::new` ships with, checked by what the connection loop
 //! does under a paused clock, with none of them overridden: a ping every
 //! 20 s, a silent peer dropped at 60 s (close 4000), a write that waits 10 s
-//! dropped, and 100 events a second with bursts of 200. (The 64 KiB message
-//! limit is checked on real sockets in `tests/security.rs`.)
+//! dropped, 100 events a second with bursts of 200 per session (all its
+//! connections together), and as many pings and acks again per connection.
+//! (The 64 KiB message limit is checked on real sockets in
+//! `tests/security.rs`.)
 
 mod common;
 
@@ -119,6 +121,36 @@ async fn a_write_stuck_for_10_s_drops_the_client() {
     assert_eq!(s.render(&json!({"n": 1})).await.unwrap(), 1);
 }
 
+/// Sends `n` events (to no handler: each gets an `unknown_event` error
+/// naming its ref) and `pings` pings, all at once; the times (s since
+/// `t0`) at which the events were answered.
+async fn served(
+    to_server: &tokio::sync::mpsc::Sender<Result<WsMessage, String>>,
+    from_server: &mut tokio::sync::mpsc::Receiver<WsMessage>,
+    n: usize,
+    pings: usize,
+    t0: Instant,
+) -> Vec<f64> {
+    for _ in 0..pings {
+        let ping = r#"{"t":"ping"}"#.to_owned();
+        to_server.send(Ok(WsMessage::Text(ping))).await.unwrap();
+    }
+    for r in 0..n {
+        let ev = json!({"t": "ev", "n": "nothing", "r": r}).to_string();
+        to_server.send(Ok(WsMessage::Text(ev))).await.unwrap();
+    }
+    let mut at = Vec::new();
+    while at.len() < n {
+        match from_server.recv().await.unwrap() {
+            WsMessage::Text(t) if t.contains("unknown_event") => at.push(secs(t0.elapsed())),
+            WsMessage::Text(t) if t.contains("pong") => {}
+            WsMessage::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    at
+}
+
 #[tokio::test(start_paused = true)]
 async fn events_are_limited_to_100_a_second_with_bursts_of_200() {
     let (live, _, params) = setup().await;
@@ -126,28 +158,78 @@ async fn events_are_limited_to_100_a_second_with_bursts_of_200() {
     let conn = tokio::spawn(async move { live.connect(params, sink, stream).await });
     from_server.recv().await.unwrap();
     from_server.recv().await.unwrap();
-    let t0 = Instant::now();
-    for _ in 0..400 {
-        to_server
-            .send(Ok(WsMessage::Text(r#"{"t":"ping"}"#.into())))
-            .await
-            .unwrap();
-    }
-    let mut at = Vec::new();
-    while at.len() < 400 {
-        match from_server.recv().await.unwrap() {
-            WsMessage::Text(t) if t.contains("pong") => at.push(secs(t0.elapsed())),
-            WsMessage::Ping(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    // 200 pings first: they have a budget of their own.
+    let at = served(&to_server, &mut from_server, 400, 200, Instant::now()).await;
     let burst = at.iter().filter(|t| **t == 0.0).count();
-    assert_eq!(burst, 200, "served at once");
+    assert_eq!(burst, 200, "events served at once, after 200 pings");
     // Then one every 10 ms: the 300th at 1 s, the 400th at 2 s.
     for (n, want) in [(300, 1.0), (400, 2.0)] {
         let got = at[n - 1];
-        assert!((got - want).abs() < 0.011, "message {n} served at {got} s");
+        assert!((got - want).abs() < 0.011, "event {n} served at {got} s");
     }
     drop(to_server);
     conn.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_are_limited_to_100_a_second_with_bursts_of_200_per_connection() {
+    let (live, _, params) = setup().await;
+    let (to_server, mut from_server, sink, stream) = common::channel_socket(1024);
+    let conn = tokio::spawn(async move { live.connect(params, sink, stream).await });
+    from_server.recv().await.unwrap();
+    from_server.recv().await.unwrap();
+    let t0 = Instant::now();
+    for _ in 0..300 {
+        let ping = r#"{"t":"ping"}"#.to_owned();
+        to_server.send(Ok(WsMessage::Text(ping))).await.unwrap();
+    }
+    let mut at = Vec::new();
+    while at.len() < 300 {
+        if let WsMessage::Text(t) = from_server.recv().await.unwrap() {
+            assert!(t.contains("pong"));
+            at.push(secs(t0.elapsed()));
+        }
+    }
+    assert_eq!(at.iter().filter(|t| **t == 0.0).count(), 200);
+    assert!((at[299] - 1.0).abs() < 0.011, "the 300th at {} s", at[299]);
+    drop(to_server);
+    conn.await.unwrap();
+}
+
+/// Two sockets of one session share its event budget: opening more
+/// sockets buys no more events.
+#[tokio::test(start_paused = true)]
+async fn the_event_budget_covers_all_connections_of_a_session() {
+    let (live, _, params) = setup().await;
+    let mut socks = Vec::new();
+    for _ in 0..2 {
+        let (to_server, mut from_server, sink, stream) = common::channel_socket(1024);
+        let (live, params) = (live.clone(), params.clone());
+        let conn = tokio::spawn(async move { live.connect(params, sink, stream).await });
+        from_server.recv().await.unwrap();
+        from_server.recv().await.unwrap();
+        socks.push((to_server, from_server, conn));
+    }
+    let t0 = Instant::now();
+    let (mut a, mut b) = (socks.remove(0), socks.remove(0));
+    let (at_a, at_b) = tokio::join!(
+        served(&a.0, &mut a.1, 150, 0, t0),
+        served(&b.0, &mut b.1, 150, 0, t0)
+    );
+    let mut all: Vec<f64> = at_a.into_iter().chain(at_b).collect();
+    all.sort_by(f64::total_cmp);
+    assert_eq!(
+        all.iter().filter(|t| **t == 0.0).count(),
+        200,
+        "one burst for both"
+    );
+    assert!(
+        (all[299] - 1.0).abs() < 0.011,
+        "the 300th at {} s",
+        all[299]
+    );
+    for (tx, _, conn) in [a, b] {
+        drop(tx);
+        conn.await.unwrap();
+    }
 }

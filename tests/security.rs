@@ -180,6 +180,11 @@ impl Raw {
         let _ = self.io.get_mut().write_all(&f).await;
     }
 
+    /// Writes bytes as they are (for frames no client library would send).
+    async fn send_bytes(&mut self, b: &[u8]) {
+        let _ = self.io.get_mut().write_all(b).await;
+    }
+
     /// The next frame: (opcode, payload); `None` at EOF.
     async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
         let mut h = [0u8; 2];
@@ -437,6 +442,52 @@ async fn the_default_message_limit_is_64_kib_whole_or_in_fragments() {
             .await
             .unwrap();
         assert_eq!(s.seq().await, 0);
+    }
+}
+
+/// A masked frame with a raw first byte (FIN, RSV bits, opcode).
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![first, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_violations_get_close_1002() {
+    let engine = engine();
+    let live = live(&engine);
+    let ping = br#"{"t":"ping"}"#;
+    let mut big_ping = vec![0x89, 0x80 | 126, 0, 126, 1, 2, 3, 4];
+    big_ping.extend(std::iter::repeat_n(0u8, 126));
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("an unmasked frame", {
+            let mut f = vec![0x81, ping.len() as u8];
+            f.extend_from_slice(ping);
+            f
+        }),
+        ("a reserved opcode", masked(0x83, ping)),
+        ("an RSV bit", masked(0x80 | 0x40 | 1, ping)),
+        ("an oversize control frame", big_ping),
+        ("a fragmented control frame", masked(0x09, b"x")),
+    ];
+    for kind in [Server::Axum, Server::Plain] {
+        let addr = serve(&live, kind).await;
+        let i = new_page(&engine).await;
+        for (what, bytes) in &cases {
+            let mut raw = Raw::open(&addr, &query(&i)).await;
+            raw.json().await; // hello
+            raw.json().await; // join
+            raw.send_bytes(bytes).await;
+            assert_eq!(raw.close_code().await, close::PROTOCOL, "{kind:?}: {what}");
+        }
+        let s = engine
+            .get_session(&i.session_id.to_string(), &i.token)
+            .await
+            .unwrap();
+        assert_eq!(s.seq().await, 0, "{kind:?}: the session is untouched");
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::Instrument;
 
 use crate::fragment::{FragmentEngine, LivePage, Patch, to_value};
+use crate::rate::Bucket;
 use crate::store::{MemoryStore, SessionRecord, SessionStore};
 use crate::token::{Claims, KeyRing, unix_ms};
 use crate::{Error, ErrorKind, Result, Update};
@@ -778,6 +779,9 @@ struct SessionInner {
     joined: AtomicBool,
     /// Open client connections (see [`Session::connection`]).
     connections: AtomicUsize,
+    /// The events budget of all the session's connections together (made
+    /// by the transport on the first event).
+    event_budget: Mutex<Option<Bucket>>,
     /// The time of the last client activity (not of the last render).
     last_access: AtomicU64,
     /// The expiry last written to the store (store writes on activity are
@@ -862,6 +866,7 @@ impl SessionInner {
             closed: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            event_budget: Mutex::new(None),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
             generation: AtomicU32::new(generation),
@@ -1213,6 +1218,18 @@ impl Session {
         Connection {
             session: self.clone(),
         }
+    }
+
+    /// Reserves one event from the session's budget (`rate` a second,
+    /// `burst` at once, shared by all its connections); how long the caller
+    /// must wait before handling it.
+    pub(crate) fn reserve_event(&self, rate: f64, burst: f64) -> Duration {
+        self.inner
+            .event_budget
+            .lock()
+            .expect("lock")
+            .get_or_insert_with(|| Bucket::new(rate, burst))
+            .reserve()
     }
 
     /// How many client connections are open (see [`Session::connection`]).

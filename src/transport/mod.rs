@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use tokio::time::Instant;
 
+use crate::rate::Bucket;
 use crate::session::{Catchup, Session, SessionEvent, StateTemplate};
 use crate::{Error, ErrorKind, InitialRender, Result};
 
@@ -33,6 +34,9 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is going away (shutdown).
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol (an unmasked frame, a
+    /// reserved opcode or RSV bit, an oversize control frame).
+    pub const PROTOCOL: u16 = 1002;
     /// The client sent a frame type the protocol does not use (binary).
     pub const UNSUPPORTED: u16 = 1003;
     /// The client sent text that is not valid UTF-8.
@@ -79,6 +83,10 @@ pub enum ReadError {
     TooBig,
     /// A text message that is not UTF-8 (close 1007).
     InvalidUtf8,
+    /// The peer broke the WebSocket protocol: an unmasked client frame, a
+    /// reserved opcode or RSV bit, an oversize or fragmented control frame
+    /// (close 1002).
+    Protocol(String),
     /// Anything else (the connection just ends).
     Other(String),
 }
@@ -94,6 +102,7 @@ impl fmt::Display for ReadError {
         match self {
             ReadError::TooBig => f.write_str("message too big"),
             ReadError::InvalidUtf8 => f.write_str("invalid UTF-8"),
+            ReadError::Protocol(m) => write!(f, "protocol violation: {m}"),
             ReadError::Other(m) => f.write_str(m),
         }
     }
@@ -332,10 +341,13 @@ impl Live {
             && authority == host.trim().to_ascii_lowercase()
     }
 
-    /// How many messages a second one connection may send (`burst` at
-    /// once). Beyond it the server stops reading that connection until the
-    /// budget refills, so a flood slows only the flooder. Default: 100 a
-    /// second, bursts of 200.
+    /// How many events a second one session may send, from all its
+    /// connections together (`burst` at once); and, separately, how many
+    /// other messages (pings, acks, anything malformed) each connection may
+    /// send. Beyond either budget the server stops reading that connection
+    /// until it refills, so a flood slows only the flooder, and opening more
+    /// sockets to one session buys no more events. Default: 100 a second,
+    /// bursts of 200.
     pub fn rate_limit(mut self, per_second: u32, burst: u32) -> Live {
         let c = self.config_mut();
         c.rate_per_sec = f64::from(per_second.max(1));
@@ -485,7 +497,9 @@ impl Live {
         }
         tracing::debug!(parent: &span, "client connected");
         let mut last_heard = Instant::now();
-        let mut budget = Bucket::new(cfg.rate_per_sec, cfg.rate_burst);
+        // Pings, acks and junk: this connection's own budget. Events take
+        // the session's (shared by all its connections).
+        let mut others = Bucket::new(cfg.rate_per_sec, cfg.rate_burst);
         let mut ping =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         loop {
@@ -504,14 +518,27 @@ impl Live {
                             match e {
                                 ReadError::TooBig => out.close(close::TOO_BIG, "message too big").await,
                                 ReadError::InvalidUtf8 => out.close(close::INVALID_DATA, "invalid UTF-8").await,
+                                ReadError::Protocol(_) => out.close(close::PROTOCOL, "protocol violation").await,
                                 ReadError::Other(_) => {}
                             }
                             break;
                         }
                         None => break,
                     };
-                    budget.take().await;
                     last_heard = Instant::now();
+                    let frame = match &msg {
+                        WsMessage::Text(t) if t.len() <= cfg.max_message => Some(parse_client_frame(t)),
+                        _ => None,
+                    };
+                    let wait = match &frame {
+                        Some(Ok(ClientFrame::Event { .. })) => {
+                            session.reserve_event(cfg.rate_per_sec, cfg.rate_burst)
+                        }
+                        _ => others.reserve(),
+                    };
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
                     match msg {
                         WsMessage::Text(t) => {
                             let _ = session.touch().await;
@@ -519,7 +546,8 @@ impl Live {
                                 out.close(close::TOO_BIG, "message too big").await;
                                 break;
                             }
-                            if let Some(reply) = self.client_frame(&session, &t).await {
+                            let Some(frame) = frame else { break };
+                            if let Some(reply) = self.client_frame(&session, frame).await {
                                 // What the event rendered goes out before its
                                 // reply, so a client sees the two in order.
                                 let mut open = true;
@@ -562,8 +590,12 @@ impl Live {
     }
 
     /// Handles one client text frame; returns the reply, if any.
-    async fn client_frame(&self, session: &Session, text: &str) -> Option<String> {
-        let frame: ClientFrame = match parse_client_frame(text) {
+    async fn client_frame(
+        &self,
+        session: &Session,
+        frame: std::result::Result<ClientFrame, String>,
+    ) -> Option<String> {
+        let frame: ClientFrame = match frame {
             Ok(f) => f,
             Err(e) => return Some(error_frame("bad_frame", &e, None)),
         };
@@ -754,40 +786,6 @@ impl<'a> OpenGuard<'a> {
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A token bucket: `rate` messages a second, `burst` at once. `take` waits
-/// (the connection is not read meanwhile) when the bucket is empty.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Bucket {
-        Bucket {
-            rate,
-            burst,
-            tokens: burst,
-            at: Instant::now(),
-        }
-    }
-
-    async fn take(&mut self) {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens < 1.0 {
-            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate);
-            tokio::time::sleep(wait).await;
-            self.tokens = 1.0;
-            self.at = Instant::now();
-        }
-        self.tokens -= 1.0;
     }
 }
 

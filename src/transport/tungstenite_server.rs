@@ -110,6 +110,7 @@ pub(crate) fn read_error(e: tokio_tungstenite::tungstenite::Error) -> ReadError 
     match e {
         Error::Capacity(_) => ReadError::TooBig,
         Error::Utf8(_) => ReadError::InvalidUtf8,
+        Error::Protocol(p) => ReadError::Protocol(p.to_string()),
         other => ReadError::Other(other.to_string()),
     }
 }
