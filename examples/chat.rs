@@ -9,7 +9,10 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
+use std::net::SocketAddr;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use minijinja::Environment;
@@ -107,28 +110,29 @@ async fn main() -> Result<(), statetemplate::Error> {
     let app = Router::new()
         .route(
             "/",
-            get(move |headers: HeaderMap| {
-                let live = page_live.clone();
-                let history = history.clone();
-                async move {
-                    let messages = history.lock().expect("history lock").1.clone();
-                    let engine = live.engine().clone();
-                    let online = engine.group("chat").len() + 1;
-                    let data = move || Chat {
-                        messages,
-                        online,
-                        clock: common::clock_text(),
-                        ..Chat::default()
-                    };
-                    let resp = common::page(&live, &headers, "chat.html", "Chat", data, |s| {
-                        s.join_group("chat")
-                    })
-                    .await;
-                    let messages = history.lock().expect("history lock").1.clone();
-                    broadcast(&engine, &messages).await;
-                    resp
-                }
-            }),
+            get(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap| {
+                    let live = page_live.clone();
+                    let history = history.clone();
+                    async move {
+                        let messages = history.lock().expect("history lock").1.clone();
+                        let engine = live.engine().clone();
+                        let online = engine.group("chat").len() + 1;
+                        let data = move || Chat {
+                            messages,
+                            online,
+                            clock: common::clock_text(),
+                            ..Chat::default()
+                        };
+                        // A page load renders only its own session: no broadcast
+                        // (that made page loads cost every member a render).
+                        common::page(&live, peer, &headers, "chat.html", "Chat", data, |s| {
+                            s.join_group("chat")
+                        })
+                        .await
+                    }
+                },
+            ),
         )
         .merge(live.router());
     common::serve(app, 3003).await;

@@ -62,14 +62,14 @@ fn start() -> Dash {
     }
 }
 
-/// Changes a few random rows of every session that is not paused.
+/// Changes a few random rows of every connected session that is not paused.
 fn spawn_feed(engine: StateTemplate, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         let mut seed = 7u64;
         loop {
             tick.tick().await;
-            for s in engine.sessions() {
+            for s in common::connected(&engine) {
                 let mut local = next(&mut seed);
                 let _ = s
                     .update(|d: &mut Dash| {

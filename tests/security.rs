@@ -283,6 +283,81 @@ async fn origin_is_checked_at_the_handshake() {
     );
 }
 
+/// `serve_axum`: connections that trickle their request headers are
+/// dropped at the header read timeout, while real requests, WebSockets and
+/// the peer address work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_axum_drops_connections_that_trickle_headers() {
+    use axum::extract::ConnectInfo;
+    use statetemplate::transport::{ServeOptions, serve_axum};
+    let engine = engine();
+    let live = live(&engine);
+    let app =
+        axum::Router::new()
+            .route(
+                "/peer",
+                axum::routing::get(
+                    |ConnectInfo(p): ConnectInfo<std::net::SocketAddr>| async move {
+                        p.ip().to_string()
+                    },
+                ),
+            )
+            .merge(live.router());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let options = ServeOptions {
+        header_read_timeout: Duration::from_secs(1),
+        ..ServeOptions::default()
+    };
+    tokio::spawn(serve_axum(listener, app, options));
+    // 200 connections each send a header byte every 200 ms.
+    let mut trickle = Vec::new();
+    for _ in 0..200 {
+        let s = TcpStream::connect(&addr).await.unwrap();
+        trickle.push(tokio::spawn(async move {
+            let mut s = s;
+            let start = tokio::time::Instant::now();
+            let head =
+                b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+            for b in head.iter().cycle() {
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                let mut buf = [0u8; 256];
+                match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    _ => {}
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    return None;
+                }
+            }
+            Some(start.elapsed())
+        }));
+    }
+    // Meanwhile a real request and a WebSocket are served.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.ends_with("127.0.0.1"),
+        "{out}"
+    );
+    let i = new_page(&engine).await;
+    let mut ws = connect_own(&addr, &i).await;
+    assert_eq!(next_json(&mut ws).await["t"], "hello");
+    for t in trickle {
+        let held = t
+            .await
+            .unwrap()
+            .expect("the server dropped a trickling connection");
+        assert!(held < Duration::from_secs(3), "held for {held:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_handshakes_are_dropped() {
     let engine = engine();

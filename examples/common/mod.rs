@@ -1,16 +1,23 @@
 //! What the browser examples share: the page layout, keys, the session
-//! cookie (so a browser's tabs share one session), a server clock pushed to
-//! every session, and serving on `ADDR`.
+//! cookie (so a browser's tabs share one session), a limit on new sessions
+//! per client address, a server clock pushed to every connected session,
+//! and serving on `ADDR` with `serve_axum` (header read timeout,
+//! TCP_NODELAY).
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
+use statetemplate::rate::{Limiter, client_key};
 use statetemplate::token::KeyRing;
-use statetemplate::{InitialRender, Live, Session, StateTemplate};
+use statetemplate::transport::{ServeOptions, serve_axum};
+use statetemplate::{ErrorKind, InitialRender, Live, Session, StateTemplate};
 
 /// Keys from `STATETEMPLATE_KEYS` (tokens then survive a restart), else a
 /// fresh key.
@@ -26,8 +33,8 @@ struct Input {
 
 /// The live layer every browser example starts from: the `note` field's
 /// handler (any page data with a `note`), the server clock pushed to every
-/// session twice a second, and with `STATETEMPLATE_DEBUG=1` the test oracle
-/// route.
+/// connected session twice a second, and with `STATETEMPLATE_DEBUG=1` the
+/// test oracle route.
 pub(crate) fn live(engine: &StateTemplate) -> Live {
     spawn_clock(engine.clone(), Duration::from_millis(500));
     Live::new(engine.clone())
@@ -49,11 +56,13 @@ where
     Router::new()
         .route(
             "/",
-            axum::routing::get(move |headers: HeaderMap| {
-                let live = live.clone();
-                let data = data.clone();
-                async move { page(&live, &headers, template, title, data, |_| {}).await }
-            }),
+            axum::routing::get(
+                move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap| {
+                    let live = live.clone();
+                    let data = data.clone();
+                    async move { page(&live, peer, &headers, template, title, data, |_| {}).await }
+                },
+            ),
         )
         .merge(routes)
 }
@@ -67,11 +76,21 @@ fn cookie(headers: &HeaderMap) -> Option<(String, String)> {
     })
 }
 
+/// New sessions per client address: 30 at once, then one a second. An
+/// anonymous client can only make sessions this fast, and those never push
+/// out sessions a client has joined (see `Builder::max_unjoined`).
+fn new_sessions() -> &'static Limiter<std::net::IpAddr> {
+    static L: OnceLock<Limiter<std::net::IpAddr>> = OnceLock::new();
+    L.get_or_init(|| Limiter::new(1.0, 30))
+}
+
 /// The page for this browser: the session its cookie names if that is
 /// still live (tabs share it), else a new session of `template` with
-/// `data()`. `created` runs for new sessions (to join a group, say).
+/// `data()`, if `peer` may make one now (429 otherwise). `created` runs for
+/// new sessions (to join a group, say).
 pub(crate) async fn page<T: Serialize>(
     live: &Live,
+    peer: SocketAddr,
     headers: &HeaderMap,
     template: &str,
     title: &str,
@@ -92,6 +111,13 @@ pub(crate) async fn page<T: Serialize>(
             },
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         },
+        None if !new_sessions().check(client_key(peer.ip())) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new sessions from your address; try again in a moment",
+            )
+                .into_response();
+        }
         None => match engine.new_session(template, &data()).await {
             Ok(i) => {
                 if let Ok(s) = engine
@@ -101,6 +127,13 @@ pub(crate) async fn page<T: Serialize>(
                     created(&s);
                 }
                 i
+            }
+            Err(e) if e.kind() == ErrorKind::Capacity => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is full; try again later",
+                )
+                    .into_response();
             }
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
         },
@@ -169,15 +202,26 @@ pub(crate) fn clock_text() -> String {
     )
 }
 
-/// Pushes the server clock to every session every `every`: a render from a
-/// background task reaching every browser.
+/// The sessions a server push is for: those with a client connected now.
+/// (A render is not activity, so pushing to the others would not keep them
+/// alive, but it would cost a render each; they catch up on the next push
+/// after their client reconnects.)
+pub(crate) fn connected(engine: &StateTemplate) -> impl Iterator<Item = Session> {
+    engine
+        .sessions()
+        .into_iter()
+        .filter(|s| s.connections() > 0)
+}
+
+/// Pushes the server clock to every connected session every `every`: a
+/// render from a background task reaching every browser.
 fn spawn_clock(engine: StateTemplate, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             let now = clock_text();
-            for s in engine.sessions() {
+            for s in connected(&engine) {
                 let _ = s
                     .update(|d: &mut serde_json::Value| {
                         d["clock"] = now.clone().into();
@@ -189,7 +233,10 @@ fn spawn_clock(engine: StateTemplate, every: Duration) {
     });
 }
 
-/// Serves `app` on `ADDR` (default `127.0.0.1:PORT`) and says where.
+/// Serves `app` on `ADDR` (default `127.0.0.1:PORT`) and says where, with
+/// `serve_axum`: connections that trickle their request headers are
+/// dropped after 10 s, TCP_NODELAY is set, and handlers see the peer's
+/// address (`ConnectInfo`).
 pub(crate) async fn serve(app: Router, port: u16) {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| format!("127.0.0.1:{port}"));
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -199,7 +246,9 @@ pub(crate) async fn serve(app: Router, port: u16) {
         "listening on http://{}/  (open it in a browser; Ctrl-C stops)",
         listener.local_addr().expect("bound address")
     );
-    axum::serve(listener, app).await.expect("server runs");
+    serve_axum(listener, app, ServeOptions::default())
+        .await
+        .expect("server runs");
 }
 
 /// Reads a `data-id` payload (strings in the DOM) as a number.

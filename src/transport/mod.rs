@@ -26,6 +26,10 @@ mod axum_adapter;
 pub mod client;
 mod tungstenite_server;
 
+#[cfg(feature = "axum")]
+mod axum_serve;
+#[cfg(feature = "axum")]
+pub use axum_serve::{ServeOptions, serve_axum};
 pub use tungstenite_server::serve as serve_tungstenite;
 
 /// Close codes the server sends (and the JS client understands).
