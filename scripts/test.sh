@@ -28,7 +28,9 @@ cargo tree -q -i tungstenite --all-features >/dev/null
 # Unit, corpus (insta), session, WebSocket, JS-model-mirror, error and doc tests.
 cargo test --all-features
 # Property tests again in release mode with many more cases.
-PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --test proptest
+PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --test proptest --test escape
+# 100,000 anonymous page loads against 20 users with open sockets.
+FLOOD_SESSIONS=${FLOOD_SESSIONS:-100000} cargo test --release --all-features --test page_flood
 # The examples assert what they show (each tab ends with a fresh render).
 cargo run --quiet --example sessions >/dev/null
 cargo run --quiet --example fragments >/dev/null

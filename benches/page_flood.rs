@@ -1,0 +1,190 @@
+#![allow(missing_docs)]
+//! A flood of anonymous page loads: a child process sends N `GET /`
+//! without cookies (each creates a session) over 8 keep-alive connections
+//! to an axum server (`serve_axum`) in this process, while 20 users hold
+//! open WebSockets. Reports sessions created per second, the server's RSS
+//! (before, peak, after) and its CPU use during the flood (this process
+//! only: the flooder is the child), with the default caps (100,000
+//! sessions, 10,000 unjoined). Bounded: N requests, then both exit.
+//!
+//! Run: `cargo bench --bench page_flood` (`-- N` for N page loads; default
+//! 200,000).
+
+#[path = "../tests/common/flood.rs"]
+mod flood;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use minijinja::Environment;
+use serde_json::json;
+use statetemplate::token::KeyRing;
+use statetemplate::transport::{ServeOptions, serve_axum};
+use statetemplate::{Live, StateTemplate};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const PAGE: &str = r#"<h1>{{ title }}</h1>
+<ul>{% for t in todos %}<li class="{{ 'done' if t.done }}">{{ t.text }}</li>{% endfor %}</ul>
+<p>{{ clock }}</p>"#;
+
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        * 4096
+}
+
+/// User plus system CPU time of this process.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    // Clock ticks are 100 a second on Linux.
+    Duration::from_millis((f[0] + f[1]) * 10)
+}
+
+fn data() -> serde_json::Value {
+    json!({
+        "title": "Todos", "clock": "12:00:00.0",
+        "todos": [{"id": 1, "text": "milk", "done": false}, {"id": 2, "text": "eggs", "done": true}],
+    })
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--bench"))
+        .collect();
+    if args.first().map(String::as_str) == Some("--flood-client") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let n: usize = args[2].parse().unwrap();
+        let t = rt.block_on(flood::page_loads(&args[1], n, 8));
+        println!("tally {} {} {}", t.ok, t.refused, t.other);
+        return;
+    }
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(n));
+}
+
+async fn run(n: usize) {
+    let mut env = Environment::new();
+    env.add_template("todos.html", PAGE).unwrap();
+    let evicted = Arc::new(AtomicUsize::new(0));
+    let ev = evicted.clone();
+    let engine = StateTemplate::builder(env)
+        .keys(KeyRing::generate().unwrap())
+        .on_evict(move |_, _| {
+            ev.fetch_add(1, Ordering::Relaxed);
+        })
+        .build()
+        .unwrap();
+    let live = Live::new(engine.clone());
+    let e = engine.clone();
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let e = e.clone();
+                async move {
+                    match e.new_session("todos.html", &data()).await {
+                        Ok(i) => (axum::http::StatusCode::OK, i.html),
+                        Err(err) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+                    }
+                }
+            }),
+        )
+        .merge(live.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve_axum(listener, app, ServeOptions::default()));
+
+    let mut users = Vec::new();
+    for _ in 0..20 {
+        let i = engine.new_session("todos.html", &data()).await.unwrap();
+        let mut req = format!(
+            "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
+            i.session_id, i.token
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut()
+            .insert("origin", format!("http://{addr}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        ws.next().await.unwrap().unwrap();
+        users.push((
+            engine
+                .get_session(&i.session_id.to_string(), &i.token)
+                .await
+                .unwrap(),
+            ws,
+        ));
+    }
+
+    let rss0 = rss();
+    let (cpu0, t0) = (cpu(), Instant::now());
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0;
+        while !d.load(Ordering::Relaxed) {
+            peak = peak.max(rss());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        peak
+    });
+    let out = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--flood-client", &addr, &n.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let wall = t0.elapsed();
+    let cpu_used = cpu() - cpu0;
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.await.unwrap().max(rss());
+    let tally = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let intact = users.iter().filter(|(s, _)| !s.is_closed()).count();
+    println!("page loads: {n} ({tally}: ok, refused, other)");
+    println!(
+        "created: {:.0} sessions/s over {:.2} s",
+        n as f64 / wall.as_secs_f64(),
+        wall.as_secs_f64()
+    );
+    println!(
+        "server CPU: {:.2} s ({:.0}% of one core)",
+        cpu_used.as_secs_f64(),
+        100.0 * cpu_used.as_secs_f64() / wall.as_secs_f64()
+    );
+    println!(
+        "RSS: {:.1} MiB before, {:.1} MiB peak, {:.1} MiB after",
+        rss0 as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        rss() as f64 / 1048576.0
+    );
+    println!(
+        "live {} (unjoined {}), evicted {}, users intact {intact}/20",
+        engine.live_sessions(),
+        engine.unjoined_sessions(),
+        evicted.load(Ordering::Relaxed)
+    );
+}
