@@ -11,8 +11,10 @@
 //! - the **fragment engine** ([`FragmentEngine`], [`LivePage`]): pure and
 //!   synchronous, no tokio, no I/O;
 //! - **sessions** ([`StateTemplate`], [`Session`]): one live page per browser
-//!   on tokio, with sealed tokens ([`token`]), idle expiry, an LRU bound and a
-//!   pluggable [`store`]. See "Sessions" below;
+//!   on tokio, with sealed tokens ([`token`]), expiry after client
+//!   inactivity, capped pools (sessions no client joined are capped apart,
+//!   so a flood of page loads cannot push joined users out) and a pluggable
+//!   [`store`]. See "Sessions" below;
 //! - the **browser loop** ([`Live`], [`transport`]): a WebSocket connection
 //!   loop (axum and tokio-tungstenite adapters), event handlers, resume, and
 //!   the JS client the crate serves. See "In the browser" below.
@@ -81,8 +83,9 @@
 //! let mut env = Environment::new();
 //! env.add_template("count.html", "<b>{{ n }}</b>").unwrap();
 //! let engine = StateTemplate::builder(env)
-//!     .expiration(Duration::from_secs(3600))     // idle sessions expire
-//!     .max_sessions(10_000)                      // then least recently used go
+//!     .expiration(Duration::from_secs(3600))     // no client activity for 1 h: expired
+//!     .unjoined_expiration(Duration::from_secs(60)) // never joined by a client: 1 min
+//!     .max_sessions(10_000)                      // unjoined go first, connected last
 //!     .keys(KeyRing::generate()?)                // KeyRing::from_env in production
 //!     .build()?;                                 // starts the expiry task
 //!
