@@ -7,6 +7,11 @@
 //! only: the flooder is the child), with the default caps (100,000
 //! sessions, 10,000 unjoined). Bounded: N requests, then both exit.
 //!
+//! A second phase measures slowloris: 1,000 connections that trickle their
+//! request headers (a byte a second) against `serve_axum` (10 s header
+//! read timeout) and, side by side, `axum::serve`; how many each server
+//! still holds after 12 s.
+//!
 //! Run: `cargo bench --bench page_flood` (`-- N` for N page loads; default
 //! 200,000).
 
@@ -17,13 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use minijinja::Environment;
 use serde_json::json;
+use statetemplate::StateTemplate;
 use statetemplate::token::KeyRing;
 use statetemplate::transport::{ServeOptions, serve_axum};
-use statetemplate::{Live, StateTemplate};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const PAGE: &str = r#"<h1>{{ title }}</h1>
 <ul>{% for t in todos %}<li class="{{ 'done' if t.done }}">{{ t.text }}</li>{% endfor %}</ul>
@@ -61,6 +64,61 @@ fn data() -> serde_json::Value {
     })
 }
 
+/// Opens `n` connections to `addr` that send a header byte a second; after
+/// `after`, how many the server still holds open.
+async fn trickle(addr: String, n: usize, after: Duration) -> usize {
+    let held = Arc::new(AtomicUsize::new(n));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (addr, held) = (addr.clone(), held.clone());
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let start = Instant::now();
+            let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+            let mut i = 0;
+            while start.elapsed() < after {
+                let b = head.get(i).copied().unwrap_or(b'a');
+                i += 1;
+                if s.write_all(&[b]).await.is_err() {
+                    held.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        held.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    held.load(Ordering::Relaxed)
+}
+
+async fn slowloris() {
+    let app = || axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    let ours = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, b) = (
+        ours.local_addr().unwrap().to_string(),
+        plain.local_addr().unwrap().to_string(),
+    );
+    tokio::spawn(serve_axum(ours, app(), ServeOptions::default()));
+    tokio::spawn(async move { axum::serve(plain, app()).await });
+    let after = Duration::from_secs(12);
+    let (held_ours, held_plain) = tokio::join!(trickle(a, 1000, after), trickle(b, 1000, after));
+    println!(
+        "slowloris, 1,000 connections trickling a header byte a second, still held after 12 s: \
+         serve_axum {held_ours}, axum::serve {held_plain}"
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -84,6 +142,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(run(n));
+    rt.block_on(slowloris());
 }
 
 async fn run(n: usize) {
@@ -98,48 +157,8 @@ async fn run(n: usize) {
         })
         .build()
         .unwrap();
-    let live = Live::new(engine.clone());
-    let e = engine.clone();
-    let app = axum::Router::new()
-        .route(
-            "/",
-            axum::routing::get(move || {
-                let e = e.clone();
-                async move {
-                    match e.new_session("todos.html", &data()).await {
-                        Ok(i) => (axum::http::StatusCode::OK, i.html),
-                        Err(err) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
-                    }
-                }
-            }),
-        )
-        .merge(live.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(serve_axum(listener, app, ServeOptions::default()));
-
-    let mut users = Vec::new();
-    for _ in 0..20 {
-        let i = engine.new_session("todos.html", &data()).await.unwrap();
-        let mut req = format!(
-            "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
-            i.session_id, i.token
-        )
-        .into_client_request()
-        .unwrap();
-        req.headers_mut()
-            .insert("origin", format!("http://{addr}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        ws.next().await.unwrap().unwrap();
-        ws.next().await.unwrap().unwrap();
-        users.push((
-            engine
-                .get_session(&i.session_id.to_string(), &i.token)
-                .await
-                .unwrap(),
-            ws,
-        ));
-    }
+    let addr = flood::page_server(&engine, "todos.html", data()).await;
+    let users = flood::users(&engine, &addr, "todos.html", 20, |_| data()).await;
 
     let rss0 = rss();
     let (cpu0, t0) = (cpu(), Instant::now());

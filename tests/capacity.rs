@@ -65,6 +65,21 @@ async fn socket(
     (to_server, from_server, conn)
 }
 
+/// Seconds from `t0` until `s` closes (at most `limit` s of paused time).
+async fn closed_after(s: &Session, t0: tokio::time::Instant, limit: u64) -> f64 {
+    while !s.is_closed() && t0.elapsed() < Duration::from_secs(limit) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+async fn new_page(engine: &StateTemplate) -> InitialRender {
+    engine
+        .new_session("p.html", &json!({"n": 0}))
+        .await
+        .unwrap()
+}
+
 fn ticker(s: Session) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut n = 0;
@@ -82,10 +97,7 @@ fn ticker(s: Session) -> tokio::task::JoinHandle<()> {
 async fn a_ticker_does_not_keep_an_unjoined_session_alive() {
     let (b, evicted) = recording(builder().cleanup_interval(Duration::from_secs(1)));
     let engine = b.build().unwrap();
-    let i = engine
-        .new_session("p.html", &json!({"n": 0}))
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
     let s = open(&engine, &i).await;
     let t0 = tokio::time::Instant::now();
     let tick = ticker(s.clone());
@@ -93,10 +105,7 @@ async fn a_ticker_does_not_keep_an_unjoined_session_alive() {
     tokio::time::sleep(Duration::from_secs(299)).await;
     assert!(!s.is_closed(), "alive at 299 s");
     assert!(s.seq().await >= 298, "the ticker rendered");
-    while !s.is_closed() && t0.elapsed() < Duration::from_secs(400) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let at = t0.elapsed().as_secs_f64();
+    let at = closed_after(&s, t0, 400).await;
     assert!((300.0..=301.5).contains(&at), "expired at {at} s");
     assert_eq!(
         evicted.lock().unwrap().as_slice(),
@@ -115,10 +124,7 @@ async fn a_joined_session_whose_sockets_closed_expires_at_its_expiration() {
     );
     let engine = b.build().unwrap();
     let live = Live::new(engine.clone());
-    let i = engine
-        .new_session("p.html", &json!({"n": 0}))
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
     let s = open(&engine, &i).await;
     let (to_server, _from, conn) = socket(&live, &i).await;
     assert!(s.is_joined());
@@ -131,10 +137,7 @@ async fn a_joined_session_whose_sockets_closed_expires_at_its_expiration() {
     // Far past the unjoined timeout: the session was joined.
     tokio::time::sleep(Duration::from_secs(3599)).await;
     assert!(!s.is_closed(), "alive at 3,599 s");
-    while !s.is_closed() && t0.elapsed() < Duration::from_secs(4000) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let at = t0.elapsed().as_secs_f64();
+    let at = closed_after(&s, t0, 4000).await;
     assert!((3600.0..=3601.5).contains(&at), "expired at {at} s");
     assert_eq!(evicted.lock().unwrap()[0].1, EvictReason::Expired);
     tick.await.unwrap();
@@ -148,10 +151,7 @@ async fn client_frames_keep_a_session_alive() {
         .build()
         .unwrap();
     let live = Live::new(engine.clone());
-    let i = engine
-        .new_session("p.html", &json!({"n": 0}))
-        .await
-        .unwrap();
+    let i = new_page(&engine).await;
     let s = open(&engine, &i).await;
     let (to_server, _from, _conn) = socket(&live, &i).await;
     for _ in 0..30 {

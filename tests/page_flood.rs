@@ -16,12 +16,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use minijinja::Environment;
 use serde_json::json;
+use statetemplate::StateTemplate;
 use statetemplate::token::KeyRing;
-use statetemplate::transport::{ServeOptions, serve_axum};
-use statetemplate::{Live, StateTemplate};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_load_flood_never_evicts_joined_sessions() {
@@ -46,54 +43,16 @@ async fn a_page_load_flood_never_evicts_joined_sessions() {
         })
         .build()
         .unwrap();
-    let live = Live::new(engine.clone());
-    let page_engine = engine.clone();
-    let app = axum::Router::new()
-        .route(
-            "/",
-            axum::routing::get(move || {
-                let engine = page_engine.clone();
-                async move {
-                    match engine
-                        .new_session("p.html", &json!({"who": "anon", "n": 0}))
-                        .await
-                    {
-                        Ok(i) => (axum::http::StatusCode::OK, i.html),
-                        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                    }
-                }
-            }),
-        )
-        .merge(live.router());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(serve_axum(listener, app, ServeOptions::default()));
-
+    let addr = flood::page_server(&engine, "p.html", json!({"who": "anon", "n": 0})).await;
     // 20 real users: a page, then a socket that stays open.
-    let mut users = Vec::new();
-    for u in 0..20 {
-        let i = engine
-            .new_session("p.html", &json!({"who": format!("user{u}"), "n": 0}))
-            .await
-            .unwrap();
-        let mut req = format!(
-            "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
-            i.session_id, i.token
-        )
-        .into_client_request()
-        .unwrap();
-        req.headers_mut()
-            .insert("origin", format!("http://{addr}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        for _ in 0..2 {
-            ws.next().await.unwrap().unwrap(); // hello, join
-        }
-        let s = engine
-            .get_session(&i.session_id.to_string(), &i.token)
-            .await
-            .unwrap();
-        users.push((s, ws));
-    }
+    let mut users = flood::users(
+        &engine,
+        &addr,
+        "p.html",
+        20,
+        |u| json!({"who": format!("user{u}"), "n": 0}),
+    )
+    .await;
 
     // Sample the caps while the flood runs.
     let done = Arc::new(AtomicBool::new(false));

@@ -6,8 +6,74 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures_util::StreamExt;
+use serde_json::Value as Json;
+use statetemplate::transport::{ServeOptions, serve_axum};
+use statetemplate::{Live, Session, StateTemplate};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Serves (with `serve_axum`, on loopback) the live routes and `GET /`,
+/// which makes a session of `template` with `data` for every request
+/// (503 when refused); the address.
+pub async fn page_server(engine: &StateTemplate, template: &'static str, data: Json) -> String {
+    let live = Live::new(engine.clone());
+    let e = engine.clone();
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let (e, data) = (e.clone(), data.clone());
+                async move {
+                    match e.new_session(template, &data).await {
+                        Ok(i) => (axum::http::StatusCode::OK, i.html),
+                        Err(err) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+                    }
+                }
+            }),
+        )
+        .merge(live.router());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(serve_axum(listener, app, ServeOptions::default()));
+    addr
+}
+
+/// `n` real users of the server at `addr`: a session each (data `data(u)`)
+/// and a WebSocket that joined it and stays open.
+pub async fn users(
+    engine: &StateTemplate,
+    addr: &str,
+    template: &str,
+    n: usize,
+    data: impl Fn(usize) -> Json,
+) -> Vec<(Session, Ws)> {
+    let mut out = Vec::new();
+    for u in 0..n {
+        let i = engine.new_session(template, &data(u)).await.unwrap();
+        let mut req = format!(
+            "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
+            i.session_id, i.token
+        )
+        .into_client_request()
+        .unwrap();
+        req.headers_mut()
+            .insert("origin", format!("http://{addr}").parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        for _ in 0..2 {
+            ws.next().await.unwrap().unwrap(); // hello, join
+        }
+        let s = engine
+            .get_session(&i.session_id.to_string(), &i.token)
+            .await
+            .unwrap();
+        out.push((s, ws));
+    }
+    out
+}
 
 /// What a flood saw: responses by status.
 #[derive(Debug, Default, Clone, Copy)]
