@@ -1,20 +1,34 @@
 #![allow(missing_docs)]
 //! Memory per session: creates 100,000 sessions of a small page and reports
-//! resident memory per session beyond its data snapshot.
-//! Run: `cargo bench --bench memory` (`-- N` for another count).
+//! resident memory per session, idle and in the steady state.
+//! Run: `cargo bench --bench memory` (`-- N R` for N sessions and R renders
+//! per session per phase; defaults 100,000 and 64; `-- N R K` also sets the
+//! replay buffer to K frames, `Builder::replay_frames`, instead of 64).
 //!
 //! Method: the data snapshots are built first (as template values) and the
 //! RSS growth they cause is measured on its own. The sessions are then
 //! created from those same values, which they share (reference counted), so
-//! the RSS growth of the second phase is what sessions cost beyond their
-//! data: the render tree, the session state, the store record, the LRU entry.
+//! the RSS growth of that phase is what an idle session costs beyond its
+//! data: the render tree, the session state, the store record, the LRU
+//! entry. Then, on the same sessions, in order:
+//!
+//! 1. R renders each, nobody subscribed (a session no client has joined
+//!    keeps no frames);
+//! 2. one in-process subscriber joins each session (`Session::join`, what a
+//!    connection does): the broadcast channel and the replay buffer exist;
+//! 3. R more renders each, the subscriber receiving every frame (as a
+//!    connection that keeps up): by default the session keeps the last 64
+//!    frames for replay, so with R >= 64 the buffer is full.
+//!
+//! Each render changes two values (the count, and one item's `done`), like
+//! the throughput bench. RSS is read after each phase.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use minijinja::Environment;
 use minijinja::value::Value;
-use statetemplate::StateTemplate;
 use statetemplate::token::KeyRing;
+use statetemplate::{SessionEvent, StateTemplate};
 
 fn rss_bytes() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
@@ -23,10 +37,13 @@ fn rss_bytes() -> usize {
 }
 
 fn main() {
-    let n: usize = std::env::args()
+    let nums: Vec<usize> = std::env::args()
         .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let n = nums.first().copied().unwrap_or(100_000);
+    let renders = nums.get(1).copied().unwrap_or(64);
+    let replay = nums.get(2).copied();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -35,59 +52,141 @@ fn main() {
         let mut env = Environment::new();
         env.add_template("small.html", include_str!("../templates/small.html"))
             .unwrap();
-        let engine = StateTemplate::builder(env)
+        let mut builder = StateTemplate::builder(env)
             .keys(KeyRing::generate().unwrap())
             .max_sessions(n + 1)
-            .build()
-            .unwrap();
+            // Every session here is created before a client joins it, and
+            // the first phase (renders are not client activity) may take
+            // longer than the default 5 minutes' unjoined expiration.
+            .max_unjoined(n + 1)
+            .unjoined_expiration(std::time::Duration::from_secs(3600));
+        if let Some(k) = replay {
+            builder = builder.replay_frames(k);
+        }
+        let engine = builder.build().unwrap();
         // Warm up: compile the template, allocate the runtime's pools.
-        let w = engine.new_session("small.html", &data(0)).await.unwrap();
+        let w = engine.new_session("small.html", &data(0, 0)).await.unwrap();
         drop(w);
 
         let rss0 = rss_bytes();
         let snapshots: Vec<Value> = (0..n)
-            .map(|i| Value::from(minijinja::value::Serde(&data(i))))
+            .map(|i| Value::from(minijinja::value::Serde(&data(i, 0))))
             .collect();
         let rss1 = rss_bytes();
 
-        let t = Instant::now();
-        let mut ids = Vec::with_capacity(n);
+        // Only `new_session` is timed; the handles (16 B each, as the ids
+        // this vector held before) are opened from the tokens untimed.
+        let mut took = Duration::ZERO;
+        let mut sessions = Vec::with_capacity(n);
         for v in &snapshots {
+            let t = Instant::now();
             let init = engine.new_session("small.html", v).await.unwrap();
-            ids.push(init.session_id);
+            took += t.elapsed();
+            let s = engine
+                .get_session(&init.session_id.to_string(), &init.token)
+                .await
+                .unwrap();
+            sessions.push(s);
         }
-        let took = t.elapsed();
         let rss2 = rss_bytes();
         assert_eq!(engine.live_sessions(), n + 1);
-        let per = |a: usize, b: usize| (b.saturating_sub(a)) as f64 / n as f64;
-        println!("sessions: {n} (all live: {})", engine.live_sessions());
-        println!("data snapshot, per session: {:.0} B", per(rss0, rss1));
+
+        // 1. Renders, nobody subscribed.
+        let t = Instant::now();
+        for step in 1..=renders {
+            for (i, s) in sessions.iter().enumerate() {
+                s.render(&data(i, step)).await.unwrap();
+            }
+        }
+        let took_unjoined = t.elapsed();
+        let rss3 = rss_bytes();
+
+        // 2. One subscriber joins each session.
+        let mut subs = Vec::with_capacity(n);
+        for s in &sessions {
+            let (resync, sub) = s.join().await.unwrap();
+            drop(resync);
+            subs.push(sub);
+        }
+        let rss4 = rss_bytes();
+
+        // 3. Renders, each received by the subscriber.
+        let t = Instant::now();
+        let mut frame_bytes = 0usize;
+        for step in renders + 1..=2 * renders {
+            for (i, (s, sub)) in sessions.iter().zip(subs.iter_mut()).enumerate() {
+                s.render(&data(i, step)).await.unwrap();
+                match sub.recv().await {
+                    Some(SessionEvent::Patch(p)) => frame_bytes += p.frame().len(),
+                    other => panic!("expected a patch, got {other:?}"),
+                }
+            }
+        }
+        let took_joined = t.elapsed();
+        let rss5 = rss_bytes();
+
+        let per = |a: usize, b: usize| b.saturating_sub(a) as f64 / n as f64;
+        let kb = |b: f64| b / 1024.0;
+        let data_per = per(rss0, rss1);
         println!(
-            "session beyond its data, per session: {:.0} B ({:.2} KB)",
-            per(rss1, rss2),
-            per(rss1, rss2) / 1024.0
+            "sessions: {n} (all live: {}), {renders} renders per phase",
+            engine.live_sessions()
         );
+        println!("data snapshot, per session: {data_per:.0} B");
         println!(
-            "total RSS: {:.1} MB ({:.0} B per session with data)",
-            rss2 as f64 / 1e6,
-            per(rss0, rss2)
+            "idle session beyond its data, per session: {:.0} B ({:.2} KiB)",
+            per(rss1, rss2),
+            kb(per(rss1, rss2))
         );
         println!(
             "creation: {:.2} s ({:.1} µs per session)",
             took.as_secs_f64(),
             took.as_secs_f64() * 1e6 / n as f64
         );
-        std::hint::black_box((&snapshots, &ids));
+        println!(
+            "after {renders} renders, no subscriber: +{:.0} B per session ({:.1} µs per render)",
+            per(rss2, rss3),
+            took_unjoined.as_secs_f64() * 1e6 / (n * renders) as f64
+        );
+        println!(
+            "one subscriber joined, before any frame: +{:.0} B per session",
+            per(rss3, rss4)
+        );
+        println!(
+            "after {renders} more renders, each received: +{:.0} B per session \
+             ({:.0} B per frame kept, frames of {:.0} B on the wire; {:.1} µs per render + recv)",
+            per(rss4, rss5),
+            per(rss4, rss5) / renders.min(replay.unwrap_or(64)).max(1) as f64,
+            frame_bytes as f64 / (n * renders) as f64,
+            took_joined.as_secs_f64() * 1e6 / (n * renders) as f64
+        );
+        // The original snapshots are still held (by `snapshots`), but after
+        // the renders no session shares them any more: each holds its own
+        // current data, counted from rss1 on.
+        println!(
+            "steady state, per session including its own data: {:.0} B ({:.1} KiB); \
+             beyond a data snapshot: {:.0} B ({:.1} KiB)",
+            per(rss1, rss5),
+            kb(per(rss1, rss5)),
+            per(rss1, rss5) - data_per,
+            kb(per(rss1, rss5) - data_per)
+        );
+        println!(
+            "total RSS: idle {:.1} MB, steady {:.1} MB",
+            rss2 as f64 / 1e6,
+            rss5 as f64 / 1e6
+        );
+        std::hint::black_box((&snapshots, &sessions, &subs));
     });
 }
 
-fn data(i: usize) -> serde_json::Value {
+fn data(i: usize, step: usize) -> serde_json::Value {
     serde_json::json!({
         "title": format!("Tasks of user {i}"),
-        "count": i,
+        "count": i + step,
         "status": "ok",
         "items": [{"id": 1, "text": format!("milk {i}"), "done": false},
-                  {"id": 2, "text": "eggs", "done": i % 2 == 0},
+                  {"id": 2, "text": "eggs", "done": (i + step) % 2 == 0},
                   {"id": 3, "text": "bread", "done": false}],
     })
 }
