@@ -207,7 +207,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
 pub use protocol::{Action, Update};
 pub use session::{
-    Builder, Catchup, Connection, EvictReason, InitialRender, Rendered, Renderer, Resync, Session,
-    SessionEvent, SessionId, StateTemplate, Subscriber, UpdateReceiver,
+    Builder, Catchup, Connection, EvictReason, InitialRender, KeptFrame, Rendered, Renderer,
+    Resync, Session, SessionEvent, SessionId, StateTemplate, Subscriber, UpdateReceiver,
 };
 pub use transport::{Event, EventCtx, Live};

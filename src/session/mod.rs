@@ -795,8 +795,10 @@ struct SessionInner {
 struct Outlet {
     tx: Tx,
     /// Recent frames for clients that reconnect (`None` until a client
-    /// joins: sessions nobody connects to keep and encode nothing).
-    replay: Option<std::collections::VecDeque<Arc<Rendered>>>,
+    /// joins: sessions nobody connects to keep and encode nothing). Only
+    /// the seq and the wire frame are kept, not the patch (which holds the
+    /// render trees of its version).
+    replay: Option<std::collections::VecDeque<KeptFrame>>,
 }
 
 #[derive(Default)]
@@ -826,7 +828,10 @@ impl Outlet {
             if buf.len() >= keep {
                 buf.pop_front();
             }
-            buf.push_back(frame.clone());
+            buf.push_back(KeptFrame {
+                seq: frame.seq,
+                frame: frame.frame.clone(),
+            });
         }
         if let Tx::Open(s) = &self.tx {
             let _ = s.send(SessionEvent::Patch(frame));
@@ -1004,7 +1009,7 @@ impl Session {
                 seq,
                 timestamp_ms: now,
                 patch: patch.clone(),
-                frame: page.encode(&patch).unwrap_or_default(),
+                frame: page.encode(&patch).unwrap_or_default().into(),
             });
             outlet.publish(rendered, e.config.replay_frames);
         }
@@ -1067,7 +1072,7 @@ impl Session {
         let same_page = epoch == format!("{:016x}", self.inner.epoch);
         if same_page && seq <= now {
             let outlet = self.inner.outlet.lock().expect("lock");
-            let frames: Vec<Arc<Rendered>> = outlet
+            let frames: Vec<KeptFrame> = outlet
                 .replay
                 .iter()
                 .flatten()
@@ -1325,7 +1330,7 @@ fn random_u64() -> u64 {
 #[non_exhaustive]
 pub enum Catchup {
     /// The frames it missed, in order (possibly none).
-    Frames(Vec<Arc<Rendered>>),
+    Frames(Vec<KeptFrame>),
     /// The whole page: what it missed is no longer available.
     Resync(Resync),
 }
@@ -1352,13 +1357,34 @@ impl SessionEvent {
     }
 }
 
+/// A frame a session keeps for clients that reconnect (see
+/// [`Session::resume`]): its seq and wire form, shared with the
+/// [`Rendered`] it came from.
+#[derive(Debug, Clone)]
+pub struct KeptFrame {
+    seq: u64,
+    frame: Arc<str>,
+}
+
+impl KeptFrame {
+    /// The render's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The wire frame (`docs/protocol.md`).
+    pub fn frame(&self) -> &str {
+        &self.frame
+    }
+}
+
 /// One render's changes, ready to send.
 #[derive(Debug)]
 pub struct Rendered {
     seq: u64,
     timestamp_ms: u64,
     patch: Patch,
-    frame: String,
+    frame: Arc<str>,
 }
 
 impl Rendered {
