@@ -16,6 +16,9 @@
 //! Run: `cargo bench --bench e2e` (`-- UPDATES ROWS...`; default 200 and
 //! 100 1000 10000). Bounded: UPDATES clicks per scenario, then both exit.
 
+#[path = "../tests/common/flood.rs"]
+mod flood;
+
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -27,7 +30,6 @@ use statetemplate::transport::{ServeOptions, serve_axum};
 use statetemplate::{Live, StateTemplate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const COUNTER: &str = r#"<main class="counter"><h1>Live counter</h1><p class="count">{{ count }}</p><p class="status status-{{ status }}">The count is {{ status }}</p><button st-click="inc">+1</button><button st-click="dec">-1</button><footer>Last rendered at {{ ts }}</footer></main>"#;
 
@@ -200,15 +202,7 @@ struct Result {
 async fn scenario(addr: &str, label: &str, path: &str, buttons: &[&str], n: usize) -> Result {
     let page = get(addr, path).await;
     let (sid, token) = (attr(&page, "data-st-session"), attr(&page, "data-st-token"));
-    let mut req = format!("ws://{addr}/statetemplate/ws?v=1&sid={sid}&token={token}")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("origin", format!("http://{addr}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    for _ in 0..2 {
-        ws.next().await.unwrap().unwrap(); // hello, join
-    }
+    let mut ws = flood::join(addr, sid, token).await;
     let mut r = Result {
         label: label.to_owned(),
         bytes: Vec::new(),

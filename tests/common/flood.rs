@@ -42,6 +42,21 @@ pub async fn page_server(engine: &StateTemplate, template: &'static str, data: J
     addr
 }
 
+/// A WebSocket to session `sid` at `addr`, from the server's own origin,
+/// past its hello and join frames.
+pub async fn join(addr: &str, sid: &str, token: &str) -> Ws {
+    let mut req = format!("ws://{addr}/statetemplate/ws?v=1&sid={sid}&token={token}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("origin", format!("http://{addr}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    for _ in 0..2 {
+        ws.next().await.unwrap().unwrap(); // hello, join
+    }
+    ws
+}
+
 /// `n` real users of the server at `addr`: a session each (data `data(u)`)
 /// and a WebSocket that joined it and stays open.
 pub async fn users(
@@ -54,18 +69,7 @@ pub async fn users(
     let mut out = Vec::new();
     for u in 0..n {
         let i = engine.new_session(template, &data(u)).await.unwrap();
-        let mut req = format!(
-            "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
-            i.session_id, i.token
-        )
-        .into_client_request()
-        .unwrap();
-        req.headers_mut()
-            .insert("origin", format!("http://{addr}").parse().unwrap());
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-        for _ in 0..2 {
-            ws.next().await.unwrap().unwrap(); // hello, join
-        }
+        let ws = join(addr, &i.session_id.to_string(), &i.token).await;
         let s = engine
             .get_session(&i.session_id.to_string(), &i.token)
             .await
