@@ -16,6 +16,8 @@
 //! With R >= 64 every session's replay buffer (64 frames by default) is
 //! full when the RSS is read again.
 
+mod support;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,17 +31,6 @@ use statetemplate::{Live, StateTemplate};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        * 4096
-}
 
 type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
 
@@ -76,11 +67,7 @@ fn main() {
     let n = nums.first().copied().unwrap_or(15_000);
     let rounds = nums.get(1).copied().unwrap_or(64);
     let replay = nums.get(2).copied();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(2);
     rt.block_on(async move {
         let mut env = Environment::new();
         env.add_template("c.html", "<p>{{ name }}: {{ n }}</p>")
@@ -101,7 +88,7 @@ fn main() {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         tokio::time::sleep(Duration::from_millis(200)).await;
 
-        let rss0 = rss();
+        let rss0 = support::rss();
         let path = std::env::temp_dir().join(format!("st-conns-{}.txt", std::process::id()));
         let mut f = std::fs::File::create(&path).unwrap();
         // The handles (16 B each) are kept to render to each session with
@@ -125,7 +112,7 @@ fn main() {
             sessions.push(s);
         }
         drop(f);
-        let rss1 = rss();
+        let rss1 = support::rss();
 
         let t = Instant::now();
         let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -143,7 +130,7 @@ fn main() {
         let connect = t.elapsed();
         let open = live.open_connections();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss2 = rss();
+        let rss2 = support::rss();
 
         // R rounds: every session renders once (the count changes); a round
         // ends when the child has received all N frames.
@@ -174,7 +161,7 @@ fn main() {
             complete = r;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss3 = rss();
+        let rss3 = support::rss();
 
         drop(child.stdin.take()); // the child reports and exits when its stdin closes
         let report = expect(&mut lines, "received", Duration::from_secs(30))
@@ -226,11 +213,7 @@ fn main() {
 /// multiple of the number joined), and when stdin closes prints
 /// `received …` and exits.
 fn client(addr: &str, file: &str) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(2);
     let lines: Vec<String> = std::fs::read_to_string(file)
         .unwrap()
         .lines()

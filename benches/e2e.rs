@@ -16,6 +16,8 @@
 //! Run: `cargo bench --bench e2e` (`-- UPDATES ROWS...`; default 200 and
 //! 100 1000 10000). Bounded: UPDATES clicks per scenario, then both exit.
 
+mod support;
+
 #[path = "../tests/common/flood.rs"]
 mod flood;
 
@@ -337,10 +339,7 @@ fn main() {
         .filter(|a| !a.starts_with("--bench"))
         .collect();
     if args.first().map(String::as_str) == Some("--client") {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = support::runtime(0);
         let updates = args[2].parse().unwrap();
         let rows = args[3..].iter().map(|a| a.parse().unwrap()).collect();
         rt.block_on(client(args[1].clone(), updates, rows));
@@ -352,11 +351,7 @@ fn main() {
     } else {
         vec!["100".into(), "1000".into(), "10000".into()]
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(2);
     rt.block_on(async move {
         let mut env = Environment::new();
         env.add_template("counter.html", COUNTER).unwrap();

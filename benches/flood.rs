@@ -21,6 +21,8 @@
 //! Sent, served and replies are all counted over the bystander's window
 //! (after a 500 ms warm-up, which takes the burst allowance).
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -141,11 +143,7 @@ fn main() {
     let samples = nums.first().copied().unwrap_or(2000);
     let flooders = nums.get(1).copied().unwrap_or(4);
     let rate = nums.get(2).copied().unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(2);
     rt.block_on(async move {
         let mut env = Environment::new();
         env.add_template("c.html", "<p>{{ n }}</p>").unwrap();
@@ -263,10 +261,7 @@ fn main() {
 /// a `mark` line on stdin until stdin closes, then prints
 /// `sent S replies R secs T` and exits.
 fn flooder(addr: &str, rate: usize, paths: &[String]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(0);
     rt.block_on(async move {
         let sent = Arc::new(AtomicU64::new(0));
         let replies = Arc::new(AtomicU64::new(0));

@@ -23,18 +23,14 @@
 //! Each render changes two values (the count, and one item's `done`), like
 //! the throughput bench. RSS is read after each phase.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use minijinja::Environment;
 use minijinja::value::Value;
 use statetemplate::token::KeyRing;
 use statetemplate::{SessionEvent, StateTemplate};
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
 
 fn main() {
     let nums: Vec<usize> = std::env::args()
@@ -44,10 +40,7 @@ fn main() {
     let n = nums.first().copied().unwrap_or(100_000);
     let renders = nums.get(1).copied().unwrap_or(64);
     let replay = nums.get(2).copied();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(0);
     rt.block_on(async {
         let mut env = Environment::new();
         env.add_template("small.html", include_str!("../templates/small.html"))
@@ -68,11 +61,11 @@ fn main() {
         let w = engine.new_session("small.html", &data(0, 0)).await.unwrap();
         drop(w);
 
-        let rss0 = rss_bytes();
+        let rss0 = support::rss();
         let snapshots: Vec<Value> = (0..n)
             .map(|i| Value::from(minijinja::value::Serde(&data(i, 0))))
             .collect();
-        let rss1 = rss_bytes();
+        let rss1 = support::rss();
 
         // Only `new_session` is timed; the handles (16 B each, as the ids
         // this vector held before) are opened from the tokens untimed.
@@ -88,7 +81,7 @@ fn main() {
                 .unwrap();
             sessions.push(s);
         }
-        let rss2 = rss_bytes();
+        let rss2 = support::rss();
         assert_eq!(engine.live_sessions(), n + 1);
 
         // 1. Renders, nobody subscribed.
@@ -99,7 +92,7 @@ fn main() {
             }
         }
         let took_unjoined = t.elapsed();
-        let rss3 = rss_bytes();
+        let rss3 = support::rss();
 
         // 2. One subscriber joins each session.
         let mut subs = Vec::with_capacity(n);
@@ -108,7 +101,7 @@ fn main() {
             drop(resync);
             subs.push(sub);
         }
-        let rss4 = rss_bytes();
+        let rss4 = support::rss();
 
         // 3. Renders, each received by the subscriber.
         let t = Instant::now();
@@ -123,7 +116,7 @@ fn main() {
             }
         }
         let took_joined = t.elapsed();
-        let rss5 = rss_bytes();
+        let rss5 = support::rss();
 
         let per = |a: usize, b: usize| b.saturating_sub(a) as f64 / n as f64;
         let kb = |b: f64| b / 1024.0;

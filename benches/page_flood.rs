@@ -15,6 +15,8 @@
 //! Run: `cargo bench --bench page_flood` (`-- N` for N page loads; default
 //! 200,000).
 
+mod support;
+
 #[path = "../tests/common/flood.rs"]
 mod flood;
 
@@ -31,17 +33,6 @@ use statetemplate::transport::{ServeOptions, serve_axum};
 const PAGE: &str = r#"<h1>{{ title }}</h1>
 <ul>{% for t in todos %}<li class="{{ 'done' if t.done }}">{{ t.text }}</li>{% endfor %}</ul>
 <p>{{ clock }}</p>"#;
-
-fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        * 4096
-}
 
 /// User plus system CPU time of this process.
 fn cpu() -> Duration {
@@ -125,22 +116,14 @@ fn main() {
         .filter(|a| !a.starts_with("--bench"))
         .collect();
     if args.first().map(String::as_str) == Some("--flood-client") {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = support::runtime(1);
         let n: usize = args[2].parse().unwrap();
         let t = rt.block_on(flood::page_loads(&args[1], n, 8));
         println!("tally {} {} {}", t.ok, t.refused, t.other);
         return;
     }
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(2);
     rt.block_on(run(n));
     rt.block_on(slowloris());
 }
@@ -160,14 +143,14 @@ async fn run(n: usize) {
     let addr = flood::page_server(&engine, "todos.html", data()).await;
     let users = flood::users(&engine, &addr, "todos.html", 20, |_| data()).await;
 
-    let rss0 = rss();
+    let rss0 = support::rss();
     let (cpu0, t0) = (cpu(), Instant::now());
     let done = Arc::new(AtomicBool::new(false));
     let d = done.clone();
     let sampler = tokio::spawn(async move {
         let mut peak = 0;
         while !d.load(Ordering::Relaxed) {
-            peak = peak.max(rss());
+            peak = peak.max(support::rss());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         peak
@@ -180,7 +163,7 @@ async fn run(n: usize) {
     let wall = t0.elapsed();
     let cpu_used = cpu() - cpu0;
     done.store(true, Ordering::Relaxed);
-    let peak = sampler.await.unwrap().max(rss());
+    let peak = sampler.await.unwrap().max(support::rss());
     let tally = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let intact = users.iter().filter(|(s, _)| !s.is_closed()).count();
     println!("page loads: {n} ({tally}: ok, refused, other)");
@@ -198,7 +181,7 @@ async fn run(n: usize) {
         "RSS: {:.1} MiB before, {:.1} MiB peak, {:.1} MiB after",
         rss0 as f64 / 1048576.0,
         peak as f64 / 1048576.0,
-        rss() as f64 / 1048576.0
+        support::rss() as f64 / 1048576.0
     );
     println!(
         "live {} (unjoined {}), evicted {}, users intact {intact}/20",

@@ -20,6 +20,8 @@
 //! fragment render (the tree freed inside the timed loop), kept to show what
 //! that difference cost.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use minijinja::Environment;
@@ -69,10 +71,7 @@ fn pages() -> Vec<(String, &'static str, Json)> {
 }
 
 fn runtime_and_engine() -> (tokio::runtime::Runtime, StateTemplate) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(0);
     let engine = rt.block_on(async {
         StateTemplate::builder(env())
             .keys(KeyRing::generate().unwrap())

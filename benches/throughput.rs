@@ -4,6 +4,8 @@
 //! Run: `cargo bench --bench throughput` (`-- SESSIONS RENDERS` to change the
 //! counts). Bounded: SESSIONS x RENDERS renders per phase, then it exits.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,11 +61,7 @@ fn main() {
         .collect();
     let sessions = nums.first().copied().unwrap_or(10_000);
     let renders = nums.get(1).copied().unwrap_or(20);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = support::runtime(2);
     rt.block_on(async move {
         println!("{sessions} sessions x {renders} renders each, 2 worker threads\n");
         println!("| phase | renders | wall | renders/s | p50 latency | p99 latency |");
