@@ -69,7 +69,7 @@ fn spawn_feed(engine: StateTemplate, every: Duration) {
         let mut seed = 7u64;
         loop {
             tick.tick().await;
-            for s in common::connected(&engine) {
+            for s in engine.connected_sessions() {
                 let mut local = next(&mut seed);
                 let _ = s
                     .update(|d: &mut Dash| {

@@ -69,8 +69,8 @@ impl Bucket {
 /// Allows each key (a client) `burst` actions at once and `per_second`
 /// after that; refuses the rest. Memory is bounded: at most `max_keys`
 /// clients are tracked; when that many are, clients whose bucket has
-/// refilled are forgotten, and if none has, new clients are refused until
-/// one does (the limiter fails closed).
+/// refilled are forgotten (looked for at most once a second), and if none
+/// has, new clients are refused until one does (the limiter fails closed).
 ///
 /// Use it to bound session creation per client, keyed with
 /// [`client_key`] of the peer address:
@@ -90,7 +90,15 @@ pub struct Limiter<K> {
     rate: f64,
     burst: f64,
     max_keys: usize,
-    buckets: Mutex<HashMap<K, Bucket>>,
+    buckets: Mutex<Buckets<K>>,
+}
+
+struct Buckets<K> {
+    map: HashMap<K, Bucket>,
+    /// When the map was last swept for refilled buckets: at most one sweep
+    /// (a pass over every key) per refill time, so that a stream of new
+    /// keys while full costs no pass each.
+    swept: Instant,
 }
 
 impl<K> fmt::Debug for Limiter<K> {
@@ -116,7 +124,10 @@ impl<K: Hash + Eq> Limiter<K> {
             rate: per_second,
             burst: f64::from(burst),
             max_keys: 100_000,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
@@ -129,14 +140,19 @@ impl<K: Hash + Eq> Limiter<K> {
     /// Whether `key` may act now; if so, it is counted.
     pub fn check(&self, key: K) -> bool {
         let now = Instant::now();
-        let mut map = self.buckets.lock().expect("lock");
-        if !map.contains_key(&key) && map.len() >= self.max_keys {
-            map.retain(|_, b| !b.is_full(now));
-            if map.len() >= self.max_keys {
+        let mut b = self.buckets.lock().expect("lock");
+        if !b.map.contains_key(&key) && b.map.len() >= self.max_keys {
+            let refill = Duration::from_secs_f64(self.burst / self.rate);
+            if now.saturating_duration_since(b.swept) >= refill.min(Duration::from_secs(1)) {
+                b.map.retain(|_, bucket| !bucket.is_full(now));
+                b.swept = now;
+            }
+            if b.map.len() >= self.max_keys {
                 return false;
             }
         }
-        map.entry(key)
+        b.map
+            .entry(key)
             .or_insert_with(|| Bucket {
                 at: now,
                 ..Bucket::new(self.rate, self.burst)
@@ -146,7 +162,7 @@ impl<K: Hash + Eq> Limiter<K> {
 
     /// How many keys are tracked now.
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().expect("lock").len()
+        self.buckets.lock().expect("lock").map.len()
     }
 }
 

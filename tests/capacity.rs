@@ -289,3 +289,23 @@ async fn a_returning_client_evicts_connected_sessions_last() {
     );
     assert_eq!(here.live_sessions(), 3);
 }
+
+#[tokio::test]
+async fn connected_sessions_are_those_with_an_open_socket() {
+    let engine = builder().build().unwrap();
+    let live = Live::new(engine.clone());
+    let a = new_page(&engine).await;
+    let _b = new_page(&engine).await;
+    assert!(engine.connected_sessions().is_empty());
+    let (to_server, _from, conn) = socket(&live, &a).await;
+    let ids: Vec<String> = engine
+        .connected_sessions()
+        .iter()
+        .map(|s| s.id().to_string())
+        .collect();
+    assert_eq!(ids, [a.session_id.to_string()]);
+    drop(to_server);
+    conn.await.unwrap();
+    assert!(engine.connected_sessions().is_empty(), "the socket closed");
+    assert_eq!(engine.live_sessions(), 2);
+}

@@ -202,17 +202,6 @@ pub(crate) fn clock_text() -> String {
     )
 }
 
-/// The sessions a server push is for: those with a client connected now.
-/// (A render is not activity, so pushing to the others would not keep them
-/// alive, but it would cost a render each; they catch up on the next push
-/// after their client reconnects.)
-pub(crate) fn connected(engine: &StateTemplate) -> impl Iterator<Item = Session> {
-    engine
-        .sessions()
-        .into_iter()
-        .filter(|s| s.connections() > 0)
-}
-
 /// Pushes the server clock to every connected session every `every`: a
 /// render from a background task reaching every browser.
 fn spawn_clock(engine: StateTemplate, every: Duration) {
@@ -221,7 +210,11 @@ fn spawn_clock(engine: StateTemplate, every: Duration) {
         loop {
             tick.tick().await;
             let now = clock_text();
-            for s in connected(&engine) {
+            // Only sessions with a client connected now: a render is not
+            // activity, so pushing to the others would not keep them alive,
+            // but would cost a render each; they catch up on the next push
+            // after their client reconnects.
+            for s in engine.connected_sessions() {
                 let _ = s
                     .update(|d: &mut serde_json::Value| {
                         d["clock"] = now.clone().into();

@@ -143,6 +143,7 @@ fn run<'env, R>(
         .get_template(&synth.name)
         .map_err(|e| locate(e, synth))?;
     let c = machinery::get_compiled_template(&t);
+    out.reserve(c.buffer_size_hint);
     let mut output = machinery::make_string_output(out);
     let (_, state) = machinery::eval(
         env,

@@ -36,6 +36,11 @@ impl Lru {
         Some(id)
     }
 
+    /// Every id, in no particular order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &SessionId> {
+        self.by_id.keys()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -491,6 +491,16 @@ impl StateTemplate {
             .collect()
     }
 
+    /// The live sessions with a client connected now (see
+    /// [`Session::connection`]): the ones a server push reaches. Costs what
+    /// they number, not what all live sessions do.
+    pub fn connected_sessions(&self) -> Vec<Session> {
+        let ids = self.inner.pools.lock().expect("lock").connected();
+        ids.iter()
+            .filter_map(|id| self.session_unchecked(id))
+            .collect()
+    }
+
     /// The live sessions of a group (see [`Session::join_group`]): render to
     /// them all to broadcast, e.g. `for s in engine.group("chat") { s.update(…) }`.
     pub fn group(&self, group: &str) -> Vec<Session> {
@@ -1091,8 +1101,7 @@ impl Session {
             }
         }
         drop(page);
-        let (r, sub) = self.join().await?;
-        self.mark_joined();
+        let (r, sub) = self.join().await?; // marks the session joined
         Ok((Catchup::Resync(r), sub))
     }
 
@@ -1191,6 +1200,9 @@ impl Session {
     /// A client joined: the session leaves the unjoined pool for good.
     fn mark_joined(&self) {
         let s = &self.inner;
+        if s.joined.load(Ordering::SeqCst) {
+            return;
+        }
         let mut pools = self.engine.pools.lock().expect("lock");
         if !s.joined.swap(true, Ordering::SeqCst) {
             let to = if s.connections.load(Ordering::SeqCst) > 0 {

@@ -83,6 +83,11 @@ impl Pools {
         self.of.len()
     }
 
+    /// The sessions with an open connection.
+    pub(crate) fn connected(&self) -> Vec<SessionId> {
+        self.connected.ids().copied().collect()
+    }
+
     pub(crate) fn unjoined(&self) -> usize {
         self.unjoined.len()
     }
