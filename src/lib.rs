@@ -204,7 +204,9 @@ pub mod fuzzing {
 }
 
 pub use error::{Error, ErrorKind, Result};
-pub use fragment::{FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters};
+pub use fragment::{
+    At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters,
+};
 pub use protocol::{Action, Update};
 pub use session::{
     Builder, Catchup, Connection, EvictReason, InitialRender, KeptFrame, Rendered, Renderer,

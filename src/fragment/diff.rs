@@ -46,6 +46,7 @@ pub(crate) fn same(a: &Value, b: &Value) -> bool {
 
 /// The dotted paths at which `new` differs from `old`. Maps are walked;
 /// anything else that differs is reported whole. `""` means everything.
+#[cfg(test)]
 pub(crate) fn changed_paths(old: &Value, new: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if old.kind() == ValueKind::Map && new.kind() == ValueKind::Map {
@@ -56,6 +57,7 @@ pub(crate) fn changed_paths(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
+#[cfg(test)]
 fn walk(old: &Value, new: &Value, prefix: &mut String, out: &mut Vec<String>) {
     let keys = |v: &Value| -> Vec<Value> { v.try_iter().map(|i| i.collect()).unwrap_or_default() };
     let old_keys = keys(old);

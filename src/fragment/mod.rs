@@ -5,9 +5,12 @@
 //! See `docs/architecture.md` for the model and `docs/protocol.md` for the wire.
 
 mod compile;
+pub(crate) mod delta;
 pub(crate) mod diff;
+mod edit;
 mod eval;
 mod html;
+pub(crate) mod ingest;
 pub(crate) mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -21,8 +24,10 @@ use serde::Serialize;
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{Action, Update};
 use compile::{Body, Compiler, Counters, ForNode, LOOP_META, LOOP_NEIGHBORS, Op, Program};
+pub use delta::{Delta, DeltaOp};
+pub use edit::{At, Edit};
 use eval::{LoopObj, Scope, eval_names, eval_value, render_leaf};
-use tree::{BodyOut, ItemOut, ListOut, SlotOut, WireWriter};
+use tree::{BodyOut, ItemOut, KeySet, ListOut, SlotOut, WireWriter};
 
 /// The version of the wire format written by [`LivePage::encode`].
 pub const WIRE_VERSION: u32 = 1;
@@ -106,7 +111,7 @@ impl FragmentEngine {
     /// the client now holds so that [`LivePage::update`] can diff against it.
     pub fn render<S: Serialize + ?Sized>(&self, template: &str, data: &S) -> Result<LivePage> {
         let program = self.program(template)?;
-        let data = to_value(data)?;
+        let data = ingest::ingest(None, data)?.value;
         let env = self.inner.env.read().expect("lock");
         let root = render_fresh(&env, &program.root, &data)?;
         drop(env);
@@ -131,14 +136,6 @@ impl FragmentEngine {
     pub fn with_env<R>(&self, f: impl FnOnce(&Environment<'static>) -> R) -> R {
         f(&self.inner.env.read().expect("lock"))
     }
-}
-
-pub(crate) fn to_value<S: Serialize + ?Sized>(data: &S) -> Result<Value> {
-    let v = Value::from(minijinja::value::Serde(data));
-    if v.kind() == ValueKind::Invalid {
-        return Err(Error::data(v.to_string()));
-    }
-    Ok(v)
 }
 
 fn render_fresh(env: &Environment<'static>, body: &Body, data: &Value) -> Result<Arc<BodyOut>> {
@@ -175,6 +172,7 @@ impl fmt::Debug for LivePage {
 pub struct Patch {
     ops: Vec<PatchOp>,
     seq: u64,
+    delta: Delta,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +225,12 @@ impl Patch {
     /// The sequence number of the render that produced this patch.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// What the render changed in the data (empty when nothing did).
+    /// Applied to the previous snapshot it gives the new one.
+    pub fn delta(&self) -> &Delta {
+        &self.delta
     }
 
     /// The operations as seed-compatible [`Update`]s, each carrying the full
@@ -339,12 +343,36 @@ impl LivePage {
     /// Diffs `data` against the last data and returns what changed. On error
     /// the page is left exactly as it was.
     pub fn update<S: Serialize + ?Sized>(&mut self, data: &S) -> Result<Patch> {
-        let data = to_value(data)?;
-        let changed = diff::changed_paths(&self.data, &data);
+        let ingested = ingest::ingest(Some(&self.data), data)?;
+        let changed = ingested.delta.touched(&self.data);
+        self.walk(ingested.value, changed, ingested.delta)
+    }
+
+    /// Applies a delta (what the app says changed) and returns what changed
+    /// on the page: the same patch as [`LivePage::update`] with the data
+    /// the delta makes. On error the page is left exactly as it was.
+    pub fn apply(&mut self, delta: Delta) -> Result<Patch> {
+        let data = delta.apply(&self.data)?;
+        let changed = delta.touched(&self.data);
+        self.walk(data, changed, delta)
+    }
+
+    /// Applies targeted changes (see [`Edit`]) and returns what changed on
+    /// the page: the same patch as [`LivePage::update`] with the whole data
+    /// the edit makes. On error the page is left exactly as it was.
+    pub fn edit(&mut self, edit: &Edit) -> Result<Patch> {
+        let (delta, data) = edit.resolve(&self.data)?;
+        let changed = delta.touched(&self.data);
+        self.walk(data, changed, delta)
+    }
+
+    fn walk(&mut self, data: Value, changed: Vec<String>, delta: Delta) -> Result<Patch> {
         if changed.is_empty() {
+            self.data = data;
             return Ok(Patch {
                 ops: Vec::new(),
                 seq: self.seq,
+                delta,
             });
         }
         let env = self.engine.inner.env.read().expect("lock");
@@ -373,7 +401,11 @@ impl LivePage {
         if !ops.is_empty() {
             self.seq += 1;
         }
-        Ok(Patch { ops, seq: self.seq })
+        Ok(Patch {
+            ops,
+            seq: self.seq,
+            delta,
+        })
     }
 
     /// Encodes a patch as a compact wire frame (see `docs/protocol.md`).
@@ -738,12 +770,18 @@ impl Walk<'_> {
             }
         }
         let iterable = eval_value(self.env, &f.iter, scope)?;
-        let mut items: Vec<Value> = Vec::new();
+        let mut owned: Vec<Value> = Vec::new();
+        let body_all = self.force || self.affected(&f.body_deps);
+        // A list from the data: its items as they are, without iterating.
+        let shared = match &f.filter {
+            None => iterable.downcast_object_ref::<Vec<Value>>(),
+            Some(_) => None,
+        };
         // As in minijinja, `loop.length` (and what derives from it) is known
         // only when the iterator's size is exact, or after a loop filter
         // (which collects the items first); iterating a string is not.
         let mut sized = true;
-        if !iterable.is_undefined() && !iterable.is_none() {
+        if shared.is_none() && !iterable.is_undefined() && !iterable.is_none() {
             let it = iterable.try_iter().map_err(|e| {
                 Error::located(
                     e,
@@ -761,12 +799,22 @@ impl Walk<'_> {
                         continue;
                     }
                 }
-                items.push(v);
+                owned.push(v);
             }
         }
-        let keys = item_keys(f, &items);
+        let items: &[Value] = match shared {
+            Some(v) => v,
+            None => &owned,
+        };
+        if let (Some(o), false) = (old, body_all) {
+            if f.loop_flags == 0 {
+                if let Some(r) = self.list_fast(f, scope, o, items)? {
+                    return Ok(r);
+                }
+            }
+        }
+        let keys = item_keys(f, items);
         let len = items.len();
-        let body_all = self.force || self.affected(&f.body_deps);
         let meta = f.loop_flags & LOOP_META != 0;
         let neighbors = f.loop_flags & LOOP_NEIGHBORS != 0;
         let old_index: HashMap<&str, usize> = old
@@ -788,11 +836,7 @@ impl Walk<'_> {
                     && diff::same(&p.value, value)
                     && (!meta || (p.index as usize == i && p.len as usize == len));
                 if reuse {
-                    new_items.push(ItemOut {
-                        index: i as u32,
-                        len: len as u32,
-                        ..p.clone()
-                    });
+                    new_items.push(p.at(i, len));
                     continue;
                 }
             }
@@ -812,13 +856,7 @@ impl Walk<'_> {
             if prev.is_some() && !dirty.is_empty() {
                 updates.push((i, dirty));
             }
-            new_items.push(ItemOut {
-                key,
-                value: value.clone(),
-                index: i as u32,
-                len: len as u32,
-                body,
-            });
+            new_items.push(ItemOut::new(key, value.clone(), body, i, len));
         }
         let empty = if len == 0
             && !(f.else_body.ops.is_empty() && f.else_body.statics.parts[0].is_empty())
@@ -832,10 +870,16 @@ impl Walk<'_> {
         } else {
             None
         };
+        let relative_keys = new_items
+            .iter()
+            .zip(items)
+            .any(|(it, v)| it.key.contains('~') || key_attr(f, v).is_none());
         let list = Arc::new(ListOut {
             anchor: f.anchor.clone(),
             items: new_items,
             empty,
+            relative_keys,
+            key_set: KeySet::default(),
         });
         let Some(old) = old else {
             return Ok((list, Change::None));
@@ -896,6 +940,174 @@ impl Walk<'_> {
         }
         Ok((list, Change::Emitted))
     }
+
+    /// A changed loop whose body reads nothing else that changed and no
+    /// `loop` variable: aligns the new items with the old ones by identity
+    /// (the ingest keeps unchanged items the same objects), so only the
+    /// items that differ are keyed and rendered. `None` when the change is
+    /// not a few inserts, removals and in-place changes (then the full
+    /// keyed diff runs).
+    fn list_fast(
+        &mut self,
+        f: &ForNode,
+        scope: &Scope,
+        old: &Arc<ListOut>,
+        items: &[Value],
+    ) -> Result<Option<(Arc<ListOut>, Change)>> {
+        const BUDGET: usize = 16;
+        let olds = &old.items;
+        if old.empty.is_some() || items.is_empty() || olds.is_empty() {
+            return Ok(None);
+        }
+        let len = items.len();
+        let mut new_items: Vec<ItemOut> = Vec::with_capacity(len);
+        let mut removes: Vec<usize> = Vec::new();
+        let mut inserts: Vec<usize> = Vec::new();
+        // In-place changes: (new index, old index).
+        let mut changed: Vec<(usize, usize)> = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < len {
+            if j < olds.len() && ingest::identical(&items[i], &olds[j].value) {
+                new_items.push(olds[j].at(i, len));
+                i += 1;
+                j += 1;
+                continue;
+            }
+            if removes.len() + inserts.len() + changed.len() >= BUDGET {
+                return Ok(None);
+            }
+            if j + 1 < olds.len() && ingest::identical(&items[i], &olds[j + 1].value) {
+                removes.push(j);
+                j += 1;
+                continue;
+            }
+            let insert = j >= olds.len()
+                || (i + 1 < len && ingest::identical(&items[i + 1], &olds[j].value));
+            let key: Arc<str> = match key_attr(f, &items[i]) {
+                Some(k) => k.into(),
+                None if old.relative_keys && !insert => format!("{i}").into(),
+                None => return Ok(None),
+            };
+            if !insert && key == olds[j].key {
+                changed.push((i, j));
+                new_items.push(ItemOut::new(
+                    key,
+                    items[i].clone(),
+                    olds[j].body.clone(),
+                    i,
+                    len,
+                ));
+                i += 1;
+                j += 1;
+                continue;
+            }
+            if !insert {
+                removes.push(j);
+                j += 1;
+            }
+            inserts.push(i);
+            new_items.push(ItemOut::new(
+                key,
+                items[i].clone(),
+                old.items[0].body.clone(),
+                i,
+                len,
+            ));
+            i += 1;
+        }
+        removes.extend(j..olds.len());
+        if old.relative_keys && (!removes.is_empty() || !inserts.is_empty()) {
+            return Ok(None);
+        }
+        // Inserted keys must be new: a key that exists elsewhere is a move,
+        // or a duplicate, which the full diff handles.
+        let keys = if removes.is_empty() && inserts.is_empty() {
+            old.key_set.pass()
+        } else {
+            let mut keys = old.key_set.take(olds);
+            for &n in &inserts {
+                if !keys.insert(new_items[n].key.clone()) {
+                    // Put back what was there: the set stays with the old
+                    // list, which is still the current one.
+                    for &m in inserts.iter().take_while(|&&m| m != n) {
+                        keys.remove(&new_items[m].key);
+                    }
+                    *old.key_set.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+                    return Ok(None);
+                }
+            }
+            for &r in &removes {
+                keys.remove(&olds[r].key);
+            }
+            Some(keys)
+        };
+        // Render what is new or changed.
+        let mut updates: Vec<(usize, Vec<usize>)> = Vec::new();
+        let todo = inserts.iter().map(|&n| (n, None));
+        for (n, was) in todo.chain(changed.iter().map(|&(n, j)| (n, Some(j)))) {
+            let s = bind_target(scope, &f.target, f.unpack, items[n].clone())?;
+            let lo = LoopObj {
+                index0: n,
+                len: Some(len),
+                prev: None,
+                next: None,
+            };
+            let s = s.bind("loop", Value::from_object(lo));
+            let prev = was.map(|j| &olds[j].body);
+            let saved = self.force;
+            self.force = true;
+            let r = self.body(&f.body, &s, prev);
+            self.force = saved;
+            let (body, dirty) = r?;
+            if was.is_some() && !dirty.is_empty() {
+                updates.push((n, dirty));
+            }
+            let key = new_items[n].key.clone();
+            new_items[n] = ItemOut::new(key, items[n].clone(), body, n, len);
+        }
+        let list = Arc::new(ListOut {
+            anchor: f.anchor.clone(),
+            items: new_items,
+            empty: None,
+            relative_keys: old.relative_keys,
+            key_set: KeySet::new(keys),
+        });
+        let structural = !removes.is_empty() || !inserts.is_empty();
+        if !structural
+            && updates.is_empty()
+            && changed
+                .iter()
+                .all(|&(n, j)| Arc::ptr_eq(&olds[j].body, &list.items[n].body))
+        {
+            // Changed values that render the same.
+            return Ok(Some((list, Change::None)));
+        }
+        let Some(anchor) = f.anchor.clone() else {
+            return Ok(Some((list, Change::Dirty)));
+        };
+        for &r in &removes {
+            self.ops.push(PatchOp::Remove {
+                list: anchor.clone(),
+                key: olds[r].key.clone(),
+            });
+        }
+        for &n in &inserts {
+            self.ops.push(PatchOp::Insert {
+                list: anchor.clone(),
+                key: list.items[n].key.clone(),
+                after: n.checked_sub(1).map(|a| list.items[a].key.clone()),
+                body: list.items[n].body.clone(),
+            });
+        }
+        for (n, slots) in updates {
+            self.ops.push(PatchOp::Slots {
+                id: format!("{anchor}:{}", list.items[n].key),
+                body: list.items[n].body.clone(),
+                slots,
+            });
+        }
+        Ok(Some((list, Change::Emitted)))
+    }
 }
 
 fn bind_target(scope: &Scope, names: &[Box<str>], unpack: bool, value: Value) -> Result<Scope> {
@@ -928,18 +1140,7 @@ fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let attr = f.key.as_deref().unwrap_or("id");
-            let k = if v.kind() == ValueKind::Map {
-                v.get_attr(attr)
-                    .ok()
-                    .filter(|k| !k.is_undefined() && !k.is_none())
-            } else {
-                None
-            };
-            let mut key = match k {
-                Some(k) => encode_key(&k.to_string()),
-                None => format!("{i}"),
-            };
+            let mut key = key_attr(f, v).unwrap_or_else(|| format!("{i}"));
             let n = seen.entry(key.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
@@ -948,6 +1149,19 @@ fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
             Arc::from(key)
         })
         .collect()
+}
+
+/// An item's own key (from its `keyed` attribute or `id`), encoded; `None`
+/// when it has none and is keyed by its position.
+fn key_attr(f: &ForNode, v: &Value) -> Option<String> {
+    if v.kind() != ValueKind::Map {
+        return None;
+    }
+    let attr = f.key.as_deref().unwrap_or("id");
+    v.get_attr(attr)
+        .ok()
+        .filter(|k| !k.is_undefined() && !k.is_none())
+        .map(|k| encode_key(&k.to_string()))
 }
 
 fn encode_key(k: &str) -> String {

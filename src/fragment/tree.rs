@@ -31,15 +31,96 @@ pub(crate) struct ListOut {
     pub items: Vec<ItemOut>,
     /// The `else` body, rendered when there are no items.
     pub empty: Option<Arc<BodyOut>>,
+    /// Some key is an item's position, or was made unique with a suffix:
+    /// keys then depend on other items, and only in-place changes can skip
+    /// re-keying the list.
+    pub relative_keys: bool,
+    /// The set of keys, handed from each version of the list to the next
+    /// so that a change touching a few items does not rebuild it.
+    pub key_set: KeySet,
 }
 
+/// A list's keys, built when first needed and then moved from the old list
+/// to the new one (the old one keeps nothing, and rebuilds if used again).
+#[derive(Default)]
+pub(crate) struct KeySet(pub(crate) std::sync::Mutex<Option<HashSet<Arc<str>>>>);
+
+impl KeySet {
+    pub(crate) fn new(set: Option<HashSet<Arc<str>>>) -> KeySet {
+        KeySet(std::sync::Mutex::new(set))
+    }
+
+    /// Takes the set out as it is (built or not).
+    pub(crate) fn pass(&self) -> Option<HashSet<Arc<str>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Takes the set out, building it from `items` when it is not there.
+    pub(crate) fn take(&self, items: &[ItemOut]) -> HashSet<Arc<str>> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.take()
+            .unwrap_or_else(|| items.iter().map(|i| i.key.clone()).collect())
+    }
+}
+
+impl Clone for KeySet {
+    fn clone(&self) -> KeySet {
+        KeySet::default()
+    }
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySet")
+    }
+}
+
+/// One rendered item of a list: shared between versions of the list, so
+/// that copying a list's unchanged items costs one reference count each.
 #[derive(Debug, Clone)]
 pub(crate) struct ItemOut {
-    pub key: Arc<str>,
-    pub value: Value,
+    pub it: Arc<Item>,
     pub index: u32,
     pub len: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub key: Arc<str>,
+    pub value: Value,
     pub body: Arc<BodyOut>,
+}
+
+impl ItemOut {
+    pub(crate) fn new(
+        key: Arc<str>,
+        value: Value,
+        body: Arc<BodyOut>,
+        index: usize,
+        len: usize,
+    ) -> ItemOut {
+        ItemOut {
+            it: Arc::new(Item { key, value, body }),
+            index: index as u32,
+            len: len as u32,
+        }
+    }
+
+    /// The same item at another place.
+    pub(crate) fn at(&self, index: usize, len: usize) -> ItemOut {
+        ItemOut {
+            it: self.it.clone(),
+            index: index as u32,
+            len: len as u32,
+        }
+    }
+}
+
+impl std::ops::Deref for ItemOut {
+    type Target = Item;
+    fn deref(&self) -> &Item {
+        &self.it
+    }
 }
 
 pub(crate) fn item_marker(list: &str, key: &str) -> String {

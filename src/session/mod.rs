@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use minijinja::{Environment, Value};
+use minijinja::Environment;
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 use tracing::Instrument;
 
-use crate::fragment::{FragmentEngine, LivePage, Patch, to_value};
+use crate::fragment::{Edit, FragmentEngine, LivePage, Patch};
 use crate::rate::Bucket;
 use crate::store::{MemoryStore, SessionRecord, SessionStore};
 use crate::token::{Claims, KeyRing, unix_ms};
@@ -971,35 +971,71 @@ impl Session {
         &self,
         data: &S,
     ) -> Result<(u64, Option<Patch>)> {
-        let value = to_value(data)?;
         let span = tracing::debug_span!("session", sid = %self.inner.id.short());
-        self.render_value(value).instrument(span).await
+        async {
+            let page = self.inner.state.lock().await;
+            self.render_locked(page, |p| p.update(data)).await
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn render_value(&self, value: Value) -> Result<(u64, Option<Patch>)> {
-        let page = self.inner.state.lock().await;
-        self.render_locked(page, value).await
+    /// Applies what the app says changed (see [`Edit`]) and
+    /// renders it: the same frames as [`Session::render`] of the whole data
+    /// would send, at a cost that follows the change. Ordered with the
+    /// session's other renders; on error nothing changes. Returns the seq.
+    pub async fn edit(&self, edit: impl FnOnce(&mut Edit)) -> Result<u64> {
+        let mut e = Edit::default();
+        edit(&mut e);
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        async {
+            let page = self.inner.state.lock().await;
+            Ok(self.render_locked(page, |p| p.edit(&e)).await?.0)
+        }
+        .instrument(span)
+        .await
     }
 
-    /// Renders `value` with the page lock already held (and releases it).
+    /// Renders with the page lock already held (and releases it): `change`
+    /// updates the page.
     async fn render_locked(
         &self,
         mut page: tokio::sync::MutexGuard<'_, LivePage>,
-        value: Value,
+        change: impl FnOnce(&mut LivePage) -> Result<Patch>,
     ) -> Result<(u64, Option<Patch>)> {
-        let (s, e) = (&self.inner, &self.engine);
-        if s.closed.load(Ordering::SeqCst) {
+        let changed = self.change_page(&mut page, change)?;
+        self.commit(page, changed).await
+    }
+
+    /// The synchronous half of a render: changes the page, keeping what
+    /// undoes it.
+    fn change_page(
+        &self,
+        page: &mut LivePage,
+        change: impl FnOnce(&mut LivePage) -> Result<Patch>,
+    ) -> Result<(Patch, crate::fragment::Checkpoint)> {
+        if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Session::closed_error());
         }
-        let now = e.clock.now_ms();
         let checkpoint = page.checkpoint();
-        let patch = match page.update(&value) {
-            Ok(p) => p,
+        match change(page) {
+            Ok(p) => Ok((p, checkpoint)),
             Err(err) => {
                 tracing::debug!(error = %err, "render failed; session unchanged");
-                return Err(err);
+                Err(err)
             }
-        };
+        }
+    }
+
+    /// The second half: saves and publishes a changed page (or undoes the
+    /// change when the store fails).
+    async fn commit(
+        &self,
+        mut page: tokio::sync::MutexGuard<'_, LivePage>,
+        (patch, checkpoint): (Patch, crate::fragment::Checkpoint),
+    ) -> Result<(u64, Option<Patch>)> {
+        let (s, e) = (&self.inner, &self.engine);
+        let now = e.clock.now_ms();
         // A render is not client activity: it moves neither the idle clock
         // nor the session's place in the eviction order.
         if patch.is_empty() {
@@ -1114,15 +1150,16 @@ impl Session {
         T: serde::de::DeserializeOwned + Serialize,
         F: FnOnce(&mut T) -> Result<()>,
     {
-        let page = self.inner.state.lock().await;
+        let mut page = self.inner.state.lock().await;
         if self.is_closed() {
             return Err(Session::closed_error());
         }
         let mut data = T::deserialize(page.data().clone()).map_err(Error::data)?;
         f(&mut data)?;
-        let value = to_value(&data)?;
+        let changed = self.change_page(&mut page, |p| p.update(&data));
+        drop(data);
         let span = tracing::debug_span!("session", sid = %self.inner.id.short());
-        Ok(self.render_locked(page, value).instrument(span).await?.0)
+        Ok(self.commit(page, changed?).instrument(span).await?.0)
     }
 
     /// The session's data (the snapshot of its last render) as `T`.

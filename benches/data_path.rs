@@ -1,0 +1,230 @@
+#![allow(missing_docs)]
+//! The data path (issue 12): what one data change costs, from the app's data
+//! to the encoded frame, next to a bare minijinja render of the same page in
+//! the same run. The pages are those of `../shared/peers/dioxus-liveview`
+//! (and of `benches/e2e.rs`): a counter, and a table of N rows whose status
+//! class derives from the amount.
+//!
+//! Run: `cargo bench --bench data_path`; results in docs/benchmarks.md.
+
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group};
+use minijinja::Environment;
+use minijinja::value::{Serde, Value};
+use serde::Serialize;
+use statetemplate::{Delta, DeltaOp, FragmentEngine, LivePage};
+
+const COUNTER: &str = r#"<main class="counter"><h1>Live counter</h1><p class="count">{{ count }}</p><p class="status status-{{ status }}">The count is {{ status }}</p><button st-click="inc">+1</button><button st-click="dec">-1</button><footer>Last rendered at {{ ts }}</footer></main>"#;
+const TABLE: &str = r#"<main class="table"><h1>Accounts</h1><div class="controls"><button st-click="update">update</button><button st-click="append">append</button><button st-click="remove">remove</button></div><p class="rowcount">{{ rows|length }} rows</p><table><thead><tr><th>id</th><th>name</th><th>amount</th><th>status</th></tr></thead><tbody>{% for r in rows %}{% set status = "paid" if r.amount % 2 == 0 else "pending" %}<tr><td>{{ r.id }}</td><td>{{ r.name }}</td><td>{{ r.amount }}</td><td class="st-{{ status }}">{{ status }}</td></tr>{% endfor %}</tbody></table></main>"#;
+
+#[derive(Serialize, Clone)]
+struct Counter {
+    count: i64,
+    status: &'static str,
+    ts: String,
+}
+
+#[derive(Serialize, Clone)]
+struct Row {
+    id: u64,
+    name: String,
+    amount: i64,
+}
+
+#[derive(Serialize, Clone)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+fn row(id: u64) -> Row {
+    Row {
+        id,
+        name: format!("Customer {id:05}"),
+        amount: ((id * 7919) % 10_000) as i64,
+    }
+}
+
+fn table(n: usize) -> Table {
+    Table {
+        rows: (1..=n as u64).map(row).collect(),
+    }
+}
+
+fn env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.add_template("counter.html", COUNTER).unwrap();
+    env.add_template("table.html", TABLE).unwrap();
+    statetemplate::register_filters(&mut env);
+    env
+}
+
+/// Times `forward` (update and encode); `back` restores the page untimed.
+fn alternate(
+    page: &mut LivePage,
+    iters: u64,
+    mut forward: impl FnMut(&mut LivePage) -> statetemplate::Patch,
+    mut back: impl FnMut(&mut LivePage),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let t = Instant::now();
+        let p = forward(page);
+        let f = page.encode(&p);
+        total += t.elapsed();
+        std::hint::black_box(f);
+        back(page);
+    }
+    total
+}
+
+fn path(steps: &[Value]) -> Vec<Value> {
+    steps.to_vec()
+}
+
+fn tables(c: &mut Criterion) {
+    let engine = FragmentEngine::new(env());
+    let plain = env();
+    for n in [100usize, 1000, 10_000] {
+        let mut g = c.benchmark_group(format!("table_{n}"));
+        if n == 10_000 {
+            g.sample_size(15);
+        }
+        let base = table(n);
+        let mid = n / 2;
+        let mut changed = base.clone();
+        changed.rows[mid].amount += 1;
+        let mut appended = base.clone();
+        appended.rows.push(row(n as u64 + 1));
+        let mut removed = base.clone();
+        removed.rows.remove(mid);
+
+        g.bench_function(BenchmarkId::new("bare_minijinja_render", n), |b| {
+            let t = plain.get_template("table.html").unwrap();
+            b.iter(|| t.render(Serde(&changed)).unwrap())
+        });
+        let mut page = engine.render("table.html", &base).unwrap();
+        let _ = page.join_frame();
+        g.bench_function(BenchmarkId::new("update_identical", n), |b| {
+            b.iter(|| {
+                let p = page.update(&base).unwrap();
+                assert!(p.is_empty());
+                p
+            })
+        });
+        for (name, to) in [
+            ("update_row_changed", &changed),
+            ("update_row_appended", &appended),
+            ("update_row_removed", &removed),
+        ] {
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter_custom(|iters| {
+                    alternate(
+                        &mut page,
+                        iters,
+                        |p| p.update(to).unwrap(),
+                        |p| {
+                            p.update(&base).unwrap();
+                        },
+                    )
+                })
+            });
+        }
+        // The targeted API: the app says which value changed.
+        let at = path(&[Value::from("rows"), Value::from(mid), Value::from("amount")]);
+        let set = |v: i64| {
+            Delta::new([DeltaOp::Set {
+                path: at.clone(),
+                value: Value::from(v),
+            }])
+        };
+        let (old_amount, new_amount) = (base.rows[mid].amount, changed.rows[mid].amount);
+        g.bench_function(BenchmarkId::new("apply_row_changed", n), |b| {
+            b.iter_custom(|iters| {
+                alternate(
+                    &mut page,
+                    iters,
+                    |p| p.apply(set(new_amount)).unwrap(),
+                    |p| {
+                        p.apply(set(old_amount)).unwrap();
+                    },
+                )
+            })
+        });
+        let rows = path(&[Value::from("rows")]);
+        let new_row = Value::from(Serde(&appended.rows[n]));
+        g.bench_function(BenchmarkId::new("apply_row_appended", n), |b| {
+            b.iter_custom(|iters| {
+                alternate(
+                    &mut page,
+                    iters,
+                    |p| {
+                        p.apply(Delta::new([DeltaOp::Insert {
+                            path: rows.clone(),
+                            index: n,
+                            value: new_row.clone(),
+                        }]))
+                        .unwrap()
+                    },
+                    |p| {
+                        p.apply(Delta::new([DeltaOp::Remove {
+                            path: rows.clone(),
+                            index: n,
+                        }]))
+                        .unwrap();
+                    },
+                )
+            })
+        });
+        g.finish();
+    }
+}
+
+fn counter(c: &mut Criterion) {
+    let engine = FragmentEngine::new(env());
+    let plain = env();
+    let mut g = c.benchmark_group("counter");
+    let a = Counter {
+        count: 0,
+        status: "zero",
+        ts: "1764547200.000001".into(),
+    };
+    let b = Counter {
+        count: 1,
+        status: "positive",
+        ts: "1764547200.000002".into(),
+    };
+    g.bench_function("bare_minijinja_render", |bench| {
+        let t = plain.get_template("counter.html").unwrap();
+        bench.iter(|| t.render(Serde(&b)).unwrap())
+    });
+    let mut page = engine.render("counter.html", &a).unwrap();
+    let _ = page.join_frame();
+    g.bench_function("update_count_changed", |bench| {
+        bench.iter_custom(|iters| {
+            alternate(
+                &mut page,
+                iters,
+                |p| p.update(&b).unwrap(),
+                |p| {
+                    p.update(&a).unwrap();
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = counter, tables
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
