@@ -126,7 +126,16 @@ pub(crate) enum Op {
         with: Vec<(Vec<Box<str>>, Synth, Deps)>,
         body: Body,
     },
-    /// `set`: binds names, outputs nothing, takes no slot.
+    /// A run of statements that share a mutable value (a `namespace()`):
+    /// when anything it reads changes, all of it is re-rendered in order, as
+    /// minijinja runs it, and compared with the old tree, so only what
+    /// changed is sent. See `effects.rs`.
+    Region {
+        body: Body,
+    },
+    /// `set`: binds names, outputs nothing, takes no slot. With no names it
+    /// is a statement run for its effect only: `set ns.attr = …` on a
+    /// namespace, or `do`.
     Set {
         names: Vec<Box<str>>,
         synth: Synth,
@@ -319,6 +328,11 @@ enum Local {
 
 pub(crate) struct Compiler<'e> {
     env: &'e Environment<'static>,
+    /// Statements rendered whole by minijinja (one leaf each): what and
+    /// where, logged once per template.
+    notes: Vec<String>,
+    /// The next body compiled is a region's: its first statement opens it.
+    region_open: bool,
     counters: &'e Counters,
     /// Synthetic templates to add to the environment.
     pub synths: Vec<(String, String)>,
@@ -353,6 +367,8 @@ impl<'e> Compiler<'e> {
     pub(crate) fn new(env: &'e Environment<'static>, counters: &'e Counters) -> Self {
         Compiler {
             env,
+            notes: Vec::new(),
+            region_open: false,
             counters,
             synths: Vec::new(),
             next_node: 0,
@@ -372,6 +388,13 @@ impl<'e> Compiler<'e> {
     pub(crate) fn compile(&mut self, name: &str) -> Result<Program> {
         self.escape = self.initial_escape(name)?;
         let root = self.template(name, &HashMap::new(), Ctx::Text, false)?.0;
+        if !self.notes.is_empty() {
+            tracing::warn!(
+                template = name,
+                constructs = %self.notes.join(", "),
+                "statements rendered as single fragments"
+            );
+        }
         Ok(Program { root })
     }
 
@@ -472,15 +495,21 @@ impl<'e> Compiler<'e> {
             }
             // Top-level `set`s of a child run before the parent's body.
             let mut sets = Vec::new();
+            let mut namespace = false;
             for s in &t.children {
                 if let Stmt::Set(_) = s {
+                    namespace |= stmt_tokens(&src.tokens, s).is_none_or(names_namespace);
                     let cx = BodyCx {
                         src: &src,
                         in_item,
                         block: None,
                         overrides,
                     };
-                    let mut b = self.body(std::slice::from_ref(s), &cx, ctx)?;
+                    // One `set` (no region of its own: see below).
+                    self.region_open = true;
+                    let b = self.body(std::slice::from_ref(s), &cx, ctx);
+                    self.region_open = false;
+                    let mut b = b?;
                     sets.append(&mut b.0.ops);
                 }
             }
@@ -493,6 +522,16 @@ impl<'e> Compiler<'e> {
                 }
                 sets.append(&mut body.ops);
                 body.ops = sets;
+            }
+            if namespace {
+                // A namespace made here may be changed by any block: the
+                // whole page is its region.
+                let deps = body.deps.clone();
+                body = Body {
+                    statics: self.statics(vec!["".into(), "".into()], vec![None]),
+                    ops: vec![Op::Region { body }],
+                    deps,
+                };
             }
             (body, c, d)
         } else {
@@ -603,8 +642,32 @@ impl<'e> Compiler<'e> {
         let mut deps = Deps::default();
         let mut depth = 0i32;
         let scope_mark = self.scope.len();
-        for stmt in stmts {
+        let region_here = std::mem::take(&mut self.region_open);
+        let mut next = 0;
+        while next < stmts.len() {
+            let at = next;
+            let stmt = &stmts[at];
+            next += 1;
             let anchorable = ctx == Ctx::Text && !cx.in_item;
+            if !(region_here && at == 0) {
+                if let Some(end) = region_end(src, stmts, at) {
+                    // From the namespace's creation to its last use: one
+                    // region, compiled as a body of its own.
+                    self.region_open = true;
+                    let r = self.body(&stmts[at..=end], cx, ctx);
+                    self.region_open = false;
+                    let (body, c2, d2) = r?;
+                    deps.merge(&body.deps);
+                    let anchor: Option<Arc<str>> = (anchorable && c2 == ctx && d2 == 0)
+                        .then(|| self.node_id().to_string().into());
+                    push_slot(&mut parts, &mut anchors, anchor);
+                    ops.push(Op::Region { body });
+                    ctx = c2;
+                    depth += d2;
+                    next = end + 1;
+                    continue;
+                }
+            }
             let (op, anchor_name): (Op, Option<String>) = match stmt {
                 Stmt::EmitRaw(r) => {
                     parts.last_mut().expect("parts").push_str(r.raw);
@@ -678,7 +741,9 @@ impl<'e> Compiler<'e> {
                 }
                 Stmt::ForLoop(f) => {
                     if f.recursive {
-                        self.opaque(stmt, src, anchorable)?
+                        self.opaque("a `recursive` loop", stmt, src, anchorable)?
+                    } else if loop_control(&f.body) {
+                        self.opaque("a loop with `break`/`continue`", stmt, src, anchorable)?
                     } else {
                         let node = self.for_loop(f, cx, ctx, anchorable)?;
                         let a = node.anchor.as_ref().map(|a| a.to_string());
@@ -692,9 +757,14 @@ impl<'e> Compiler<'e> {
                         _ => unreachable!(),
                     };
                     let span = stmt_span(stmt);
-                    let names = target_names(target).ok_or_else(|| {
-                        unsupported("`set` on an attribute", &src.origin, span.start_line)
-                    })?;
+                    let names = match target {
+                        // `set ns.attr = …`: an effect on a namespace, which
+                        // only exists inside its region (see `region_end`).
+                        Expr::GetAttr(_) if matches!(stmt, Stmt::Set(_)) => Vec::new(),
+                        t => target_names(t).ok_or_else(|| {
+                            unsupported("this `set` target", &src.origin, span.start_line)
+                        })?,
+                    };
                     let piece = format!("{{% {} %}}", slice(&source, span));
                     let vars = self.vars_of(&piece)?;
                     let d = self.classify(&vars, src);
@@ -771,15 +841,32 @@ impl<'e> Compiler<'e> {
                             (anchorable && ok).then(|| self.node_id().to_string()),
                         )
                     }
-                    _ => self.opaque(stmt, src, anchorable)?,
+                    _ => self.opaque("a computed or optional `include`", stmt, src, anchorable)?,
                 },
                 Stmt::Macro(_) | Stmt::Import(_) | Stmt::FromImport(_) | Stmt::Extends(_) => {
                     continue;
                 }
-                Stmt::AutoEscape(_) | Stmt::FilterBlock(_) | Stmt::CallBlock(_) => {
-                    self.opaque(stmt, src, anchorable)?
+                Stmt::AutoEscape(_) => {
+                    self.opaque("an `autoescape` block", stmt, src, anchorable)?
                 }
-                Stmt::Do(d) => return Err(unsupported("`do`", &src.origin, d.span().start_line)),
+                Stmt::FilterBlock(_) => self.opaque("a `filter` block", stmt, src, anchorable)?,
+                Stmt::CallBlock(_) => self.opaque("a `call` block", stmt, src, anchorable)?,
+                Stmt::Do(_) => {
+                    // Run for its effect, outputs nothing: a `set` of no names.
+                    let span = stmt_span(stmt);
+                    let piece = format!("{{% {} %}}", slice(&source, span));
+                    let vars = self.vars_of(&piece)?;
+                    let deps = self.classify(&vars, src);
+                    let synth = self.synth_for(src, piece, &vars, span.start_line);
+                    (
+                        Op::Set {
+                            names: Vec::new(),
+                            synth,
+                            deps,
+                        },
+                        None,
+                    )
+                }
                 Stmt::Continue(c) => {
                     return Err(unsupported("`continue`", &src.origin, c.span().start_line));
                 }
@@ -790,6 +877,7 @@ impl<'e> Compiler<'e> {
             };
             match &op {
                 Op::Leaf { deps: d, .. } | Op::Set { deps: d, .. } => deps.merge(d),
+                Op::Region { body } => deps.merge(&body.deps),
                 Op::If { conds, branches } => {
                     for (_, d) in conds {
                         deps.merge(d);
@@ -810,19 +898,7 @@ impl<'e> Compiler<'e> {
                 }
             }
             if op.has_slot() {
-                let anchor: Option<Arc<str>> = anchor_name.map(Into::into);
-                if let Some(a) = &anchor {
-                    parts
-                        .last_mut()
-                        .expect("parts")
-                        .push_str(&format!("<!--[{a}-->"));
-                }
-                parts.push(if anchor.is_some() {
-                    "<!--]-->".into()
-                } else {
-                    String::new()
-                });
-                anchors.push(anchor);
+                push_slot(&mut parts, &mut anchors, anchor_name.map(Into::into));
             }
             ops.push(op);
         }
@@ -857,14 +933,18 @@ impl<'e> Compiler<'e> {
         self.body(&block.body, &inner, ctx)
     }
 
-    /// A statement rendered whole by minijinja, as one leaf.
+    /// A statement rendered whole by minijinja, as one leaf (noted for the
+    /// template's log line).
     fn opaque(
         &mut self,
+        what: &str,
         stmt: &Stmt<'_>,
         src: &Arc<Src>,
         anchorable: bool,
     ) -> Result<(Op, Option<String>)> {
         let span = stmt_span(stmt);
+        self.notes
+            .push(format!("{what} at {}:{}", src.origin.name, span.start_line));
         let piece = format!("{{% {} %}}", slice(&src.origin.source, span));
         let vars = self.vars_of(&piece)?;
         let deps = self.classify(&vars, src);
@@ -954,6 +1034,133 @@ impl<'e> Compiler<'e> {
             anchor: (anchorable && balanced).then(|| id.to_string().into()),
         })
     }
+}
+
+/// The tokens of a statement, its tags included (`None`: not found).
+fn stmt_tokens<'t>(tokens: &'t Tokens, stmt: &Stmt<'_>) -> Option<&'t [(Tok, u32, u32)]> {
+    let span = stmt_span(stmt);
+    let t = &tokens.0;
+    match stmt {
+        Stmt::EmitRaw(_) => Some(&[]),
+        Stmt::EmitExpr(_) => {
+            let i = tokens.opening(&Tok::VarStart, span.start_offset)?;
+            let n = t[i..].iter().position(|(k, _, _)| *k == Tok::VarEnd)?;
+            Some(&t[i..=i + n])
+        }
+        _ => {
+            let i = tokens.opening(&Tok::BlockStart, span.start_offset)?;
+            let n = t[i..]
+                .iter()
+                .position(|(k, s, _)| *k == Tok::BlockEnd && *s >= span.end_offset)?;
+            Some(&t[i..=i + n])
+        }
+    }
+}
+
+fn names_namespace(toks: &[(Tok, u32, u32)]) -> bool {
+    toks.iter()
+        .any(|(t, _, _)| matches!(t, Tok::Ident(i) if i == "namespace"))
+}
+
+/// Whether `stmt` may read one of `names`: its text names one, or it runs
+/// code whose text is elsewhere (an include, a block, `super()`, a macro of
+/// the prelude that reads one of them). Errs on the side of yes.
+fn mentions(src: &Src, stmt: &Stmt<'_>, names: &HashSet<String>) -> bool {
+    if matches!(stmt, Stmt::Include(_) | Stmt::Block(_)) {
+        return true;
+    }
+    let Some(toks) = stmt_tokens(&src.tokens, stmt) else {
+        return true;
+    };
+    let prelude_reads = src.prelude_vars.iter().any(|v| names.contains(head(v)));
+    toks.iter().any(|(t, _, _)| match t {
+        Tok::Ident(i) => {
+            names.contains(i)
+                || i == "super"
+                || i == "self"
+                || (prelude_reads && src.prelude_names.contains(i))
+        }
+        _ => false,
+    })
+}
+
+/// Where the region that statement `at` opens ends, if it opens one: a
+/// `set` that binds a `namespace()` opens a region up to the last statement
+/// of the same body that may read it (or any name the region's own `set`s
+/// bind, since those go out of scope with the region); a `with` or `for`
+/// whose header makes a namespace is a region by itself. Mutations of a
+/// namespace (`set ns.attr`, a macro it is passed to) are thus always
+/// inside the region that made it, and re-run with it.
+fn region_end(src: &Src, stmts: &[Stmt<'_>], at: usize) -> Option<usize> {
+    let stmt = &stmts[at];
+    let mut names: HashSet<String> = HashSet::new();
+    match stmt {
+        Stmt::Set(s) => {
+            if !names_namespace(stmt_tokens(&src.tokens, stmt)?) {
+                return None;
+            }
+            names.extend(target_names(&s.target)?.iter().map(|n| n.to_string()));
+        }
+        Stmt::WithBlock(_) | Stmt::ForLoop(_) => {
+            let head = src.tokens.block(stmt_span(stmt).start_offset)?;
+            return names_namespace(head).then_some(at);
+        }
+        _ => return None,
+    }
+    let mut end = at;
+    loop {
+        let last = (at + 1..stmts.len())
+            .rev()
+            .find(|&j| mentions(src, &stmts[j], &names))
+            .unwrap_or(at)
+            .max(end);
+        let before = names.len();
+        for s in &stmts[at + 1..=last] {
+            let target = match s {
+                Stmt::Set(x) => &x.target,
+                Stmt::SetBlock(x) => &x.target,
+                _ => continue,
+            };
+            if let Some(t) = target_names(target) {
+                names.extend(t.iter().map(|n| n.to_string()));
+            }
+        }
+        if last == end && names.len() == before {
+            return Some(end);
+        }
+        end = last;
+    }
+}
+
+/// Whether a loop body has a `break` or `continue` that acts on it.
+fn loop_control(stmts: &[Stmt<'_>]) -> bool {
+    stmts.iter().any(|s| match s {
+        Stmt::Break(_) | Stmt::Continue(_) => true,
+        // A nested loop's body is its own; its `else` is not (erring on yes).
+        Stmt::ForLoop(f) => loop_control(&f.else_body),
+        Stmt::Macro(_) | Stmt::CallBlock(_) => false,
+        _ => children(s).iter().any(|c| loop_control(c)),
+    })
+}
+
+/// Adds a slot to a body's statics, with its anchor markers if anchored.
+fn push_slot(
+    parts: &mut Vec<String>,
+    anchors: &mut Vec<Option<Arc<str>>>,
+    anchor: Option<Arc<str>>,
+) {
+    if let Some(a) = &anchor {
+        parts
+            .last_mut()
+            .expect("parts")
+            .push_str(&format!("<!--[{a}-->"));
+    }
+    parts.push(if anchor.is_some() {
+        "<!--]-->".into()
+    } else {
+        String::new()
+    });
+    anchors.push(anchor);
 }
 
 fn head(path: &str) -> &str {

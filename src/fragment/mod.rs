@@ -6,6 +6,7 @@
 
 mod compile;
 pub(crate) mod diff;
+mod effects;
 mod eval;
 mod html;
 pub(crate) mod tree;
@@ -670,6 +671,7 @@ impl Walk<'_> {
                 let change = self.sub_change(prev.is_some(), old, &body, dirty, anchor);
                 Ok((SlotOut::Sub(body), change))
             }
+            Op::Region { body } => self.region(body, scope, prev, anchor),
             Op::For(f) => {
                 let old = match prev {
                     Some(SlotOut::List(l)) => Some(l),
