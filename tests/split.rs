@@ -166,13 +166,16 @@ fn a_loop_with_break_or_continue_is_one_fragment_not_the_page() {
 }
 
 #[test]
-fn a_recursive_loop_is_one_fragment_not_the_page() {
+fn a_recursive_loop_re_renders_the_path_to_a_change_and_patches_one_top_level_item() {
     let src = r#"<h1>{{ title }}</h1>
-<ul>{% for n in tree recursive %}<li>{{ probe(n.name) }}{% if n.children %}<ul>{{ loop(n.children) }}</ul>{% endif %}</li>{% endfor %}</ul>
+<ul>{% for n in tree recursive %}<li>{{ probe(n.name) }} {{ loop.depth }}{% if n.children %}<ul>{{ loop(n.children) }}</ul>{% endif %}</li>{% endfor %}</ul>
 <footer>{{ footer }}</footer>"#;
     let d0 = json!({"title": "t", "footer": "f", "tree": [
-        {"name": "a", "children": [{"name": "a1", "children": [{"name": "a11"}]}]},
-        {"name": "b"},
+        {"id": "a", "name": "a", "children": [
+            {"id": "a1", "name": "a1", "children": [{"id": "a11", "name": "a11"}]},
+            {"id": "a2", "name": "sibling"},
+        ]},
+        {"id": "b", "name": "other-root"},
     ]});
     let d1 = with(&d0, &["title"], json!("T"));
     let d2 = with(
@@ -181,13 +184,31 @@ fn a_recursive_loop_is_one_fragment_not_the_page() {
         json!("deep"),
     );
     let d3 = with(&d2, &["footer"], json!("F"));
-    let out = steps(src, &[d0, d1, d2, d3]);
+    let mut d4 = d3.clone();
+    d4["tree"][0]["children"][0]["children"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "a12", "name": "added"}));
+    let mut d5 = d4.clone();
+    d5["tree"][0]["children"].as_array_mut().unwrap().remove(1);
+    let out = steps(src, &[d0, d1, d2, d3, d4, d5]);
     small(&out[0], 0, &["<li>"]);
     small(&out[2], 0, &["<li>"]);
-    let s = &out[1];
-    assert_eq!(s.ops, 1, "{s:?}");
+    // The path to the change re-renders (a, a1, a11), not its siblings or
+    // the other root; one patch, for the top-level item that holds it.
+    for (s, renders, new) in [(&out[1], 3, "deep"), (&out[3], 3, "added")] {
+        assert_eq!((s.ops, s.renders), (1, renders), "{s:?}");
+        assert!(s.frame.contains("[\"p\",\"2:a\""), "{s:?}");
+        assert!(
+            s.frame.contains(new) && !s.frame.contains("other-root") && !s.frame.contains('T'),
+            "{s:?}"
+        );
+    }
+    // A removed node: its parent's path re-renders, not the siblings' subtrees.
+    let s = &out[4];
+    assert_eq!((s.ops, s.renders), (1, 1), "{s:?}");
     assert!(
-        s.frame.contains("deep") && !s.frame.contains("footer"),
+        !s.frame.contains("sibling") && !s.frame.contains("other-root"),
         "{s:?}"
     );
 }

@@ -5,8 +5,8 @@
 //! escaping behave exactly as minijinja renders them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use minijinja::machinery::ast::{self, CallArg, Expr, Stmt};
 use minijinja::machinery::{get_compiled_template, parse};
@@ -133,6 +133,15 @@ pub(crate) enum Op {
     Region {
         body: Body,
     },
+    /// A `recursive` loop (its top level).
+    Recursive(Arc<RecLoop>),
+    /// `{{ loop(arg) }}` in a recursive loop's body: the loop again over
+    /// `arg`, one level deeper.
+    Recurse {
+        arg: Synth,
+        deps: Deps,
+        target: Arc<OnceLock<Weak<RecLoop>>>,
+    },
     /// `set`: binds names, outputs nothing, takes no slot. With no names it
     /// is a statement run for its effect only: `set ns.attr = …` on a
     /// namespace, or `do`.
@@ -157,6 +166,20 @@ pub(crate) struct ForNode {
     pub body_deps: Deps,
     pub loop_flags: u8,
     pub anchor: Option<Arc<str>>,
+}
+
+/// A recursive loop. Its loop variable and its `loop` object are compiled
+/// as two pseudo root paths (they cannot collide with data paths), so that
+/// the walk can say which parts of an item read the item, which read its
+/// place, and re-render only those: a change deep in a tree re-renders the
+/// path to it, not the tree.
+#[derive(Debug)]
+pub(crate) struct RecLoop {
+    pub node: ForNode,
+    /// What reads the loop variable depends on this path.
+    pub item_path: Box<str>,
+    /// What reads `loop` (index, neighbours, depth) depends on this path.
+    pub meta_path: Box<str>,
 }
 
 impl Op {
@@ -333,6 +356,11 @@ pub(crate) struct Compiler<'e> {
     notes: Vec<String>,
     /// The next body compiled is a region's: its first statement opens it.
     region_open: bool,
+    /// The recursive loops being compiled: the scope index of their `loop`
+    /// and the handle their `loop(…)` calls point to.
+    recursion: Vec<(usize, Arc<OnceLock<Weak<RecLoop>>>)>,
+    /// `loop(…)` calls compiled as [`Op::Recurse`] so far.
+    recursions: usize,
     counters: &'e Counters,
     /// Synthetic templates to add to the environment.
     pub synths: Vec<(String, String)>,
@@ -369,6 +397,8 @@ impl<'e> Compiler<'e> {
             env,
             notes: Vec::new(),
             region_open: false,
+            recursion: Vec::new(),
+            recursions: 0,
             counters,
             synths: Vec::new(),
             next_node: 0,
@@ -675,7 +705,9 @@ impl<'e> Compiler<'e> {
                     continue;
                 }
                 Stmt::EmitExpr(e) => {
-                    if is_super_call(&e.expr) {
+                    if let Some(op) = self.recurse(e, src)? {
+                        (op, None)
+                    } else if is_super_call(&e.expr) {
                         let Some((block, chain)) = cx.block.filter(|(_, c)| !c.is_empty()) else {
                             return Err(unsupported(
                                 "`super()` outside an overriding block",
@@ -741,7 +773,18 @@ impl<'e> Compiler<'e> {
                 }
                 Stmt::ForLoop(f) => {
                     if f.recursive {
-                        self.opaque("a `recursive` loop", stmt, src, anchorable)?
+                        match self.rec_loop(f, stmt, cx, ctx, anchorable)? {
+                            Some(r) => {
+                                let a = r.node.anchor.as_ref().map(|a| a.to_string());
+                                (Op::Recursive(r), a)
+                            }
+                            None => self.opaque(
+                                "a `recursive` loop (`loop(…)` other than `{{ loop(x) }}`)",
+                                stmt,
+                                src,
+                                anchorable,
+                            )?,
+                        }
                     } else if loop_control(&f.body) {
                         self.opaque("a loop with `break`/`continue`", stmt, src, anchorable)?
                     } else {
@@ -878,6 +921,11 @@ impl<'e> Compiler<'e> {
             match &op {
                 Op::Leaf { deps: d, .. } | Op::Set { deps: d, .. } => deps.merge(d),
                 Op::Region { body } => deps.merge(&body.deps),
+                Op::Recursive(r) => {
+                    deps.merge(&r.node.iter_deps);
+                    deps.merge(&r.node.body_deps);
+                }
+                Op::Recurse { deps: d, .. } => deps.merge(d),
                 Op::If { conds, branches } => {
                     for (_, d) in conds {
                         deps.merge(d);
@@ -961,6 +1009,157 @@ impl<'e> Compiler<'e> {
         let vars = self.vars_of(&piece)?;
         let d = self.classify(&vars, src);
         Ok((self.synth_for(src, piece, &vars, line), d))
+    }
+
+    /// `{{ loop(x) }}` right inside the recursive loop being compiled.
+    fn recurse(&mut self, e: &ast::Spanned<ast::EmitExpr<'_>>, src: &Src) -> Result<Option<Op>> {
+        let Expr::Call(c) = &e.expr else {
+            return Ok(None);
+        };
+        let (Expr::Var(v), [CallArg::Pos(_)]) = (&c.expr, c.args.as_slice()) else {
+            return Ok(None);
+        };
+        let Some((at, target)) = self.recursion.last() else {
+            return Ok(None);
+        };
+        let here = self.scope.iter().rposition(|(n, _)| n == "loop");
+        if v.id != "loop" || here != Some(*at) {
+            return Ok(None);
+        }
+        let target = target.clone();
+        let source = src.origin.source.clone();
+        let arg = src
+            .tokens
+            .emit_expr(&source, e.span().start_offset)
+            .and_then(|t| t.strip_prefix("loop"))
+            .and_then(|t| t.trim_start().strip_prefix('('))
+            .and_then(|t| t.strip_suffix(')'));
+        let Some(arg) = arg else {
+            return Ok(None);
+        };
+        let (arg, deps) = self.value_synth(src, arg, e.span().start_line)?;
+        self.recursions += 1;
+        Ok(Some(Op::Recurse { arg, deps, target }))
+    }
+
+    /// A recursive loop, split like any loop, its `{{ loop(x) }}` calls
+    /// as [`Op::Recurse`]; `None` if the body uses `loop(…)` in another way
+    /// (the loop is then one leaf).
+    fn rec_loop(
+        &mut self,
+        f: &ast::Spanned<ast::ForLoop<'_>>,
+        stmt: &Stmt<'_>,
+        cx: &BodyCx<'_>,
+        ctx: Ctx,
+        anchorable: bool,
+    ) -> Result<Option<Arc<RecLoop>>> {
+        let src = cx.src;
+        let source = src.origin.source.clone();
+        let line = f.span().start_line;
+        let id = self.node_id();
+        let (target, unpack) = match &f.target {
+            Expr::Var(v) => (vec![Box::<str>::from(v.id)], false),
+            t => match target_names(t) {
+                Some(t) => (t, true),
+                None => return Ok(None),
+            },
+        };
+        let key = match &f.iter {
+            Expr::Filter(fl) if fl.name == "keyed" => match fl.args.as_slice() {
+                [CallArg::Pos(e)] => const_str(e).map(Into::into),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((iter_piece, filter_piece)) =
+            for_texts(&source, &src.tokens, f.span().start_offset)
+        else {
+            return Ok(None);
+        };
+        let (iter, iter_deps) = self.value_synth(src, iter_piece, line)?;
+        let item_path: Box<str> = format!("\u{1}item{id}").into();
+        let meta_path: Box<str> = format!("\u{1}loop{id}").into();
+        let path = |p: &str| Deps {
+            roots: vec![p.into()],
+            ..Deps::default()
+        };
+        let mark = self.scope.len();
+        for t in &target {
+            self.scope
+                .push((t.to_string(), Local::Set(path(&item_path))));
+        }
+        self.scope
+            .push(("loop".into(), Local::Set(path(&meta_path))));
+        let filter = match filter_piece {
+            Some(piece) => Some(self.value_synth(src, piece, line)?),
+            None => None,
+        };
+        let handle = Arc::new(OnceLock::new());
+        self.recursion.push((self.scope.len() - 1, handle.clone()));
+        let before = self.recursions;
+        let item_cx = BodyCx {
+            src,
+            in_item: true,
+            block: cx.block,
+            overrides: cx.overrides,
+        };
+        let body = self.body(&f.body, &item_cx, ctx);
+        self.recursion.pop();
+        self.scope.truncate(mark);
+        let (body, c1, d1) = body?;
+        let (else_body, c2, d2) = self.body(&f.else_body, &item_cx, ctx)?;
+        // Every `loop(` of the statement must be one we compiled.
+        let calls = stmt_tokens(&src.tokens, stmt).map_or(usize::MAX, |t| {
+            t.windows(2)
+                .filter(|w| matches!(&w[0].0, Tok::Ident(i) if i == "loop") && w[1].0 == Tok::Open)
+                .count()
+        });
+        if calls != self.recursions - before {
+            return Ok(None);
+        }
+        let balanced = c1 == ctx && c2 == ctx && d1 == 0 && d2 == 0;
+        let mut body_deps = Deps::default();
+        body_deps.merge(&body.deps);
+        body_deps.merge(&else_body.deps);
+        let filter = filter.map(|(s, d)| {
+            body_deps.merge(&d);
+            s
+        });
+        // A `loop(…)` renders the body again: it, and every body on the way
+        // to it, reads what the body reads outside the loop.
+        let outside = Deps {
+            all: body_deps.all,
+            roots: body_deps
+                .roots
+                .iter()
+                .filter(|r| **r != item_path && **r != meta_path)
+                .cloned()
+                .collect(),
+            loops: Vec::new(),
+        };
+        let mut body = body;
+        widen_recursion(&mut body, &outside);
+        let r = Arc::new(RecLoop {
+            node: ForNode {
+                target,
+                unpack,
+                iter,
+                iter_deps,
+                filter,
+                key,
+                body,
+                else_body,
+                body_deps,
+                loop_flags: 0,
+                anchor: (anchorable && balanced).then(|| id.to_string().into()),
+            },
+            item_path,
+            meta_path,
+        });
+        handle
+            .set(Arc::downgrade(&r))
+            .expect("a loop's handle is set once");
+        Ok(Some(r))
     }
 
     fn for_loop(
@@ -1141,6 +1340,37 @@ fn loop_control(stmts: &[Stmt<'_>]) -> bool {
         Stmt::Macro(_) | Stmt::CallBlock(_) => false,
         _ => children(s).iter().any(|c| loop_control(c)),
     })
+}
+
+/// Adds `extra` to every `loop(…)` of a recursive loop's body and to the
+/// bodies that hold one (not into nested recursive loops: theirs is
+/// theirs). Returns whether `body` holds one.
+fn widen_recursion(body: &mut Body, extra: &Deps) -> bool {
+    let mut found = false;
+    for op in &mut body.ops {
+        found |= match op {
+            Op::Recurse { deps, .. } => {
+                deps.merge(extra);
+                true
+            }
+            Op::If { branches, .. } => branches
+                .iter_mut()
+                .fold(false, |f, b| widen_recursion(b, extra) | f),
+            Op::Sub { body, .. } | Op::Region { body } => widen_recursion(body, extra),
+            Op::For(f) => {
+                let found = widen_recursion(&mut f.body, extra);
+                if found {
+                    f.body_deps.merge(extra);
+                }
+                found
+            }
+            Op::Leaf { .. } | Op::Set { .. } | Op::Recursive(_) => false,
+        };
+    }
+    if found {
+        body.deps.merge(extra);
+    }
+    found
 }
 
 /// Adds a slot to a body's statics, with its anchor markers if anchored.

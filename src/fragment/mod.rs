@@ -9,6 +9,7 @@ pub(crate) mod diff;
 mod effects;
 mod eval;
 mod html;
+mod recursive;
 pub(crate) mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -672,6 +673,8 @@ impl Walk<'_> {
                 Ok((SlotOut::Sub(body), change))
             }
             Op::Region { body } => self.region(body, scope, prev, anchor),
+            Op::Recursive(r) => self.recursive(r, scope, prev),
+            Op::Recurse { arg, deps, target } => self.recurse(arg, deps, target, scope, prev),
             Op::For(f) => {
                 let old = match prev {
                     Some(SlotOut::List(l)) => Some(l),
