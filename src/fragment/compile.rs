@@ -5,8 +5,8 @@
 //! escaping behave exactly as minijinja renders them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use minijinja::machinery::ast::{self, CallArg, Expr, Stmt};
 use minijinja::machinery::{get_compiled_template, parse};
@@ -126,7 +126,25 @@ pub(crate) enum Op {
         with: Vec<(Vec<Box<str>>, Synth, Deps)>,
         body: Body,
     },
-    /// `set`: binds names, outputs nothing, takes no slot.
+    /// A run of statements that share a mutable value (a `namespace()`):
+    /// when anything it reads changes, all of it is re-rendered in order, as
+    /// minijinja runs it, and compared with the old tree, so only what
+    /// changed is sent. See `effects.rs`.
+    Region {
+        body: Body,
+    },
+    /// A `recursive` loop (its top level).
+    Recursive(Arc<RecLoop>),
+    /// `{{ loop(arg) }}` in a recursive loop's body: the loop again over
+    /// `arg`, one level deeper.
+    Recurse {
+        arg: Synth,
+        deps: Deps,
+        target: Arc<OnceLock<Weak<RecLoop>>>,
+    },
+    /// `set`: binds names, outputs nothing, takes no slot. With no names it
+    /// is a statement run for its effect only: `set ns.attr = …` on a
+    /// namespace, or `do`.
     Set {
         names: Vec<Box<str>>,
         synth: Synth,
@@ -148,6 +166,20 @@ pub(crate) struct ForNode {
     pub body_deps: Deps,
     pub loop_flags: u8,
     pub anchor: Option<Arc<str>>,
+}
+
+/// A recursive loop. Its loop variable and its `loop` object are compiled
+/// as two pseudo root paths (they cannot collide with data paths), so that
+/// the walk can say which parts of an item read the item, which read its
+/// place, and re-render only those: a change deep in a tree re-renders the
+/// path to it, not the tree.
+#[derive(Debug)]
+pub(crate) struct RecLoop {
+    pub node: ForNode,
+    /// What reads the loop variable depends on this path.
+    pub item_path: Box<str>,
+    /// What reads `loop` (index, neighbours, depth) depends on this path.
+    pub meta_path: Box<str>,
 }
 
 impl Op {
@@ -319,6 +351,16 @@ enum Local {
 
 pub(crate) struct Compiler<'e> {
     env: &'e Environment<'static>,
+    /// Statements rendered whole by minijinja (one leaf each): what and
+    /// where, logged once per template.
+    notes: Vec<String>,
+    /// The next body compiled is a region's: its first statement opens it.
+    region_open: bool,
+    /// The recursive loops being compiled: the scope index of their `loop`
+    /// and the handle their `loop(…)` calls point to.
+    recursion: Vec<(usize, Arc<OnceLock<Weak<RecLoop>>>)>,
+    /// `loop(…)` calls compiled as [`Op::Recurse`] so far.
+    recursions: usize,
     counters: &'e Counters,
     /// Synthetic templates to add to the environment.
     pub synths: Vec<(String, String)>,
@@ -353,6 +395,10 @@ impl<'e> Compiler<'e> {
     pub(crate) fn new(env: &'e Environment<'static>, counters: &'e Counters) -> Self {
         Compiler {
             env,
+            notes: Vec::new(),
+            region_open: false,
+            recursion: Vec::new(),
+            recursions: 0,
             counters,
             synths: Vec::new(),
             next_node: 0,
@@ -372,6 +418,13 @@ impl<'e> Compiler<'e> {
     pub(crate) fn compile(&mut self, name: &str) -> Result<Program> {
         self.escape = self.initial_escape(name)?;
         let root = self.template(name, &HashMap::new(), Ctx::Text, false)?.0;
+        if !self.notes.is_empty() {
+            tracing::warn!(
+                template = name,
+                constructs = %self.notes.join(", "),
+                "statements rendered as single fragments"
+            );
+        }
         Ok(Program { root })
     }
 
@@ -472,15 +525,21 @@ impl<'e> Compiler<'e> {
             }
             // Top-level `set`s of a child run before the parent's body.
             let mut sets = Vec::new();
+            let mut namespace = false;
             for s in &t.children {
                 if let Stmt::Set(_) = s {
+                    namespace |= stmt_tokens(&src.tokens, s).is_none_or(names_namespace);
                     let cx = BodyCx {
                         src: &src,
                         in_item,
                         block: None,
                         overrides,
                     };
-                    let mut b = self.body(std::slice::from_ref(s), &cx, ctx)?;
+                    // One `set` (no region of its own: see below).
+                    self.region_open = true;
+                    let b = self.body(std::slice::from_ref(s), &cx, ctx);
+                    self.region_open = false;
+                    let mut b = b?;
                     sets.append(&mut b.0.ops);
                 }
             }
@@ -493,6 +552,16 @@ impl<'e> Compiler<'e> {
                 }
                 sets.append(&mut body.ops);
                 body.ops = sets;
+            }
+            if namespace {
+                // A namespace made here may be changed by any block: the
+                // whole page is its region.
+                let deps = body.deps.clone();
+                body = Body {
+                    statics: self.statics(vec!["".into(), "".into()], vec![None]),
+                    ops: vec![Op::Region { body }],
+                    deps,
+                };
             }
             (body, c, d)
         } else {
@@ -603,8 +672,32 @@ impl<'e> Compiler<'e> {
         let mut deps = Deps::default();
         let mut depth = 0i32;
         let scope_mark = self.scope.len();
-        for stmt in stmts {
+        let region_here = std::mem::take(&mut self.region_open);
+        let mut next = 0;
+        while next < stmts.len() {
+            let at = next;
+            let stmt = &stmts[at];
+            next += 1;
             let anchorable = ctx == Ctx::Text && !cx.in_item;
+            if !(region_here && at == 0) {
+                if let Some(end) = region_end(src, stmts, at) {
+                    // From the namespace's creation to its last use: one
+                    // region, compiled as a body of its own.
+                    self.region_open = true;
+                    let r = self.body(&stmts[at..=end], cx, ctx);
+                    self.region_open = false;
+                    let (body, c2, d2) = r?;
+                    deps.merge(&body.deps);
+                    let anchor: Option<Arc<str>> = (anchorable && c2 == ctx && d2 == 0)
+                        .then(|| self.node_id().to_string().into());
+                    push_slot(&mut parts, &mut anchors, anchor);
+                    ops.push(Op::Region { body });
+                    ctx = c2;
+                    depth += d2;
+                    next = end + 1;
+                    continue;
+                }
+            }
             let (op, anchor_name): (Op, Option<String>) = match stmt {
                 Stmt::EmitRaw(r) => {
                     parts.last_mut().expect("parts").push_str(r.raw);
@@ -612,7 +705,9 @@ impl<'e> Compiler<'e> {
                     continue;
                 }
                 Stmt::EmitExpr(e) => {
-                    if is_super_call(&e.expr) {
+                    if let Some(op) = self.recurse(e, src)? {
+                        (op, None)
+                    } else if is_super_call(&e.expr) {
                         let Some((block, chain)) = cx.block.filter(|(_, c)| !c.is_empty()) else {
                             return Err(unsupported(
                                 "`super()` outside an overriding block",
@@ -678,7 +773,20 @@ impl<'e> Compiler<'e> {
                 }
                 Stmt::ForLoop(f) => {
                     if f.recursive {
-                        self.opaque(stmt, src, anchorable)?
+                        match self.rec_loop(f, stmt, cx, ctx, anchorable)? {
+                            Some(r) => {
+                                let a = r.node.anchor.as_ref().map(|a| a.to_string());
+                                (Op::Recursive(r), a)
+                            }
+                            None => self.opaque(
+                                "a `recursive` loop (`loop(…)` other than `{{ loop(x) }}`)",
+                                stmt,
+                                src,
+                                anchorable,
+                            )?,
+                        }
+                    } else if loop_control(&f.body) {
+                        self.opaque("a loop with `break`/`continue`", stmt, src, anchorable)?
                     } else {
                         let node = self.for_loop(f, cx, ctx, anchorable)?;
                         let a = node.anchor.as_ref().map(|a| a.to_string());
@@ -692,9 +800,14 @@ impl<'e> Compiler<'e> {
                         _ => unreachable!(),
                     };
                     let span = stmt_span(stmt);
-                    let names = target_names(target).ok_or_else(|| {
-                        unsupported("`set` on an attribute", &src.origin, span.start_line)
-                    })?;
+                    let names = match target {
+                        // `set ns.attr = …`: an effect on a namespace, which
+                        // only exists inside its region (see `region_end`).
+                        Expr::GetAttr(_) if matches!(stmt, Stmt::Set(_)) => Vec::new(),
+                        t => target_names(t).ok_or_else(|| {
+                            unsupported("this `set` target", &src.origin, span.start_line)
+                        })?,
+                    };
                     let piece = format!("{{% {} %}}", slice(&source, span));
                     let vars = self.vars_of(&piece)?;
                     let d = self.classify(&vars, src);
@@ -771,15 +884,32 @@ impl<'e> Compiler<'e> {
                             (anchorable && ok).then(|| self.node_id().to_string()),
                         )
                     }
-                    _ => self.opaque(stmt, src, anchorable)?,
+                    _ => self.opaque("a computed or optional `include`", stmt, src, anchorable)?,
                 },
                 Stmt::Macro(_) | Stmt::Import(_) | Stmt::FromImport(_) | Stmt::Extends(_) => {
                     continue;
                 }
-                Stmt::AutoEscape(_) | Stmt::FilterBlock(_) | Stmt::CallBlock(_) => {
-                    self.opaque(stmt, src, anchorable)?
+                Stmt::AutoEscape(_) => {
+                    self.opaque("an `autoescape` block", stmt, src, anchorable)?
                 }
-                Stmt::Do(d) => return Err(unsupported("`do`", &src.origin, d.span().start_line)),
+                Stmt::FilterBlock(_) => self.opaque("a `filter` block", stmt, src, anchorable)?,
+                Stmt::CallBlock(_) => self.opaque("a `call` block", stmt, src, anchorable)?,
+                Stmt::Do(_) => {
+                    // Run for its effect, outputs nothing: a `set` of no names.
+                    let span = stmt_span(stmt);
+                    let piece = format!("{{% {} %}}", slice(&source, span));
+                    let vars = self.vars_of(&piece)?;
+                    let deps = self.classify(&vars, src);
+                    let synth = self.synth_for(src, piece, &vars, span.start_line);
+                    (
+                        Op::Set {
+                            names: Vec::new(),
+                            synth,
+                            deps,
+                        },
+                        None,
+                    )
+                }
                 Stmt::Continue(c) => {
                     return Err(unsupported("`continue`", &src.origin, c.span().start_line));
                 }
@@ -790,6 +920,12 @@ impl<'e> Compiler<'e> {
             };
             match &op {
                 Op::Leaf { deps: d, .. } | Op::Set { deps: d, .. } => deps.merge(d),
+                Op::Region { body } => deps.merge(&body.deps),
+                Op::Recursive(r) => {
+                    deps.merge(&r.node.iter_deps);
+                    deps.merge(&r.node.body_deps);
+                }
+                Op::Recurse { deps: d, .. } => deps.merge(d),
                 Op::If { conds, branches } => {
                     for (_, d) in conds {
                         deps.merge(d);
@@ -810,19 +946,7 @@ impl<'e> Compiler<'e> {
                 }
             }
             if op.has_slot() {
-                let anchor: Option<Arc<str>> = anchor_name.map(Into::into);
-                if let Some(a) = &anchor {
-                    parts
-                        .last_mut()
-                        .expect("parts")
-                        .push_str(&format!("<!--[{a}-->"));
-                }
-                parts.push(if anchor.is_some() {
-                    "<!--]-->".into()
-                } else {
-                    String::new()
-                });
-                anchors.push(anchor);
+                push_slot(&mut parts, &mut anchors, anchor_name.map(Into::into));
             }
             ops.push(op);
         }
@@ -857,14 +981,18 @@ impl<'e> Compiler<'e> {
         self.body(&block.body, &inner, ctx)
     }
 
-    /// A statement rendered whole by minijinja, as one leaf.
+    /// A statement rendered whole by minijinja, as one leaf (noted for the
+    /// template's log line).
     fn opaque(
         &mut self,
+        what: &str,
         stmt: &Stmt<'_>,
         src: &Arc<Src>,
         anchorable: bool,
     ) -> Result<(Op, Option<String>)> {
         let span = stmt_span(stmt);
+        self.notes
+            .push(format!("{what} at {}:{}", src.origin.name, span.start_line));
         let piece = format!("{{% {} %}}", slice(&src.origin.source, span));
         let vars = self.vars_of(&piece)?;
         let deps = self.classify(&vars, src);
@@ -881,6 +1009,157 @@ impl<'e> Compiler<'e> {
         let vars = self.vars_of(&piece)?;
         let d = self.classify(&vars, src);
         Ok((self.synth_for(src, piece, &vars, line), d))
+    }
+
+    /// `{{ loop(x) }}` right inside the recursive loop being compiled.
+    fn recurse(&mut self, e: &ast::Spanned<ast::EmitExpr<'_>>, src: &Src) -> Result<Option<Op>> {
+        let Expr::Call(c) = &e.expr else {
+            return Ok(None);
+        };
+        let (Expr::Var(v), [CallArg::Pos(_)]) = (&c.expr, c.args.as_slice()) else {
+            return Ok(None);
+        };
+        let Some((at, target)) = self.recursion.last() else {
+            return Ok(None);
+        };
+        let here = self.scope.iter().rposition(|(n, _)| n == "loop");
+        if v.id != "loop" || here != Some(*at) {
+            return Ok(None);
+        }
+        let target = target.clone();
+        let source = src.origin.source.clone();
+        let arg = src
+            .tokens
+            .emit_expr(&source, e.span().start_offset)
+            .and_then(|t| t.strip_prefix("loop"))
+            .and_then(|t| t.trim_start().strip_prefix('('))
+            .and_then(|t| t.strip_suffix(')'));
+        let Some(arg) = arg else {
+            return Ok(None);
+        };
+        let (arg, deps) = self.value_synth(src, arg, e.span().start_line)?;
+        self.recursions += 1;
+        Ok(Some(Op::Recurse { arg, deps, target }))
+    }
+
+    /// A recursive loop, split like any loop, its `{{ loop(x) }}` calls
+    /// as [`Op::Recurse`]; `None` if the body uses `loop(…)` in another way
+    /// (the loop is then one leaf).
+    fn rec_loop(
+        &mut self,
+        f: &ast::Spanned<ast::ForLoop<'_>>,
+        stmt: &Stmt<'_>,
+        cx: &BodyCx<'_>,
+        ctx: Ctx,
+        anchorable: bool,
+    ) -> Result<Option<Arc<RecLoop>>> {
+        let src = cx.src;
+        let source = src.origin.source.clone();
+        let line = f.span().start_line;
+        let id = self.node_id();
+        let (target, unpack) = match &f.target {
+            Expr::Var(v) => (vec![Box::<str>::from(v.id)], false),
+            t => match target_names(t) {
+                Some(t) => (t, true),
+                None => return Ok(None),
+            },
+        };
+        let key = match &f.iter {
+            Expr::Filter(fl) if fl.name == "keyed" => match fl.args.as_slice() {
+                [CallArg::Pos(e)] => const_str(e).map(Into::into),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((iter_piece, filter_piece)) =
+            for_texts(&source, &src.tokens, f.span().start_offset)
+        else {
+            return Ok(None);
+        };
+        let (iter, iter_deps) = self.value_synth(src, iter_piece, line)?;
+        let item_path: Box<str> = format!("\u{1}item{id}").into();
+        let meta_path: Box<str> = format!("\u{1}loop{id}").into();
+        let path = |p: &str| Deps {
+            roots: vec![p.into()],
+            ..Deps::default()
+        };
+        let mark = self.scope.len();
+        for t in &target {
+            self.scope
+                .push((t.to_string(), Local::Set(path(&item_path))));
+        }
+        self.scope
+            .push(("loop".into(), Local::Set(path(&meta_path))));
+        let filter = match filter_piece {
+            Some(piece) => Some(self.value_synth(src, piece, line)?),
+            None => None,
+        };
+        let handle = Arc::new(OnceLock::new());
+        self.recursion.push((self.scope.len() - 1, handle.clone()));
+        let before = self.recursions;
+        let item_cx = BodyCx {
+            src,
+            in_item: true,
+            block: cx.block,
+            overrides: cx.overrides,
+        };
+        let body = self.body(&f.body, &item_cx, ctx);
+        self.recursion.pop();
+        self.scope.truncate(mark);
+        let (body, c1, d1) = body?;
+        let (else_body, c2, d2) = self.body(&f.else_body, &item_cx, ctx)?;
+        // Every `loop(` of the statement must be one we compiled.
+        let calls = stmt_tokens(&src.tokens, stmt).map_or(usize::MAX, |t| {
+            t.windows(2)
+                .filter(|w| matches!(&w[0].0, Tok::Ident(i) if i == "loop") && w[1].0 == Tok::Open)
+                .count()
+        });
+        if calls != self.recursions - before {
+            return Ok(None);
+        }
+        let balanced = c1 == ctx && c2 == ctx && d1 == 0 && d2 == 0;
+        let mut body_deps = Deps::default();
+        body_deps.merge(&body.deps);
+        body_deps.merge(&else_body.deps);
+        let filter = filter.map(|(s, d)| {
+            body_deps.merge(&d);
+            s
+        });
+        // A `loop(…)` renders the body again: it, and every body on the way
+        // to it, reads what the body reads outside the loop.
+        let outside = Deps {
+            all: body_deps.all,
+            roots: body_deps
+                .roots
+                .iter()
+                .filter(|r| **r != item_path && **r != meta_path)
+                .cloned()
+                .collect(),
+            loops: Vec::new(),
+        };
+        let mut body = body;
+        widen_recursion(&mut body, &outside);
+        let r = Arc::new(RecLoop {
+            node: ForNode {
+                target,
+                unpack,
+                iter,
+                iter_deps,
+                filter,
+                key,
+                body,
+                else_body,
+                body_deps,
+                loop_flags: 0,
+                anchor: (anchorable && balanced).then(|| id.to_string().into()),
+            },
+            item_path,
+            meta_path,
+        });
+        handle
+            .set(Arc::downgrade(&r))
+            .expect("a loop's handle is set once");
+        Ok(Some(r))
     }
 
     fn for_loop(
@@ -954,6 +1233,164 @@ impl<'e> Compiler<'e> {
             anchor: (anchorable && balanced).then(|| id.to_string().into()),
         })
     }
+}
+
+/// The tokens of a statement, its tags included (`None`: not found).
+fn stmt_tokens<'t>(tokens: &'t Tokens, stmt: &Stmt<'_>) -> Option<&'t [(Tok, u32, u32)]> {
+    let span = stmt_span(stmt);
+    let t = &tokens.0;
+    match stmt {
+        Stmt::EmitRaw(_) => Some(&[]),
+        Stmt::EmitExpr(_) => {
+            let i = tokens.opening(&Tok::VarStart, span.start_offset)?;
+            let n = t[i..].iter().position(|(k, _, _)| *k == Tok::VarEnd)?;
+            Some(&t[i..=i + n])
+        }
+        _ => {
+            let i = tokens.opening(&Tok::BlockStart, span.start_offset)?;
+            let n = t[i..]
+                .iter()
+                .position(|(k, s, _)| *k == Tok::BlockEnd && *s >= span.end_offset)?;
+            Some(&t[i..=i + n])
+        }
+    }
+}
+
+fn names_namespace(toks: &[(Tok, u32, u32)]) -> bool {
+    toks.iter()
+        .any(|(t, _, _)| matches!(t, Tok::Ident(i) if i == "namespace"))
+}
+
+/// Whether `stmt` may read one of `names`: its text names one, or it runs
+/// code whose text is elsewhere (an include, a block, `super()`, a macro of
+/// the prelude that reads one of them). Errs on the side of yes.
+fn mentions(src: &Src, stmt: &Stmt<'_>, names: &HashSet<String>) -> bool {
+    if matches!(stmt, Stmt::Include(_) | Stmt::Block(_)) {
+        return true;
+    }
+    let Some(toks) = stmt_tokens(&src.tokens, stmt) else {
+        return true;
+    };
+    let prelude_reads = src.prelude_vars.iter().any(|v| names.contains(head(v)));
+    toks.iter().any(|(t, _, _)| match t {
+        Tok::Ident(i) => {
+            names.contains(i)
+                || i == "super"
+                || i == "self"
+                || (prelude_reads && src.prelude_names.contains(i))
+        }
+        _ => false,
+    })
+}
+
+/// Where the region that statement `at` opens ends, if it opens one: a
+/// `set` that binds a `namespace()` opens a region up to the last statement
+/// of the same body that may read it (or any name the region's own `set`s
+/// bind, since those go out of scope with the region); a `with` or `for`
+/// whose header makes a namespace is a region by itself. Mutations of a
+/// namespace (`set ns.attr`, a macro it is passed to) are thus always
+/// inside the region that made it, and re-run with it.
+fn region_end(src: &Src, stmts: &[Stmt<'_>], at: usize) -> Option<usize> {
+    let stmt = &stmts[at];
+    let mut names: HashSet<String> = HashSet::new();
+    match stmt {
+        Stmt::Set(s) => {
+            if !names_namespace(stmt_tokens(&src.tokens, stmt)?) {
+                return None;
+            }
+            names.extend(target_names(&s.target)?.iter().map(|n| n.to_string()));
+        }
+        Stmt::WithBlock(_) | Stmt::ForLoop(_) => {
+            let head = src.tokens.block(stmt_span(stmt).start_offset)?;
+            return names_namespace(head).then_some(at);
+        }
+        _ => return None,
+    }
+    let mut end = at;
+    loop {
+        let last = (at + 1..stmts.len())
+            .rev()
+            .find(|&j| mentions(src, &stmts[j], &names))
+            .unwrap_or(at)
+            .max(end);
+        let before = names.len();
+        for s in &stmts[at + 1..=last] {
+            let target = match s {
+                Stmt::Set(x) => &x.target,
+                Stmt::SetBlock(x) => &x.target,
+                _ => continue,
+            };
+            if let Some(t) = target_names(target) {
+                names.extend(t.iter().map(|n| n.to_string()));
+            }
+        }
+        if last == end && names.len() == before {
+            return Some(end);
+        }
+        end = last;
+    }
+}
+
+/// Whether a loop body has a `break` or `continue` that acts on it.
+fn loop_control(stmts: &[Stmt<'_>]) -> bool {
+    stmts.iter().any(|s| match s {
+        Stmt::Break(_) | Stmt::Continue(_) => true,
+        // A nested loop's body is its own; its `else` is not (erring on yes).
+        Stmt::ForLoop(f) => loop_control(&f.else_body),
+        Stmt::Macro(_) | Stmt::CallBlock(_) => false,
+        _ => children(s).iter().any(|c| loop_control(c)),
+    })
+}
+
+/// Adds `extra` to every `loop(…)` of a recursive loop's body and to the
+/// bodies that hold one (not into nested recursive loops: theirs is
+/// theirs). Returns whether `body` holds one.
+fn widen_recursion(body: &mut Body, extra: &Deps) -> bool {
+    let mut found = false;
+    for op in &mut body.ops {
+        found |= match op {
+            Op::Recurse { deps, .. } => {
+                deps.merge(extra);
+                true
+            }
+            Op::If { branches, .. } => branches
+                .iter_mut()
+                .fold(false, |f, b| widen_recursion(b, extra) | f),
+            Op::Sub { body, .. } | Op::Region { body } => widen_recursion(body, extra),
+            Op::For(f) => {
+                let found = widen_recursion(&mut f.body, extra);
+                if found {
+                    f.body_deps.merge(extra);
+                }
+                found
+            }
+            Op::Leaf { .. } | Op::Set { .. } | Op::Recursive(_) => false,
+        };
+    }
+    if found {
+        body.deps.merge(extra);
+    }
+    found
+}
+
+/// Adds a slot to a body's statics, with its anchor markers if anchored.
+fn push_slot(
+    parts: &mut Vec<String>,
+    anchors: &mut Vec<Option<Arc<str>>>,
+    anchor: Option<Arc<str>>,
+) {
+    if let Some(a) = &anchor {
+        parts
+            .last_mut()
+            .expect("parts")
+            .push_str(&format!("<!--[{a}-->"));
+    }
+    parts.push(if anchor.is_some() {
+        "<!--]-->".into()
+    } else {
+        String::new()
+    });
+    anchors.push(anchor);
 }
 
 fn head(path: &str) -> &str {

@@ -39,7 +39,7 @@ impl Scope {
         }
     }
 
-    fn lookup(&self, key: &str) -> Option<Value> {
+    pub(crate) fn lookup(&self, key: &str) -> Option<Value> {
         let mut f = self.locals.as_deref();
         while let Some(frame) = f {
             if &*frame.name == key {
@@ -121,6 +121,33 @@ impl Object for LoopObj {
             return Ok(args[self.index0 % args.len()].clone());
         }
         Err(minijinja::Error::from(minijinja::ErrorKind::UnknownMethod))
+    }
+}
+
+/// The `loop` variable of a recursive loop: a [`LoopObj`] at a depth.
+#[derive(Debug)]
+pub(crate) struct DeepLoop {
+    pub inner: Arc<LoopObj>,
+    /// 1 at the top level.
+    pub depth: usize,
+}
+
+impl Object for DeepLoop {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str()? {
+            "depth" => Some(Value::from(self.depth)),
+            "depth0" => Some(Value::from(self.depth - 1)),
+            _ => self.inner.get_value(key),
+        }
+    }
+
+    fn call_method(
+        self: &Arc<Self>,
+        state: &mut State<'_, '_>,
+        method: &str,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
+        self.inner.call_method(state, method, args)
     }
 }
 

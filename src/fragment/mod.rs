@@ -8,9 +8,11 @@ mod compile;
 pub(crate) mod delta;
 pub(crate) mod diff;
 mod edit;
+mod effects;
 mod eval;
 mod html;
 pub(crate) mod ingest;
+mod recursive;
 pub(crate) mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -702,6 +704,9 @@ impl Walk<'_> {
                 let change = self.sub_change(prev.is_some(), old, &body, dirty, anchor);
                 Ok((SlotOut::Sub(body), change))
             }
+            Op::Region { body } => self.region(body, scope, prev, anchor),
+            Op::Recursive(r) => self.recursive(r, scope, prev),
+            Op::Recurse { arg, deps, target } => self.recurse(arg, deps, target, scope, prev),
             Op::For(f) => {
                 let old = match prev {
                     Some(SlotOut::List(l)) => Some(l),
