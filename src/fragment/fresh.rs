@@ -25,16 +25,17 @@
 //! the same tree either way: `check_fresh_render` compares the two, and the
 //! test harness runs it on every step of every oracle.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use minijinja::machinery::get_compiled_template;
-use minijinja::value::{Rest, Value};
+use minijinja::value::{Rest, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, OutputSpan, OutputSpanKind};
 use serde::Serialize;
 
-use super::compile::{Body, Op, Program, Synth};
+use super::compile::{Body, ForNode, Op, Program, Synth};
 use super::tree::{BodyOut, ItemOut, ListOut, SlotOut};
 
 /// The marker: raw text of the skeleton, one byte.
@@ -73,7 +74,10 @@ struct PBody {
 
 #[derive(Debug)]
 enum POp {
-    /// The marker after the leaf's output.
+    /// A `{{ … }}` leaf: where it sits in the skeleton. It prints one
+    /// expression span, or none when its output is empty.
+    Expr(u32, u32),
+    /// A leaf rendered whole (`{% … %}`): the marker after its output.
     Leaf(u32),
     /// The marker at the start of each branch, and the branches.
     If(Vec<u32>, Vec<PBody>),
@@ -113,12 +117,33 @@ pub(crate) fn plan(name: &str, program: &Program, env: &mut Environment<'static>
         src: String::new(),
     };
     let root = b.body(&program.root, &base, false)?;
-    let src = b.src;
+    let mut src = b.src;
+    // minijinja sizes the output buffer by the raw text a template holds;
+    // the skeleton holds only markers. Text that never runs, as long as
+    // the page's statics, gives it the original template's size hint.
+    src.push_str("{% if false %}");
+    src.extend(std::iter::repeat_n('.', statics_len(&program.root)));
+    src.push_str("{% endif %}");
     env.add_template_owned(skel_name.clone(), src).ok()?;
     Some(Plan {
         name: skel_name.into(),
         root,
     })
+}
+
+/// The bytes of static text in a body and all bodies below it.
+fn statics_len(b: &Body) -> usize {
+    let own: usize = b.statics.parts.iter().map(|p| p.len()).sum();
+    own + b
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::If { branches, .. } => branches.iter().map(statics_len).sum(),
+            Op::For(f) => statics_len(&f.body) + statics_len(&f.else_body),
+            Op::Sub { body, .. } => statics_len(body),
+            Op::Leaf { .. } | Op::Set { .. } => 0,
+        })
+        .sum::<usize>()
 }
 
 struct Build<'e> {
@@ -198,6 +223,7 @@ impl Build<'_> {
             Op::Leaf { synth, .. } => {
                 let (prelude, piece) = self.split(synth)?;
                 let opened = self.open_escape(&synth.escape, cur)?;
+                let start = self.src.len() as u32;
                 if prelude.is_empty() {
                     self.src.push_str(&piece);
                 } else {
@@ -209,7 +235,13 @@ impl Build<'_> {
                     self.src.push_str("{% endwith %}");
                 }
                 self.close_escape(opened);
-                POp::Leaf(self.mark())
+                if piece.starts_with("{{") {
+                    // One `Emit`: one span (minijinja does not record an
+                    // empty one), with a source range inside the piece.
+                    POp::Expr(start, self.src.len() as u32)
+                } else {
+                    POp::Leaf(self.mark())
+                }
             }
             Op::If { conds, branches } => {
                 let want = &conds.first()?.0.escape;
@@ -314,6 +346,52 @@ impl Build<'_> {
     }
 }
 
+/// The keys `super::item_keys` gives, with one allocation per key (the
+/// oracle harness compares the two through `check_fresh_render`).
+fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
+    let attr = f.key.as_deref().unwrap_or("id");
+    let mut seen: HashMap<Arc<str>, u32> = HashMap::with_capacity(items.len());
+    let (mut text, mut key) = (String::new(), String::new());
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            key.clear();
+            let k = if v.kind() == ValueKind::Map {
+                v.get_attr(attr)
+                    .ok()
+                    .filter(|k| !k.is_undefined() && !k.is_none())
+            } else {
+                None
+            };
+            match k {
+                Some(k) => {
+                    text.clear();
+                    let _ = write!(text, "{k}");
+                    for b in text.bytes() {
+                        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
+                            key.push(b as char);
+                        } else {
+                            let _ = write!(key, "%{b:02X}");
+                        }
+                    }
+                }
+                None => {
+                    let _ = write!(key, "{i}");
+                }
+            }
+            let base: Arc<str> = Arc::from(key.as_str());
+            let n = seen.entry(base.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                Arc::from(format!("{base}~{n}"))
+            } else {
+                base
+            }
+        })
+        .collect()
+}
+
 /// A loop or `with` target: one name, or a tuple to unpack into.
 fn names(n: &[Box<str>], unpack: bool) -> String {
     if unpack {
@@ -342,6 +420,7 @@ pub(crate) fn render(
         out: &out,
         spans: &spans,
         name: &plan.name,
+        name_at: Cell::new(std::ptr::null()),
         next: 0,
         pos: 0,
         recorded: recorded.into_iter(),
@@ -360,6 +439,9 @@ struct Run<'a> {
     spans: &'a [OutputSpan],
     /// The skeleton's name: markers are its raw text.
     name: &'a str,
+    /// Where the spans' copy of that name was last seen (they share one
+    /// while the skeleton's own instructions run).
+    name_at: Cell<*const u8>,
     /// The next span to read.
     next: usize,
     /// Where in the output the next slot's text starts.
@@ -368,10 +450,38 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    fn ours(&self, s: &OutputSpan) -> bool {
+        let n = s.name();
+        if n.as_ptr() == self.name_at.get() {
+            return true;
+        }
+        if n == self.name {
+            self.name_at.set(n.as_ptr());
+            return true;
+        }
+        false
+    }
+
     fn is_mark(&self, s: &OutputSpan, at: u32) -> bool {
-        s.kind() == OutputSpanKind::Raw
-            && s.source_range().start == at as usize
-            && s.name() == self.name
+        s.kind() == OutputSpanKind::Raw && s.source_range().start == at as usize && self.ours(s)
+    }
+
+    /// A `{{ … }}` leaf's text: the next span if the leaf printed it.
+    fn expr(&mut self, start: u32, end: u32) -> Box<str> {
+        if let Some(s) = self.spans.get(self.next) {
+            let src = s.source_range().start;
+            let out = s.output_range();
+            if s.kind() == OutputSpanKind::Expression
+                && (start as usize..end as usize).contains(&src)
+                && out.start == self.pos
+                && self.ours(s)
+            {
+                self.next += 1;
+                self.pos = out.end;
+                return self.out[out].into();
+            }
+        }
+        Box::default()
     }
 
     /// The text up to the marker at `at` (a leaf's output).
@@ -408,6 +518,7 @@ impl Run<'_> {
                     }
                     continue;
                 }
+                (Op::Leaf { .. }, POp::Expr(start, end)) => SlotOut::Text(self.expr(*start, *end)),
                 (Op::Leaf { .. }, POp::Leaf(at)) => SlotOut::Text(self.until(*at)?.into()),
                 (Op::If { branches, .. }, POp::If(marks, bodies)) => {
                     let index = marks.iter().position(|&m| self.take(m))?;
@@ -444,7 +555,7 @@ impl Run<'_> {
                             f.else_body.ops.is_empty() && f.else_body.statics.parts[0].is_empty();
                         empty = (!trivial).then_some(e);
                     }
-                    let keys = super::item_keys(f, &items);
+                    let keys = item_keys(f, &items);
                     let len = items.len() as u32;
                     let items = items
                         .into_iter()
