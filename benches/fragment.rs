@@ -1,19 +1,28 @@
 #![allow(missing_docs)]
 //! Fragment engine benchmarks. Each case runs next to its baseline in the
 //! same run. Run: `cargo bench --bench fragment`; results in docs/benchmarks.md.
+//!
+//! `FRAGMENT_CALLGRIND=PAGE:N` (PAGE `counter` or `table_ROWS`) skips
+//! criterion and renders the page N times fresh and N times with bare
+//! minijinja, in `fresh_renders` and `bare_renders`, keeping what they
+//! built (dropped outside them): run it under
+//! `valgrind --tool=callgrind` and compare the two functions' inclusive
+//! instruction counts.
 
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
-use statetemplate::FragmentEngine;
+use statetemplate::{FragmentEngine, LivePage};
 
 const PAGE: &str = include_str!("../templates/table.html");
+const COUNTER: &str = include_str!("../templates/counter.html");
 
 fn env() -> Environment<'static> {
     let mut env = Environment::new();
     env.add_template("table.html", PAGE).unwrap();
+    env.add_template("counter.html", COUNTER).unwrap();
     statetemplate::register_filters(&mut env);
     env
 }
@@ -90,21 +99,75 @@ fn bytes_report() {
     println!();
 }
 
+/// The pages of the initial-render comparison: the counter page and the
+/// table at 100, 1,000 and 10,000 rows.
+fn initial_pages() -> Vec<(String, &'static str, Json)> {
+    let mut pages = vec![(
+        "counter".to_owned(),
+        "counter.html",
+        json!({"count": 42, "note": "milk & <eggs>", "clock": "12:00:00"}),
+    )];
+    for n in [100, 1000, 10_000] {
+        pages.push((format!("table_{n}"), "table.html", data(n)));
+    }
+    pages
+}
+
+/// A fresh render (`FragmentEngine::render`, what `new_session` does) next
+/// to a bare minijinja render of the same template and data. Both keep
+/// what they built until the clock stops (`iter_with_large_drop`): the
+/// page tree is freed when the session ends, not when it is created.
 fn initial(c: &mut Criterion) {
     let engine = FragmentEngine::new(env());
     let plain = env();
     let mut g = c.benchmark_group("initial_render");
-    for n in [100, 1000] {
-        let d = data(n);
-        g.bench_with_input(BenchmarkId::new("statetemplate", n), &d, |b, d| {
-            b.iter(|| engine.render("table.html", d).unwrap())
+    for (name, tmpl, d) in initial_pages() {
+        if name == "table_10000" {
+            g.sample_size(10);
+        }
+        g.bench_with_input(BenchmarkId::new("statetemplate", &name), &d, |b, d| {
+            b.iter_with_large_drop(|| engine.render(tmpl, d).unwrap())
         });
-        g.bench_with_input(BenchmarkId::new("bare_minijinja", n), &d, |b, d| {
-            let t = plain.get_template("table.html").unwrap();
-            b.iter(|| t.render(minijinja::value::Serde(d)).unwrap())
+        g.bench_with_input(BenchmarkId::new("bare_minijinja", &name), &d, |b, d| {
+            let t = plain.get_template(tmpl).unwrap();
+            b.iter_with_large_drop(|| t.render(minijinja::value::Serde(d)).unwrap())
         });
     }
     g.finish();
+}
+
+#[inline(never)]
+fn fresh_renders(engine: &FragmentEngine, tmpl: &str, d: &Json, n: usize) -> Vec<LivePage> {
+    (0..n).map(|_| engine.render(tmpl, d).unwrap()).collect()
+}
+
+#[inline(never)]
+fn bare_renders(env: &Environment<'static>, tmpl: &str, d: &Json, n: usize) -> Vec<String> {
+    let t = env.get_template(tmpl).unwrap();
+    (0..n)
+        .map(|_| t.render(minijinja::value::Serde(d)).unwrap())
+        .collect()
+}
+
+/// The `FRAGMENT_CALLGRIND` mode (see the top of this file).
+fn callgrind(spec: &str) {
+    let (page, n) = spec.split_once(':').expect("PAGE:N");
+    let n: usize = n.parse().expect("N");
+    let (_, tmpl, d) = initial_pages()
+        .into_iter()
+        .find(|(name, _, _)| name == page)
+        .expect("page: counter or table_ROWS");
+    let engine = FragmentEngine::new(env());
+    let plain = env();
+    // Compile once outside the measured functions.
+    drop(engine.render(tmpl, &d).unwrap());
+    let pages = fresh_renders(&engine, tmpl, &d, n);
+    let html = bare_renders(&plain, tmpl, &d, n);
+    assert_eq!(
+        statetemplate::apply::strip_anchors(&pages[0].html()),
+        html[0]
+    );
+    std::hint::black_box((pages, html));
 }
 
 /// Times `page.update(to)` only; the way back (`update(from)`) is untimed.
@@ -178,6 +241,10 @@ criterion_group! {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("FRAGMENT_CALLGRIND") {
+        callgrind(&spec);
+        return;
+    }
     bytes_report();
     benches();
     Criterion::default().configure_from_args().final_summary();

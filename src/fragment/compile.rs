@@ -83,6 +83,9 @@ pub(crate) struct Synth {
     /// its layouts, an included template for what it includes), decided by
     /// the environment's callback on that template's real name.
     pub escape: AutoEscape,
+    /// Where the piece itself starts in the synthetic source (after the
+    /// prelude of macros and imports, if one was prepended).
+    pub piece_at: u32,
 }
 
 #[derive(Debug)]
@@ -192,6 +195,9 @@ impl Op {
 #[derive(Debug)]
 pub(crate) struct Program {
     pub root: Body,
+    /// The one-pass plan for fresh renders (`fresh.rs`), when the program
+    /// has one.
+    pub fresh: Option<Arc<super::fresh::Plan>>,
 }
 
 /// Hands out statics ids and synthetic template names, engine-wide.
@@ -425,7 +431,7 @@ impl<'e> Compiler<'e> {
                 "statements rendered as single fragments"
             );
         }
-        Ok(Program { root })
+        Ok(Program { root, fresh: None })
     }
 
     /// A program that renders the whole template as one leaf: used when a
@@ -454,6 +460,7 @@ impl<'e> Compiler<'e> {
                     ..Deps::default()
                 },
             },
+            fresh: None,
         })
     }
 
@@ -598,17 +605,20 @@ impl<'e> Compiler<'e> {
             origin: origin.clone(),
             line: line as u32,
             escape: self.escape.clone(),
+            piece_at: 0,
         }
     }
 
     fn synth_for(&mut self, src: &Src, piece: String, vars: &HashSet<String>, line: u16) -> Synth {
         let needs_prelude = vars.iter().any(|v| src.prelude_names.contains(head(v)));
-        let source = if needs_prelude {
-            format!("{}{piece}", src.prelude)
+        let (source, at) = if needs_prelude {
+            (format!("{}{piece}", src.prelude), src.prelude.len())
         } else {
-            piece
+            (piece, 0)
         };
-        self.add_synth(&src.origin, source, line)
+        let mut synth = self.add_synth(&src.origin, source, line);
+        synth.piece_at = at as u32;
+        synth
     }
 
     fn vars_of(&self, piece: &str) -> Result<HashSet<String>> {

@@ -10,6 +10,7 @@ pub(crate) mod diff;
 mod edit;
 mod effects;
 mod eval;
+mod fresh;
 mod html;
 pub(crate) mod ingest;
 mod recursive;
@@ -68,6 +69,7 @@ impl FragmentEngine {
     /// Takes the user's environment (loaders, filters, globals all apply).
     pub fn new(mut env: Environment<'static>) -> FragmentEngine {
         register_filters(&mut env);
+        fresh::register(&mut env);
         FragmentEngine {
             inner: Arc::new(Inner {
                 env: RwLock::new(env),
@@ -100,6 +102,8 @@ impl FragmentEngine {
         for (n, s) in synths {
             env.add_template_owned(n, s).map_err(Error::from_template)?;
         }
+        let mut program = program;
+        program.fresh = fresh::plan(name, &program, &mut env).map(Arc::new);
         let p = Arc::new(program);
         self.inner
             .programs
@@ -115,7 +119,10 @@ impl FragmentEngine {
         let program = self.program(template)?;
         let data = ingest::ingest(None, data)?.value;
         let env = self.inner.env.read().expect("lock");
-        let root = render_fresh(&env, &program.root, &data)?;
+        let root = match fresh::render(&env, &program, &data) {
+            Some(root) => root,
+            None => render_fresh(&env, &program.root, &data)?,
+        };
         drop(env);
         Ok(LivePage {
             engine: self.clone(),

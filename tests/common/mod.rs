@@ -75,6 +75,12 @@ pub fn run_against(
     steps: &[Json],
 ) -> Result<String, String> {
     let mut out = String::new();
+    // The one-pass fresh render gives exactly the leaf-by-leaf tree.
+    for (n, data) in steps.iter().enumerate() {
+        engine
+            .check_fresh_render(MAIN, data)
+            .map_err(|e| format!("step {n}: one-pass fresh render: {e}"))?;
+    }
     let mut page = engine
         .render(MAIN, &steps[0])
         .map_err(|e| format!("{e:#}"))?;
