@@ -109,6 +109,7 @@ pub fn run_against(
     )
     .unwrap();
     let mut prev = html0;
+    let mut prev_data = &steps[0];
     for (n, data) in steps.iter().enumerate().skip(1) {
         let (patch, bare) = match (page.update(data), bare_render(data)) {
             (Ok(p), Ok(b)) => (p, b),
@@ -124,6 +125,22 @@ pub fn run_against(
             (Err(e), Ok(_)) => return Err(format!("step {n}: {e:#}; minijinja renders it")),
             (Ok(_), Err(e)) => return Err(format!("step {n}: minijinja fails ({e}); we did not")),
         };
+        // The render's data delta turns the previous snapshot into this one.
+        let old = minijinja::Value::from(minijinja::value::Serde(prev_data));
+        let applied = patch
+            .delta()
+            .apply(&old)
+            .map_err(|e| format!("step {n}: delta {:?}: {e:#}", patch.delta()))?;
+        if serde_json::to_value(&applied).ok().as_ref() != Some(data) {
+            return Err(format!(
+                "step {n}: the delta does not give the new data
+delta: {}
+gave: {applied}
+want: {data}",
+                serde_json::to_string(patch.delta()).unwrap_or_default()
+            ));
+        }
+        prev_data = data;
         let fresh = engine
             .render_html(MAIN, data)
             .map_err(|e| format!("{e:#}"))?;
