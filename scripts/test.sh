@@ -34,6 +34,7 @@ FLOOD_SESSIONS=${FLOOD_SESSIONS:-100000} cargo test --release --all-features --t
 # The examples assert what they show (each tab ends with a fresh render).
 cargo run --quiet --example sessions >/dev/null
 cargo run --quiet --example fragments >/dev/null
+cargo run --quiet --example edits >/dev/null
 [ "$(cargo run --quiet --example keygen 2>/dev/null | wc -c)" = 44 ]
 # Real-browser tests of every browser example in headless Chromium.
 cargo build --quiet --examples
