@@ -12,7 +12,7 @@ use serde_json::{Value as Json, json};
 use statetemplate::{At, Edit, FragmentEngine};
 
 const PAGE: &str = r#"<h1>{{ title }}</h1><p>{{ rows|length }} rows, {{ user.name }}</p>
-<ul>{% for r in rows %}<li class="{{ 'hi' if r.amount > 50 else 'lo' }}">{{ r.id }} {{ r.name }} {{ r.amount }}</li>{% endfor %}</ul>
+<ul>{% for r in rows %}<li class="{{ 'hi' if r.amount > 50 else 'lo' }}">{{ r.id }} {{ r.name }} {{ r.amount }}</li>{% else %}<li>no rows</li>{% endfor %}</ul>
 <ol>{% for r in rows|sort(attribute="amount") %}<li>{{ r.name }}</li>{% endfor %}</ol>
 <div>{% for r in rows|selectattr("amount", "gt", 50)|reverse %}<i>{{ r.id }}</i>{% endfor %}</div>"#;
 

@@ -169,6 +169,11 @@ pub(crate) struct ForNode {
     pub body_deps: Deps,
     pub loop_flags: u8,
     pub anchor: Option<Arc<str>>,
+    /// The loop iterates a list of the data as it is (`rows`, `page.rows`,
+    /// `rows|keyed(..)`): item `i` of the loop is item `i` of the list at
+    /// this dotted path, so a data delta at that path says which items
+    /// changed.
+    pub plain_path: Option<Box<str>>,
 }
 
 /// A recursive loop. Its loop variable and its `loop` object are compiled
@@ -1162,6 +1167,7 @@ impl<'e> Compiler<'e> {
                 body_deps,
                 loop_flags: 0,
                 anchor: (anchorable && balanced).then(|| id.to_string().into()),
+                plain_path: None,
             },
             item_path,
             meta_path,
@@ -1201,6 +1207,15 @@ impl<'e> Compiler<'e> {
         let (iter_piece, filter_piece) = for_texts(&source, &src.tokens, f.span().start_offset)
             .ok_or_else(|| unsupported("this loop", &src.origin, f.span().start_line))?;
         let (iter, iter_deps) = self.value_synth(src, iter_piece, f.span().start_line)?;
+        let plain_path = self
+            .plain_path(&f.iter)
+            .filter(|p| {
+                !iter_deps.all
+                    && iter_deps.loops.is_empty()
+                    && iter_deps.roots.len() == 1
+                    && *iter_deps.roots[0] == **p
+            })
+            .map(Into::into);
         let mark = self.scope.len();
         for t in &target {
             self.scope.push((t.to_string(), Local::LoopVar));
@@ -1241,7 +1256,19 @@ impl<'e> Compiler<'e> {
             body_deps,
             loop_flags,
             anchor: (anchorable && balanced).then(|| id.to_string().into()),
+            plain_path,
         })
+    }
+
+    /// The dotted data path an expression names, when it is one: a root
+    /// variable (not a local) and attribute steps, through `keyed`.
+    fn plain_path(&self, e: &Expr<'_>) -> Option<String> {
+        match e {
+            Expr::Var(v) if !self.scope.iter().any(|(n, _)| n == v.id) => Some(v.id.to_owned()),
+            Expr::GetAttr(g) => Some(format!("{}.{}", self.plain_path(&g.expr)?, g.name)),
+            Expr::Filter(fl) if fl.name == "keyed" => self.plain_path(fl.expr.as_ref()?),
+            _ => None,
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use minijinja::value::{Value, ValueKind};
 use serde::{Deserialize, Serialize};
 
+use super::chunked::{Chunked, Seq};
 use super::ingest::Fields;
 use crate::error::{Error, ErrorKind, Result};
 
@@ -152,6 +153,92 @@ impl Delta {
     }
 }
 
+/// What a delta says about the lists of the data: for each list (by dotted
+/// path), its operations by position, when they are simple enough for the
+/// walk to follow them without looking at the other items.
+#[derive(Debug, Default)]
+pub(crate) struct ListHints {
+    lists: Vec<(String, Vec<Hint>)>,
+    /// Paths set whole: no list at or under them has hints.
+    whole: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// Something inside item `i` changed, or the item was replaced.
+    Set(usize),
+    Insert(usize),
+    Remove(usize),
+}
+
+impl ListHints {
+    /// The operations on the list at `path`, if they are known and simple:
+    /// in-place changes only, or one insert, or one removal.
+    pub(crate) fn get(&self, path: &str) -> Option<&[Hint]> {
+        if self
+            .whole
+            .iter()
+            .any(|w| w.is_empty() || w == path || path.starts_with(&format!("{w}.")))
+        {
+            return None;
+        }
+        let (_, ops) = self.lists.iter().find(|(p, _)| p == path)?;
+        let simple = ops.iter().all(|h| matches!(h, Hint::Set(_))) || ops.len() == 1;
+        simple.then_some(ops.as_slice())
+    }
+}
+
+impl Delta {
+    /// The list operations of this delta against `old`, the data it
+    /// applies to.
+    pub(crate) fn list_hints(&self, old: &Value) -> ListHints {
+        let mut h = ListHints::default();
+        for op in &self.ops {
+            let path = op.path();
+            let mut dotted = String::new();
+            let mut cur = old.clone();
+            let mut list_at = None;
+            for (n, step) in path.iter().enumerate() {
+                if cur.kind() == ValueKind::Seq {
+                    list_at = Some(n);
+                    break;
+                }
+                if cur.kind() != ValueKind::Map {
+                    break;
+                }
+                if !dotted.is_empty() {
+                    dotted.push('.');
+                }
+                dotted.push_str(&step.to_string());
+                match cur.get_item(step).ok().filter(|v| !v.is_undefined()) {
+                    Some(v) => cur = v,
+                    None => {
+                        cur = Value::UNDEFINED;
+                    }
+                }
+            }
+            let ends_on_list = list_at.is_none() && cur.kind() == ValueKind::Seq;
+            let hint = match (op, list_at, ends_on_list) {
+                (DeltaOp::Insert { index, .. }, None, true) => Some(Hint::Insert(*index)),
+                (DeltaOp::Remove { index, .. }, None, true) => Some(Hint::Remove(*index)),
+                (DeltaOp::Set { .. } | DeltaOp::Unset { .. }, Some(n), _) => {
+                    usize::try_from(path[n].clone()).ok().map(Hint::Set)
+                }
+                (_, Some(n), _) => usize::try_from(path[n].clone()).ok().map(Hint::Set),
+                _ => None,
+            };
+            match hint {
+                Some(hint) => match h.lists.iter_mut().find(|(p, _)| *p == dotted) {
+                    Some((_, ops)) => ops.push(hint),
+                    None => h.lists.push((dotted, vec![hint])),
+                },
+                None => h.whole.push(dotted),
+            }
+        }
+        h
+    }
+}
+
 fn bad(msg: String) -> Error {
     Error::new(ErrorKind::Data, format!("the delta does not apply: {msg}"))
 }
@@ -167,14 +254,23 @@ fn index_of(step: &Value, len: usize, what: &str) -> Result<usize> {
     Ok(i)
 }
 
-fn items(v: &Value) -> Result<Vec<Value>> {
+/// A list's items, to change: kept in chunks, so that a list changed by a
+/// delta once is copied chunk by chunk afterwards, not item by item.
+fn items(v: &Value) -> Result<Chunked<Value>> {
+    if let Some(items) = v.downcast_object_ref::<Seq>() {
+        return Ok(items.0.clone());
+    }
     if let Some(items) = v.downcast_object_ref::<Vec<Value>>() {
-        return Ok(items.clone());
+        return Ok(items.iter().cloned().collect());
     }
     if v.kind() != ValueKind::Seq {
         return Err(bad(format!("a {} is not a list", v.kind())));
     }
     Ok(v.try_iter().map_err(Error::from_template)?.collect())
+}
+
+fn seq(items: Chunked<Value>) -> Value {
+    Value::from_object(Seq(items))
 }
 
 /// Rebuilds `container` with the entry at `step` replaced by what `f`
@@ -231,12 +327,12 @@ fn with_entry(
             let mut out = items(container)?;
             let i = index_of(step, out.len(), "position")?;
             match f(Some(out[i].clone()))? {
-                Some(v) => out[i] = v,
+                Some(v) => out.set(i, v),
                 None => {
                     out.remove(i);
                 }
             }
-            Ok(Value::from_object(out))
+            Ok(seq(out))
         }
         k => Err(bad(format!("cannot step into a {k} with {step}"))),
     }
@@ -289,13 +385,13 @@ fn apply_op(cur: &Value, op: &DeltaOp, depth: usize) -> Result<Value> {
                 )));
             }
             out.insert(*index, value.clone());
-            Ok(Value::from_object(out))
+            Ok(seq(out))
         }
         DeltaOp::Remove { index, .. } => {
             let mut out = items(cur)?;
             let i = index_of(&Value::from(*index), out.len(), "remove at")?;
             out.remove(i);
-            Ok(Value::from_object(out))
+            Ok(seq(out))
         }
     }
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use minijinja::value::{Enumerator, Object, Serde, Value, ValueKind};
 use serde::ser::{self, Serialize, Serializer};
 
+use super::chunked::Seq;
 use super::delta::{Delta, DeltaOp};
 use super::diff;
 use crate::error::{Error, Result};
@@ -65,6 +66,12 @@ pub(crate) fn identical(a: &Value, b: &Value) -> bool {
     if let (Some(x), Some(y)) = (
         a.downcast_object_ref::<Vec<Value>>(),
         b.downcast_object_ref::<Vec<Value>>(),
+    ) {
+        return std::ptr::eq(x, y);
+    }
+    if let (Some(x), Some(y)) = (
+        a.downcast_object_ref::<Seq>(),
+        b.downcast_object_ref::<Seq>(),
     ) {
         return std::ptr::eq(x, y);
     }
@@ -500,15 +507,46 @@ struct SeqB<'a, 'c> {
 #[derive(Clone)]
 enum OldItems<'a> {
     Shared(&'a [Value]),
+    Chunked(&'a Seq),
     Owned(Arc<[Value]>),
 }
 
 impl OldItems<'_> {
-    fn get(&self) -> &[Value] {
+    fn len(&self) -> usize {
         match self {
-            OldItems::Shared(s) => s,
-            OldItems::Owned(v) => v,
+            OldItems::Shared(s) => s.len(),
+            OldItems::Chunked(c) => c.0.len(),
+            OldItems::Owned(v) => v.len(),
         }
+    }
+
+    fn at(&self, i: usize) -> &Value {
+        match self {
+            OldItems::Shared(s) => &s[i],
+            OldItems::Chunked(c) => &c.0[i],
+            OldItems::Owned(v) => &v[i],
+        }
+    }
+
+    fn prefix_vec(&self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        self.prefix(n, &mut out);
+        out
+    }
+
+    fn prefix(&self, n: usize, out: &mut Vec<Value>) {
+        match self {
+            OldItems::Shared(s) => out.extend_from_slice(&s[..n]),
+            OldItems::Chunked(c) => out.extend(c.0.iter().take(n).cloned()),
+            OldItems::Owned(v) => out.extend_from_slice(&v[..n]),
+        }
+    }
+}
+
+impl std::ops::Index<usize> for OldItems<'_> {
+    type Output = Value;
+    fn index(&self, i: usize) -> &Value {
+        self.at(i)
     }
 }
 
@@ -518,6 +556,8 @@ impl<'a, 'c> SeqB<'a, 'c> {
             Old::Cmp(o) | Old::Dry(o) => {
                 if let Some(v) = o.downcast_object_ref::<Vec<Value>>() {
                     Some(OldItems::Shared(v.as_slice()))
+                } else if let Some(c) = o.downcast_object_ref::<Seq>() {
+                    Some(OldItems::Chunked(c))
                 } else if o.kind() == ValueKind::Seq {
                     o.try_iter().ok().map(|i| OldItems::Owned(i.collect()))
                 } else {
@@ -541,9 +581,8 @@ impl<'a, 'c> SeqB<'a, 'c> {
     fn materialize(&mut self) {
         if !self.own {
             let items = self.old.clone().expect("old");
-            let old = items.get();
-            self.out = Vec::with_capacity(old.len() + 1);
-            self.out.extend_from_slice(&old[..self.n]);
+            self.out = Vec::with_capacity(items.len() + 1);
+            items.prefix(self.n, &mut self.out);
             self.own = true;
         }
     }
@@ -582,7 +621,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             self.push(v);
             return Ok(());
         };
-        let old = items.get();
+        let old = &items;
         let dry = matches!(self.b.old, Old::Dry(_));
         let j = self.j;
         if j >= old.len() {
@@ -668,7 +707,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             let v = Value::from_object(std::mem::take(&mut self.out));
             return self.b.finish_plain(v, |_, _| false);
         };
-        let old_items = old.get();
+        let old_items = &old;
         let left = old_items.len() - self.j.min(old_items.len());
         if matches!(self.b.old, Old::Dry(_)) {
             if left > 0 {
@@ -688,7 +727,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
         }
         if !self.own {
             let n = self.n;
-            self.out = old_items[..n].to_vec();
+            self.out = old_items.prefix_vec(n);
         }
         Ok(Some(Value::from_object(self.out)))
     }

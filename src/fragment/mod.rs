@@ -4,6 +4,7 @@
 //!
 //! See `docs/architecture.md` for the model and `docs/protocol.md` for the wire.
 
+mod chunked;
 mod compile;
 pub(crate) mod delta;
 pub(crate) mod diff;
@@ -154,6 +155,7 @@ fn render_fresh(env: &Environment<'static>, body: &Body, data: &Value) -> Result
         changed: &all,
         force: true,
         ops: Vec::new(),
+        hints: None,
     };
     Ok(w.body(body, &Scope::new(data.clone()), None)?.0)
 }
@@ -384,12 +386,14 @@ impl LivePage {
                 delta,
             });
         }
+        let hints = delta.list_hints(&self.data);
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
             env: &env,
             changed: &changed,
             force: false,
             ops: Vec::new(),
+            hints: Some(&hints),
         };
         let (root, dirty) = w.body(
             &self.program.root,
@@ -555,6 +559,8 @@ struct Walk<'a> {
     /// Re-render everything (while still comparing with the old tree).
     force: bool,
     ops: Vec<PatchOp>,
+    /// What the data delta says about its lists, by position.
+    hints: Option<&'a delta::ListHints>,
 }
 
 impl Walk<'_> {
@@ -784,16 +790,32 @@ impl Walk<'_> {
         let iterable = eval_value(self.env, &f.iter, scope)?;
         let mut owned: Vec<Value> = Vec::new();
         let body_all = self.force || self.affected(&f.body_deps);
+        // A list of the data, changed where the delta says: only those
+        // items are looked at.
+        if let (Some(o), false) = (old, body_all) {
+            let hinted = match (&f.plain_path, self.hints) {
+                (Some(p), Some(h)) if f.loop_flags == 0 && f.filter.is_none() => h.get(p),
+                _ => None,
+            };
+            if let Some(hints) = hinted {
+                if let Some(r) = self.list_hinted(f, scope, o, &iterable, hints)? {
+                    return Ok(r);
+                }
+            }
+        }
         // A list from the data: its items as they are, without iterating.
         let shared = match &f.filter {
             None => iterable.downcast_object_ref::<Vec<Value>>(),
             Some(_) => None,
         };
-        // As in minijinja, `loop.length` (and what derives from it) is known
-        // only when the iterator's size is exact, or after a loop filter
-        // (which collects the items first); iterating a string is not.
         let mut sized = true;
-        if shared.is_none() && !iterable.is_undefined() && !iterable.is_none() {
+        if let (None, None, Some(c)) = (
+            shared,
+            &f.filter,
+            iterable.downcast_object_ref::<chunked::Seq>(),
+        ) {
+            owned.extend(c.0.iter().cloned());
+        } else if shared.is_none() && !iterable.is_undefined() && !iterable.is_none() {
             let it = iterable.try_iter().map_err(|e| {
                 Error::located(
                     e,
@@ -888,7 +910,7 @@ impl Walk<'_> {
             .any(|(it, v)| it.key.contains('~') || key_attr(f, v).is_none());
         let list = Arc::new(ListOut {
             anchor: f.anchor.clone(),
-            items: new_items,
+            items: new_items.into(),
             empty,
             relative_keys,
             key_set: KeySet::default(),
@@ -1079,7 +1101,7 @@ impl Walk<'_> {
         }
         let list = Arc::new(ListOut {
             anchor: f.anchor.clone(),
-            items: new_items,
+            items: new_items.into(),
             empty: None,
             relative_keys: old.relative_keys,
             key_set: KeySet::new(keys),
@@ -1119,6 +1141,159 @@ impl Walk<'_> {
             });
         }
         Ok(Some((list, Change::Emitted)))
+    }
+
+    /// A changed loop over a list of the data as it is, when the delta says
+    /// which items changed: only those are looked at. `None` when the hints
+    /// do not fit (then the identity walk runs).
+    fn list_hinted(
+        &mut self,
+        f: &ForNode,
+        scope: &Scope,
+        old: &Arc<ListOut>,
+        iterable: &Value,
+        hints: &[delta::Hint],
+    ) -> Result<Option<(Arc<ListOut>, Change)>> {
+        use delta::Hint;
+        if old.empty.is_some() || old.relative_keys || old.items.is_empty() {
+            return Ok(None);
+        }
+        // An empty list renders the `else` body: the full walk does that.
+        let Some(len) = iterable
+            .len()
+            .filter(|&n| n > 0 && iterable.kind() == ValueKind::Seq)
+        else {
+            return Ok(None);
+        };
+        let expected = hints.iter().fold(old.items.len() as isize, |n, h| match h {
+            Hint::Set(_) => n,
+            Hint::Insert(_) => n + 1,
+            Hint::Remove(_) => n - 1,
+        });
+        if expected != len as isize {
+            return Ok(None);
+        }
+        let item = |i: usize| iterable.get_item_by_index(i).map_err(Error::from_template);
+        let mut items = old.items.clone();
+        let mut updates: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut ops: Vec<PatchOp> = Vec::new();
+        let mut changed_body = false;
+        let anchor = f.anchor.clone();
+        let mut keys = None;
+        match hints {
+            [Hint::Remove(i)] => {
+                let Some(gone) = old.items.get(*i) else {
+                    return Ok(None);
+                };
+                let mut set = old.key_set.take(&old.items);
+                set.remove(&gone.key);
+                keys = Some(set);
+                if let Some(a) = &anchor {
+                    ops.push(PatchOp::Remove {
+                        list: a.clone(),
+                        key: gone.key.clone(),
+                    });
+                }
+                items.remove(*i);
+            }
+            [Hint::Insert(i)] => {
+                let v = item(*i)?;
+                let Some(key) = key_attr(f, &v) else {
+                    return Ok(None);
+                };
+                let key: Arc<str> = key.into();
+                let mut set = old.key_set.take(&old.items);
+                if !set.insert(key.clone()) {
+                    *old.key_set.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(set);
+                    return Ok(None);
+                }
+                keys = Some(set);
+                let body = self.item_body(f, scope, &v, *i, len, None)?.0;
+                if let Some(a) = &anchor {
+                    ops.push(PatchOp::Insert {
+                        list: a.clone(),
+                        key: key.clone(),
+                        after: i.checked_sub(1).map(|p| old.items[p].key.clone()),
+                        body: body.clone(),
+                    });
+                }
+                items.insert(*i, ItemOut::new(key, v, body, *i, len));
+            }
+            sets => {
+                let mut done: Vec<usize> = Vec::new();
+                for h in sets {
+                    let Hint::Set(i) = *h else { return Ok(None) };
+                    if done.contains(&i) {
+                        continue;
+                    }
+                    done.push(i);
+                    let Some(prev) = old.items.get(i) else {
+                        return Ok(None);
+                    };
+                    let v = item(i)?;
+                    if key_attr(f, &v).as_deref() != Some(&*prev.key) {
+                        return Ok(None);
+                    }
+                    let (body, dirty) = self.item_body(f, scope, &v, i, len, Some(&prev.body))?;
+                    if !Arc::ptr_eq(&body, &prev.body) {
+                        changed_body = true;
+                    }
+                    if !dirty.is_empty() {
+                        updates.push((i, dirty));
+                    }
+                    items.set(i, ItemOut::new(prev.key.clone(), v, body, i, len));
+                }
+                keys = keys.or_else(|| old.key_set.pass());
+            }
+        }
+        let structural = !ops.is_empty() || matches!(hints, [Hint::Insert(_) | Hint::Remove(_)]);
+        let list = Arc::new(ListOut {
+            anchor: anchor.clone(),
+            items,
+            empty: None,
+            relative_keys: false,
+            key_set: KeySet::new(keys),
+        });
+        if !structural && updates.is_empty() && !changed_body {
+            return Ok(Some((list, Change::None)));
+        }
+        let Some(anchor) = anchor else {
+            return Ok(Some((list, Change::Dirty)));
+        };
+        self.ops.extend(ops);
+        for (n, slots) in updates {
+            self.ops.push(PatchOp::Slots {
+                id: format!("{anchor}:{}", list.items[n].key),
+                body: list.items[n].body.clone(),
+                slots,
+            });
+        }
+        Ok(Some((list, Change::Emitted)))
+    }
+
+    /// Renders one loop item's body (against `prev` when it had one).
+    fn item_body(
+        &mut self,
+        f: &ForNode,
+        scope: &Scope,
+        v: &Value,
+        index: usize,
+        len: usize,
+        prev: Option<&Arc<BodyOut>>,
+    ) -> Result<(Arc<BodyOut>, Vec<usize>)> {
+        let s = bind_target(scope, &f.target, f.unpack, v.clone())?;
+        let lo = LoopObj {
+            index0: index,
+            len: Some(len),
+            prev: None,
+            next: None,
+        };
+        let s = s.bind("loop", Value::from_object(lo));
+        let saved = self.force;
+        self.force = true;
+        let r = self.body(&f.body, &s, prev);
+        self.force = saved;
+        r
     }
 }
 

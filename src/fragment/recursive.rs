@@ -197,6 +197,7 @@ impl Walk<'_> {
                 changed: &changed,
                 force: self.force || prev.is_none(),
                 ops: Vec::new(),
+                hints: None,
             };
             let res = w.body(&f.body, &s, prev.map(|(_, p)| &p.body));
             self.ops.append(&mut w.ops);
@@ -220,7 +221,7 @@ impl Walk<'_> {
         };
         let list = Arc::new(ListOut {
             anchor: anchor.clone(),
-            items: new_items,
+            items: new_items.into(),
             empty,
             // Recursive levels always take the full keyed diff.
             relative_keys: true,

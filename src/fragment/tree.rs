@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use minijinja::value::Value;
 
+use super::chunked::Chunked;
 use super::compile::Statics;
 
 /// One rendered body: its statics and a value per slot.
@@ -28,7 +29,7 @@ pub(crate) enum SlotOut {
 #[derive(Debug, Clone)]
 pub(crate) struct ListOut {
     pub anchor: Option<Arc<str>>,
-    pub items: Vec<ItemOut>,
+    pub items: Chunked<ItemOut>,
     /// The `else` body, rendered when there are no items.
     pub empty: Option<Arc<BodyOut>>,
     /// Some key is an item's position, or was made unique with a suffix:
@@ -56,7 +57,7 @@ impl KeySet {
     }
 
     /// Takes the set out, building it from `items` when it is not there.
-    pub(crate) fn take(&self, items: &[ItemOut]) -> HashSet<Arc<str>> {
+    pub(crate) fn take(&self, items: &Chunked<ItemOut>) -> HashSet<Arc<str>> {
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         g.take()
             .unwrap_or_else(|| items.iter().map(|i| i.key.clone()).collect())
