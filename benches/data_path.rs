@@ -224,7 +224,65 @@ criterion_group! {
     targets = counter, tables
 }
 
+/// `DATA_PATH_COUNT=case:rows:iterations`: runs one case that many times
+/// and exits, for instruction counts (`valgrind --tool=callgrind`): run with
+/// 0 and with N iterations; the difference over N is one operation's cost,
+/// repeatable on a busy machine.
+fn count_mode(spec: &str) {
+    let mut it = spec.split(':');
+    let (case, n, k) = (
+        it.next().unwrap_or(""),
+        it.next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1000),
+        it.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or(0),
+    );
+    let engine = FragmentEngine::new(env());
+    let plain = env();
+    let base = table(n);
+    let mut changed = base.clone();
+    changed.rows[n / 2].amount += 1;
+    let mut page = engine.render("table.html", &base).unwrap();
+    let _ = page.join_frame();
+    let t = plain.get_template("table.html").unwrap();
+    let at = vec![
+        Value::from("rows"),
+        Value::from(n / 2),
+        Value::from("amount"),
+    ];
+    for i in 0..k {
+        match case {
+            "bare" => drop(std::hint::black_box(t.render(Serde(&changed)).unwrap())),
+            "identical" => drop(std::hint::black_box(page.update(&base).unwrap())),
+            "changed" => {
+                let to = if i % 2 == 0 { &changed } else { &base };
+                let p = page.update(to).unwrap();
+                std::hint::black_box(page.encode(&p));
+            }
+            "apply" => {
+                let v = if i % 2 == 0 {
+                    changed.rows[n / 2].amount
+                } else {
+                    base.rows[n / 2].amount
+                };
+                let p = page
+                    .apply(Delta::new([DeltaOp::Set {
+                        path: at.clone(),
+                        value: Value::from(v),
+                    }]))
+                    .unwrap();
+                std::hint::black_box(page.encode(&p));
+            }
+            other => panic!("unknown case {other}"),
+        }
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("DATA_PATH_COUNT") {
+        count_mode(&spec);
+        return;
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -994,6 +994,26 @@ impl<'a, 'c> StructB<'a, 'c> {
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> R<()> {
+        // The common case first: the old struct has this field at this
+        // place, and nothing before it changed.
+        if let (Some(old), false, Old::Cmp(_)) = (self.old, self.own, self.b.old) {
+            if let Some((k, p)) = old.get(self.n) {
+                if std::ptr::eq(*k, key) || *k == key {
+                    self.b.cx.path.push(PathSeg::Seg(Seg::Field(key)));
+                    let r = v.serialize(B {
+                        old: Old::Cmp(p),
+                        cx: self.b.cx,
+                    });
+                    self.b.cx.path.pop();
+                    if let Some(nv) = r? {
+                        self.materialize();
+                        self.fields.push((key, nv));
+                    }
+                    self.n += 1;
+                    return Ok(());
+                }
+            }
+        }
         let dry = matches!(self.b.old, Old::Dry(_));
         let same_key = |k: &'static str| std::ptr::eq(k, key) || k == key;
         // The old value of this field: borrowed from the old struct (by
