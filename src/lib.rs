@@ -205,7 +205,8 @@ pub mod fuzzing {
 
 pub use error::{Error, ErrorKind, Result};
 pub use fragment::{
-    At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters,
+    At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps, WIRE_VERSION,
+    register_filters,
 };
 pub use protocol::{Action, Update};
 pub use session::{

@@ -169,6 +169,8 @@ pub(crate) struct ForNode {
     pub body_deps: Deps,
     pub loop_flags: u8,
     pub anchor: Option<Arc<str>>,
+    /// The stream's name when the loop iterates `…|stream` (`stream.rs`).
+    pub stream: Option<Box<str>>,
 }
 
 /// A recursive loop. Its loop variable and its `loop` object are compiled
@@ -1081,6 +1083,7 @@ impl<'e> Compiler<'e> {
             },
             _ => None,
         };
+        super::stream::not_recursive(&f.iter, &src.origin, line)?;
         let Some((iter_piece, filter_piece)) =
             for_texts(&source, &src.tokens, f.span().start_offset)
         else {
@@ -1162,6 +1165,7 @@ impl<'e> Compiler<'e> {
                 body_deps,
                 loop_flags: 0,
                 anchor: (anchorable && balanced).then(|| id.to_string().into()),
+                stream: None,
             },
             item_path,
             meta_path,
@@ -1229,7 +1233,7 @@ impl<'e> Compiler<'e> {
             body_deps.merge(&d);
             s
         });
-        Ok(ForNode {
+        let mut node = ForNode {
             target,
             unpack,
             iter,
@@ -1241,7 +1245,10 @@ impl<'e> Compiler<'e> {
             body_deps,
             loop_flags,
             anchor: (anchorable && balanced).then(|| id.to_string().into()),
-        })
+            stream: None,
+        };
+        super::stream::mark(f, &mut node, &src.origin, f.span().start_line)?;
+        Ok(node)
     }
 }
 
