@@ -370,6 +370,57 @@ impl WireClient {
                 let to = position_after(list, after.as_deref())?;
                 list.items.insert(to, item);
             }
+            "s" => {
+                // A stream insert: replace in place if the key is held,
+                // else insert at AT (0 first, -1 last, n at n); then trim
+                // to LIMIT.
+                let key = s(2)?.to_owned();
+                let at = a
+                    .get(3)
+                    .and_then(Json::as_i64)
+                    .filter(|n| *n >= -1)
+                    .ok_or_else(|| bad("bad stream position"))?;
+                let body = self.decode_body(a.get(4).ok_or_else(|| bad("no body"))?)?;
+                let limit = match a.get(5) {
+                    None => None,
+                    Some(n) => Some(
+                        n.as_i64()
+                            .filter(|n| *n != 0)
+                            .ok_or_else(|| bad("bad stream limit"))?,
+                    ),
+                };
+                if a.len() > 6 {
+                    return Err(bad("bad stream insert"));
+                }
+                let list = self.stream_mut(s(1)?)?;
+                match list.items.iter_mut().find(|(k, _)| *k == key) {
+                    Some(item) => item.1 = body,
+                    None => {
+                        let len = list.items.len();
+                        let i = if at < 0 { len } else { (at as usize).min(len) };
+                        list.items.insert(i, (key, body));
+                    }
+                }
+                if let Some(n) = limit {
+                    let keep = n.unsigned_abs().min(usize::MAX as u64) as usize;
+                    let len = list.items.len();
+                    if len > keep {
+                        if n > 0 {
+                            list.items.truncate(keep);
+                        } else {
+                            list.items.drain(..len - keep);
+                        }
+                    }
+                }
+            }
+            "d" => {
+                let key = s(2)?.to_owned();
+                let list = self.stream_mut(s(1)?)?;
+                list.items.retain(|(k, _)| *k != key);
+            }
+            "c" => {
+                self.stream_mut(s(1)?)?.items.clear();
+            }
             other => return Err(bad(format!("unknown op {other:?}"))),
         }
         Ok(())
@@ -401,6 +452,15 @@ impl WireClient {
             Dyn::Body(b) => Ok(b),
             _ => Err(bad(format!("fragment {id:?} is not a body"))),
         }
+    }
+
+    /// The list of a stream: one that is not showing its `else` body.
+    fn stream_mut(&mut self, id: &str) -> Result<&mut List> {
+        let l = self.list_mut(id)?;
+        if l.empty.is_some() {
+            return Err(bad(format!("fragment {id:?} is not a stream")));
+        }
+        Ok(l)
     }
 
     fn list_mut(&mut self, id: &str) -> Result<&mut List> {

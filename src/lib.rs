@@ -69,6 +69,35 @@
 //! and SVG keep their structure. See `docs/architecture.md` for the model and
 //! its limits, and `docs/protocol.md` for the wire format.
 //!
+//! ## Streams
+//!
+//! A loop over `NAME|stream` is a *stream* (Phoenix LiveView's `stream`):
+//! a list whose items the server renders once, sends, and forgets. The
+//! page renders it empty and its data and tree hold none of its items;
+//! [`StreamOps`] (through [`LivePage::stream`] or [`Session::stream`])
+//! insert items at the start, the end or an index (an item whose key the
+//! client holds is re-rendered in place), delete them by key, reset the
+//! list, and set a `limit` on how many the client keeps. A stream item is
+//! not re-rendered by later data changes, and a client that joins (a new
+//! tab, a restart) gets every stream empty. See [`StreamOps`].
+//!
+//! ```
+//! use minijinja::Environment;
+//! use serde_json::json;
+//! use statetemplate::{FragmentEngine, StreamAt, StreamOps};
+//!
+//! let mut env = Environment::new();
+//! env.add_template("log.html",
+//!     "<ul>{% for m in log|stream %}<li>{{ m.text }}</li>{% endfor %}</ul>").unwrap();
+//! let mut page = FragmentEngine::new(env).render("log.html", &json!({})).unwrap();
+//! let mut ops = StreamOps::new("log");
+//! ops.insert(&json!({"id": 1, "text": "hello"}), StreamAt::End).limit(-100);
+//! let patch = page.stream(&ops).unwrap();
+//! let frame = page.encode(&patch).unwrap();
+//! assert!(frame.contains(r#"["s","1","1",-1,"#)); // insert item 1 last, keep 100
+//! assert!(!page.html().contains("hello")); // the page kept nothing
+//! ```
+//!
 //! ## Sessions
 //!
 //! ```
@@ -205,7 +234,8 @@ pub mod fuzzing {
 
 pub use error::{Error, ErrorKind, Result};
 pub use fragment::{
-    At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, WIRE_VERSION, register_filters,
+    At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps, WIRE_VERSION,
+    register_filters,
 };
 pub use protocol::{Action, Update};
 pub use session::{

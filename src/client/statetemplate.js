@@ -19,7 +19,7 @@
     if (o0 && o0[0] === 'r' && o0[1] === '') this.st = {}; // a join frame
     if (f.s) for (var k in f.s) this.st[k] = f.s[k];
     var acts = [];
-    for (var i = 0; i < f.o.length; i++) acts.push(this.op(f.o[i]));
+    for (var i = 0; i < f.o.length; i++) acts = acts.concat(this.op(f.o[i]));
     if (typeof f.q === 'number') this.seq = f.q;
     return acts;
   };
@@ -80,6 +80,12 @@
     return l;
   };
 
+  Model.prototype.stream = function (id) {
+    var l = this.listOf(id);
+    if (l.e) fail('fragment ' + id + ' is not a stream');
+    return l;
+  };
+
   Model.prototype.item = function (l, key) {
     var i = l.k ? l.k.indexOf(key) : -1;
     if (i < 0) fail('no such item ' + key);
@@ -105,7 +111,7 @@
 
   Model.prototype.op = function (op) {
     if (!Array.isArray(op) || typeof op[0] !== 'string') fail('bad op');
-    var k = op[0], id = op[1], r, l, b, i, key;
+    var k = op[0], id = op[1], r, l, b, i, key, n, acts;
     if (typeof id !== 'string') fail('op field missing');
     switch (k) {
       case 't':
@@ -144,6 +150,34 @@
         i = this.after(l, op[3]);
         l.k.splice(i, 0, key); l.b.splice(i, 0, b);
         return { k: 'm', list: id, id: id + ':' + key, after: op[3] };
+      /* Streams: upsert at a position then trim to a limit; delete if
+       * held; clear. */
+      case 's':
+        key = op[2]; i = op[3]; n = op[5]; b = this.body(op[4]); l = this.stream(id);
+        if (typeof key !== 'string' || typeof i !== 'number' || i < -1 || i % 1 || op.length > 6 ||
+          op.length > 5 && (typeof n !== 'number' || !n || n % 1)) fail('bad stream insert');
+        r = l.k.indexOf(key); acts = [];
+        if (r >= 0) { l.b[r] = b; acts.push({ k: 'h', id: id + ':' + key, html: this.html(b) }); }
+        else {
+          r = i < 0 ? l.k.length : Math.min(i, l.k.length);
+          l.k.splice(r, 0, key); l.b.splice(r, 0, b);
+          acts.push({ k: 'i', list: id, after: r ? l.k[r - 1] : null, html: '<!--[' + id + ':' + key + '-->' + this.html(b) + CLOSE });
+        }
+        while (n && l.k.length > Math.abs(n)) {
+          r = n > 0 ? l.k.length - 1 : 0;
+          acts.push({ k: 'x', id: id + ':' + l.k[r] });
+          l.k.splice(r, 1); l.b.splice(r, 1);
+        }
+        return acts;
+      case 'd':
+        l = this.stream(id); i = l.k.indexOf(op[2]);
+        if (typeof op[2] !== 'string') fail('op field missing');
+        if (i < 0) return [];
+        l.k.splice(i, 1); l.b.splice(i, 1);
+        return { k: 'x', id: id + ':' + op[2] };
+      case 'c':
+        l = this.stream(id); l.k.length = 0; l.b.length = 0;
+        return { k: 'h', id: id, html: '' };
     }
     fail('unknown op ' + k);
   };

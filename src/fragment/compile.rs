@@ -174,6 +174,8 @@ pub(crate) struct ForNode {
     /// this dotted path, so a data delta at that path says which items
     /// changed.
     pub plain_path: Option<Box<str>>,
+    /// The stream's name when the loop iterates `…|stream` (`stream.rs`).
+    pub stream: Option<Box<str>>,
 }
 
 /// A recursive loop. Its loop variable and its `loop` object are compiled
@@ -1086,6 +1088,7 @@ impl<'e> Compiler<'e> {
             },
             _ => None,
         };
+        super::stream::not_recursive(&f.iter, &src.origin, line)?;
         let Some((iter_piece, filter_piece)) =
             for_texts(&source, &src.tokens, f.span().start_offset)
         else {
@@ -1168,6 +1171,7 @@ impl<'e> Compiler<'e> {
                 loop_flags: 0,
                 anchor: (anchorable && balanced).then(|| id.to_string().into()),
                 plain_path: None,
+                stream: None,
             },
             item_path,
             meta_path,
@@ -1244,7 +1248,7 @@ impl<'e> Compiler<'e> {
             body_deps.merge(&d);
             s
         });
-        Ok(ForNode {
+        let mut node = ForNode {
             target,
             unpack,
             iter,
@@ -1257,7 +1261,10 @@ impl<'e> Compiler<'e> {
             loop_flags,
             anchor: (anchorable && balanced).then(|| id.to_string().into()),
             plain_path,
-        })
+            stream: None,
+        };
+        super::stream::mark(f, &mut node, &src.origin, f.span().start_line)?;
+        Ok(node)
     }
 
     /// The dotted data path an expression names, when it is one: a root

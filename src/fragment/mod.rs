@@ -15,6 +15,7 @@ mod fresh;
 mod html;
 pub(crate) mod ingest;
 mod recursive;
+mod stream;
 pub(crate) mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -31,6 +32,7 @@ use compile::{Body, Compiler, Counters, ForNode, LOOP_META, LOOP_NEIGHBORS, Op, 
 pub use delta::{Delta, DeltaOp};
 pub use edit::{At, Edit};
 use eval::{LoopObj, Scope, eval_names, eval_value, render_leaf};
+pub use stream::{StreamAt, StreamOps};
 use tree::{BodyOut, ItemOut, KeySet, ListOut, SlotOut, WireWriter};
 
 /// The version of the wire format written by [`LivePage::encode`].
@@ -43,6 +45,9 @@ pub const WIRE_VERSION: u32 = 1;
 /// sequence unchanged and tells the engine which attribute keys a loop's
 /// items: `{% for row in rows|keyed("slug") %}`. Without it, items are keyed
 /// by their `id` attribute when they have one, else by position.
+/// It also registers `stream`, which marks a loop as a stream
+/// (`{% for m in messages|stream %}`, see [`StreamOps`]): it always gives
+/// an empty sequence, since a stream's items are sent, never kept.
 #[derive(Clone)]
 pub struct FragmentEngine {
     inner: Arc<Inner>,
@@ -64,6 +69,11 @@ impl fmt::Debug for FragmentEngine {
 /// itself; call it to render the same templates with plain minijinja).
 pub fn register_filters(env: &mut Environment<'_>) {
     env.add_filter("keyed", |v: Value, _attr: String| v);
+    // A stream's items never come from the data: the loop renders empty
+    // (see `StreamOps`).
+    env.add_filter("stream", |_v: Value, _name: Option<String>| {
+        Value::from(Vec::<Value>::new())
+    });
 }
 
 impl FragmentEngine {
@@ -220,6 +230,8 @@ pub(crate) enum PatchOp {
         key: Arc<str>,
         after: Option<Arc<str>>,
     },
+    /// An insert, delete or reset of a stream (`stream.rs`).
+    Stream(stream::StreamOp),
 }
 
 impl Patch {
@@ -260,45 +272,50 @@ impl Patch {
         let item = |l: &str, k: &str| format!("{l}:{k}");
         self.ops
             .iter()
-            .map(|op| match op {
-                PatchOp::Text { id, text } => {
-                    mk(id.to_string(), text.to_string(), Action::Replace, None)
-                }
-                PatchOp::Body { id, body } | PatchOp::Slots { id, body, .. } => {
-                    let mut h = String::new();
-                    tree::write_body(body, &mut h);
-                    mk(id.clone(), h, Action::Replace, None)
-                }
-                PatchOp::List { id, list } => {
-                    let mut h = String::new();
-                    tree::write_list(list, &mut h);
-                    mk(id.to_string(), h, Action::Replace, None)
-                }
-                PatchOp::Insert {
-                    list,
-                    key,
-                    after,
-                    body,
-                } => {
-                    let mut h = String::new();
-                    tree::write_body(body, &mut h);
-                    match after {
-                        Some(a) => mk(item(list, key), h, Action::InsertAfter, Some(item(list, a))),
-                        None => mk(item(list, key), h, Action::Prepend, None),
+            .filter_map(|op| {
+                Some(match op {
+                    PatchOp::Stream(s) => return s.update(ts, self.seq),
+                    PatchOp::Text { id, text } => {
+                        mk(id.to_string(), text.to_string(), Action::Replace, None)
                     }
-                }
-                PatchOp::Remove { list, key } => {
-                    mk(item(list, key), String::new(), Action::Remove, None)
-                }
-                PatchOp::Move { list, key, after } => match after {
-                    Some(a) => mk(
-                        item(list, key),
-                        String::new(),
-                        Action::MoveAfter,
-                        Some(item(list, a)),
-                    ),
-                    None => mk(item(list, key), String::new(), Action::MoveFirst, None),
-                },
+                    PatchOp::Body { id, body } | PatchOp::Slots { id, body, .. } => {
+                        let mut h = String::new();
+                        tree::write_body(body, &mut h);
+                        mk(id.clone(), h, Action::Replace, None)
+                    }
+                    PatchOp::List { id, list } => {
+                        let mut h = String::new();
+                        tree::write_list(list, &mut h);
+                        mk(id.to_string(), h, Action::Replace, None)
+                    }
+                    PatchOp::Insert {
+                        list,
+                        key,
+                        after,
+                        body,
+                    } => {
+                        let mut h = String::new();
+                        tree::write_body(body, &mut h);
+                        match after {
+                            Some(a) => {
+                                mk(item(list, key), h, Action::InsertAfter, Some(item(list, a)))
+                            }
+                            None => mk(item(list, key), h, Action::Prepend, None),
+                        }
+                    }
+                    PatchOp::Remove { list, key } => {
+                        mk(item(list, key), String::new(), Action::Remove, None)
+                    }
+                    PatchOp::Move { list, key, after } => match after {
+                        Some(a) => mk(
+                            item(list, key),
+                            String::new(),
+                            Action::MoveAfter,
+                            Some(item(list, a)),
+                        ),
+                        None => mk(item(list, key), String::new(), Action::MoveFirst, None),
+                    },
+                })
             })
             .collect()
     }
@@ -472,6 +489,7 @@ fn frame(w: &WireWriter<'_>, seq: u64, ops: &str) -> String {
 fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {
     let s = tree::json_str;
     match op {
+        PatchOp::Stream(op) => op.encode(w, out),
         PatchOp::Text { id, text } => {
             out.push_str("[\"t\",");
             s(id, out);
@@ -720,6 +738,7 @@ impl Walk<'_> {
             Op::Region { body } => self.region(body, scope, prev, anchor),
             Op::Recursive(r) => self.recursive(r, scope, prev),
             Op::Recurse { arg, deps, target } => self.recurse(arg, deps, target, scope, prev),
+            Op::For(f) if f.stream.is_some() => self.stream_slot(f, scope, prev),
             Op::For(f) => {
                 let old = match prev {
                     Some(SlotOut::List(l)) => Some(l),

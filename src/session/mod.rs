@@ -22,6 +22,7 @@ mod compat;
 mod id;
 mod lru;
 mod pool;
+mod stream;
 
 pub use compat::{Renderer, UpdateReceiver};
 pub use id::SessionId;

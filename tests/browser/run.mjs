@@ -145,6 +145,69 @@ async function checkFresh(page, base, label) {
   throw new Error(`${label}: the client never reached the server's seq`);
 }
 
+/** The reference list model of a stream: what the client must hold after
+ * the operations the test asked for (insert: in place if the key is held,
+ * else at `at`, 0 first, -1 last; then trim to `limit`, > 0 keeps the
+ * first, < 0 the last). */
+function streamInsert(list, key, at, limit) {
+  if (!list.includes(key)) list.splice(at < 0 ? list.length : Math.min(at, list.length), 0, key);
+  if (limit && list.length > Math.abs(limit)) {
+    if (limit > 0) list.splice(limit);
+    else list.splice(0, list.length + limit);
+  }
+}
+
+/** A page with a stream: its items (keys, in order) equal the reference
+ * list `want`, each showing its own key; and the page without its stream
+ * items equals a fresh render of the session's data (a fresh render has
+ * every stream empty), markup and form state. */
+async function checkStream(page, base, list, want, label) {
+  await until(page, ([list, want]) => {
+    const keys = [...document.querySelectorAll(`#${list} > li`)].map((l) => l.dataset.key);
+    return keys.join() === want.join();
+  }, [list, want.map(String)], 10000).catch(async () => {
+    const keys = await page.evaluate((list) => [...document.querySelectorAll(`#${list} > li`)].map((l) => l.dataset.key), list);
+    throw new Error(`${label}: the stream holds [${keys}], the reference list [${want}]`);
+  });
+  const texts = await page.evaluate((list) => [...document.querySelectorAll(`#${list} > li .text`)].map((t) => t.textContent), list);
+  assert(texts.join() === want.map((k) => `item ${k}`).join(), `${label}: item texts ${texts}`);
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const c = await page.evaluate(() => {
+      const cl = window.statetemplate.clients[0];
+      return { sid: cl.sid, token: cl.token };
+    });
+    const r = await fetch(`${base}/statetemplate/debug/fresh?sid=${c.sid}&token=${encodeURIComponent(c.token)}`);
+    assert(r.ok, `${label}: oracle answered ${r.status}`);
+    const fresh = await r.json();
+    const res = await page.evaluate(([fresh, list]) => {
+      const cl = window.statetemplate.clients[0];
+      if (cl.model.seq !== fresh.seq) return { wait: true };
+      // The page without the stream's items: drop each item's nodes, its
+      // anchors (<!--[LIST:KEY--> … <!--]-->) included.
+      const copy = cl.el.cloneNode(true);
+      const ul = copy.querySelector('#' + list);
+      let depth = 0;
+      for (const n of [...ul.childNodes]) {
+        const open = n.nodeType === 8 && n.data.charAt(0) === '[' && n.data.includes(':');
+        if (open) depth++;
+        if (depth) ul.removeChild(n);
+        if (depth && n.nodeType === 8 && n.data === ']') depth--;
+      }
+      const d = document.createElement('div');
+      d.innerHTML = fresh.html;
+      const form = window.__formDiff(cl.el, d);
+      return { same: d.innerHTML === copy.innerHTML, dom: copy.innerHTML, fresh: d.innerHTML, form };
+    }, [fresh, list]);
+    if (res.wait) { await page.waitForTimeout(20); continue; }
+    assert(res.same, `${label}: the page without its stream differs from a fresh render:\n  dom:   ${res.dom}\n  fresh: ${res.fresh}`);
+    if (res.form.diff) throw new Error(`${label}: form state differs from a fresh render: ${res.form.diff}`);
+    fieldChecks += res.form.n;
+    checks++;
+    return;
+  }
+  throw new Error(`${label}: the client never reached the server's seq`);
+}
+
 async function text(page, sel) {
   return (await page.textContent(sel)).trim();
 }
@@ -354,6 +417,90 @@ const examples = {
     return page;
   },
 
+  async stream(ctx, base) {
+    const page = await ctx.newPage();
+    await page.goto(base);
+    await connected(page);
+    const LIMIT = -20;
+    const want = [];
+    await checkStream(page, base, 'feed', want, 'stream: initial (empty)');
+    const sent = (n) => until(page, (n) => document.getElementById('sent').textContent === String(n), n);
+    for (let i = 1; i <= 3; i++) {
+      await page.click('#add');
+      await sent(i);
+      streamInsert(want, i, -1, LIMIT);
+    }
+    await checkStream(page, base, 'feed', want, 'stream: three added at the end');
+    await page.click('#prepend');
+    streamInsert(want, 4, 0, LIMIT);
+    await checkStream(page, base, 'feed', want, 'stream: one added at the start');
+    // A streamed item stays the same element while others come and go.
+    await page.evaluate(() => { document.querySelector('#feed li[data-key="3"]').__mark = 1; });
+    await page.click('#feed li[data-key="2"] button[title="delete"]');
+    want.splice(want.indexOf(2), 1);
+    await checkStream(page, base, 'feed', want, 'stream: one deleted');
+    await page.click('#burst');
+    await sent(54);
+    for (let i = 5; i <= 54; i++) streamInsert(want, i, -1, LIMIT);
+    await checkStream(page, base, 'feed', want, 'stream: 50 added, the last 20 kept');
+    assert(want.length === 20 && want[0] === 35, `stream: the reference keeps ${want}`);
+    assert((await page.$$('#feed li')).length === 20, 'stream: the page keeps 20 items');
+    // (`caret: 'initial'`: hiding the caret leaves `style=""` on the note
+    // field, which a fresh render does not have.)
+    await page.screenshot({ path: path.join(SHOTS, 'stream.png'), caret: 'initial' });
+    // The limit trimmed item 3 away; a burst of one more keeps trimming.
+    await page.click('#add');
+    await sent(55);
+    streamInsert(want, 55, -1, LIMIT);
+    await checkStream(page, base, 'feed', want, 'stream: one more, the oldest trimmed');
+    await page.evaluate(() => { document.querySelector('#feed li[data-key="40"]').__mark = 1; });
+    // A dropped connection resumes: the frames it missed are replayed and
+    // the items it held stay (no join frame, which would empty the stream).
+    const before = await page.evaluate(() => {
+      const c = window.statetemplate.clients[0];
+      const b = { hellos: c.hellos, joins: c.joins, seq: c.model.seq };
+      c.ws.close();
+      return b;
+    });
+    await until(page, (b) => window.statetemplate.clients[0].hellos === b.hellos + 1, before);
+    assert(await page.evaluate(() => window.statetemplate.clients[0].joins) === before.joins, 'stream: the reconnect resynced instead of resuming');
+    await checkStream(page, base, 'feed', want, 'stream: after a resumed reconnect');
+    assert(await page.evaluate(() => document.querySelector('#feed li[data-key="40"]').__mark === 1), 'stream: a kept item was re-created');
+    // A second tab joins: its stream starts empty (the server keeps no
+    // items); new items reach both tabs.
+    const tab2 = await ctx.newPage();
+    await tab2.goto(base);
+    await connected(tab2);
+    const want2 = [];
+    await checkStream(tab2, base, 'feed', want2, 'stream: tab 2 joins empty');
+    await tab2.click('#prepend');
+    await sent(56);
+    streamInsert(want, 56, 0, LIMIT);
+    streamInsert(want2, 56, 0, LIMIT);
+    await checkStream(page, base, 'feed', want, 'stream: tab 1 after tab 2 added');
+    await checkStream(tab2, base, 'feed', want2, 'stream: tab 2 after it added');
+    // Deleting an item tab 2 never had is a no-op there.
+    await page.click('#feed li[data-key="41"] button[title="delete"]');
+    want.splice(want.indexOf(41), 1);
+    await checkStream(page, base, 'feed', want, 'stream: tab 1 deleted 41');
+    await checkStream(tab2, base, 'feed', want2, 'stream: tab 2 unaffected by deleting 41');
+    await page.screenshot({ path: path.join(SHOTS, 'stream-two-tabs-1.png'), caret: 'initial' });
+    await tab2.screenshot({ path: path.join(SHOTS, 'stream-two-tabs-2.png'), caret: 'initial' });
+    await tab2.close();
+    // Reset empties the stream; items after it fill it again.
+    await page.click('#reset');
+    want.length = 0;
+    await checkStream(page, base, 'feed', want, 'stream: reset');
+    await page.click('#add');
+    await sent(57);
+    streamInsert(want, 57, -1, LIMIT);
+    await checkStream(page, base, 'feed', want, 'stream: added after the reset');
+    // The restart that follows rebuilds the page from the store: the
+    // client joins again and its stream is empty, so the page equals a
+    // fresh render once more (checked by the harness).
+    return page;
+  },
+
   async chat(ctx, base, browser) {
     const page = await ctx.newPage();
     await page.goto(base);
@@ -510,7 +657,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 8, todos: 13, dashboard: 7, chat: 5 };
+const MIN_CHECKS = { counter: 8, todos: 13, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
