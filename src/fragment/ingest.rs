@@ -112,7 +112,11 @@ pub(crate) fn ingest<T: Serialize + ?Sized>(old: Option<&Value>, new: &T) -> Res
                 Some(v) => Old::Cmp(v),
                 None => Old::Fresh,
             };
-            let r = match self.new.serialize(B { old, cx: &mut cx }) {
+            let r = match self.new.serialize(B {
+                old,
+                cx: &mut cx,
+                seg: None,
+            }) {
                 Ok(None) => Ok(Ingested {
                     value: self.old.cloned().unwrap_or_default(),
                     delta: Delta::default(),
@@ -220,8 +224,15 @@ impl Cx {
             .collect()
     }
 
-    fn set(&mut self, value: &Value) {
-        let path = self.path();
+    /// Records a new value at the current path, plus `seg` (the place of a
+    /// value that did not push its own step).
+    fn set(&mut self, seg: Option<Seg>, value: &Value) {
+        let mut path = self.path();
+        match seg {
+            Some(Seg::Field(f)) => path.push(Value::from(f)),
+            Some(Seg::Index(i)) => path.push(Value::from(i)),
+            None => {}
+        }
         self.ops.push(DeltaOp::Set {
             path,
             value: value.clone(),
@@ -234,6 +245,23 @@ impl Cx {
 struct B<'a, 'c> {
     old: Old<'a>,
     cx: &'c mut Cx,
+    /// Where this value is in its parent. Plain values do not push it onto
+    /// the path (most values are plain and unchanged); containers do.
+    seg: Option<Seg>,
+}
+
+impl B<'_, '_> {
+    /// A container about to compare its children: its own step goes onto
+    /// the path. Returns whether it pushed.
+    fn enter(&mut self) -> bool {
+        match (self.old, self.seg) {
+            (Old::Cmp(_), Some(seg)) => {
+                self.cx.path.push(PathSeg::Seg(seg));
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 type Out = Option<Value>;
@@ -260,7 +288,7 @@ impl B<'_, '_> {
                 if eq(o, &v) {
                     Ok(None)
                 } else {
-                    self.cx.set(&v);
+                    self.cx.set(self.seg, &v);
                     Ok(Some(v))
                 }
             }
@@ -288,6 +316,7 @@ impl B<'_, '_> {
         v.serialize(B {
             old: Old::Fresh,
             cx: &mut cx,
+            seg: None,
         })?
         .ok_or_else(|| Fail::Custom("internal: nothing built".into()))
     }
@@ -463,8 +492,10 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
     ) -> R<TupleB<'a, 'c>> {
         Ok(TupleB::new(self, TupleKind::Variant(variant), len))
     }
-    fn serialize_map(self, len: Option<usize>) -> R<MapB<'a, 'c>> {
+    fn serialize_map(mut self, len: Option<usize>) -> R<MapB<'a, 'c>> {
+        let pushed = matches!(self.old, Old::Cmp(o) if o.kind() == ValueKind::Map) && self.enter();
         Ok(MapB {
+            pushed,
             b: self,
             pairs: Vec::with_capacity(len.unwrap_or(0).min(4096)),
             key: None,
@@ -502,6 +533,8 @@ struct SeqB<'a, 'c> {
     /// The previous item was taken as a change of `old[j - 1]`; where its
     /// operations start, in case it turns out to be an insert.
     pending: Option<usize>,
+    /// The list's own step is on the path.
+    pushed: bool,
 }
 
 #[derive(Clone)]
@@ -551,7 +584,7 @@ impl std::ops::Index<usize> for OldItems<'_> {
 }
 
 impl<'a, 'c> SeqB<'a, 'c> {
-    fn new(b: B<'a, 'c>, len: Option<usize>) -> SeqB<'a, 'c> {
+    fn new(mut b: B<'a, 'c>, len: Option<usize>) -> SeqB<'a, 'c> {
         let old = match b.old {
             Old::Cmp(o) | Old::Dry(o) => {
                 if let Some(v) = o.downcast_object_ref::<Vec<Value>>() {
@@ -567,6 +600,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             Old::Fresh => None,
         };
         let own = old.is_none();
+        let pushed = old.is_some() && b.enter();
         SeqB {
             b,
             old,
@@ -575,6 +609,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             n: 0,
             own,
             pending: None,
+            pushed,
         }
     }
 
@@ -608,6 +643,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
         match v.serialize(B {
             old: Old::Dry(old),
             cx: &mut cx,
+            seg: None,
         }) {
             Ok(_) => Ok(true),
             Err(Fail::Differs) => Ok(false),
@@ -638,18 +674,18 @@ impl<'a, 'c> SeqB<'a, 'c> {
             v.serialize(B {
                 old: Old::Dry(&old[j]),
                 cx: self.b.cx,
+                seg: None,
             })?;
             self.j += 1;
             self.n += 1;
             return Ok(());
         }
         let mark = self.b.cx.ops.len();
-        self.b.cx.path.push(PathSeg::Seg(Seg::Index(self.n)));
         let r = v.serialize(B {
             old: Old::Cmp(&old[j]),
             cx: self.b.cx,
+            seg: Some(Seg::Index(self.n)),
         });
-        self.b.cx.path.pop();
         let nv = match r? {
             None => {
                 self.j += 1;
@@ -703,9 +739,22 @@ impl<'a, 'c> SeqB<'a, 'c> {
     }
 
     fn finish(mut self) -> R<Out> {
-        let Some(old) = self.old.take() else {
+        if self.old.is_none() {
+            // No old list (a first render, or the value was something
+            // else): a new list.
             let v = Value::from_object(std::mem::take(&mut self.out));
             return self.b.finish_plain(v, |_, _| false);
+        }
+        let r = self.finish_against_old();
+        if self.pushed {
+            self.b.cx.path.pop();
+        }
+        r
+    }
+
+    fn finish_against_old(&mut self) -> R<Out> {
+        let Some(old) = self.old.take() else {
+            return Err(Fail::Custom("internal: no old list".into()));
         };
         let old_items = &old;
         let left = old_items.len() - self.j.min(old_items.len());
@@ -729,7 +778,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             let n = self.n;
             self.out = old_items.prefix_vec(n);
         }
-        Ok(Some(Value::from_object(self.out)))
+        Ok(Some(Value::from_object(std::mem::take(&mut self.out))))
     }
 }
 
@@ -823,6 +872,8 @@ struct MapB<'a, 'c> {
     matched: usize,
     /// Every entry so far is the old one.
     reused: bool,
+    /// The map's own step is on the path.
+    pushed: bool,
 }
 
 fn lookup(map: &Value, key: &Value) -> Option<Value> {
@@ -849,6 +900,7 @@ impl MapB<'_, '_> {
             (Some(p), true) => v.serialize(B {
                 old: Old::Dry(p),
                 cx: self.b.cx,
+                seg: None,
             })?,
             (None, true) => return Err(Fail::Differs),
             (Some(p), false) => {
@@ -856,6 +908,7 @@ impl MapB<'_, '_> {
                 let r = v.serialize(B {
                     old: Old::Cmp(p),
                     cx: self.b.cx,
+                    seg: None,
                 });
                 self.b.cx.path.pop();
                 r?
@@ -863,7 +916,7 @@ impl MapB<'_, '_> {
             (None, false) => {
                 let nv = B::fresh(v)?;
                 self.b.cx.path.push(PathSeg::Key(key.clone()));
-                self.b.cx.set(&nv);
+                self.b.cx.set(None, &nv);
                 self.b.cx.path.pop();
                 Some(nv)
             }
@@ -884,6 +937,7 @@ impl MapB<'_, '_> {
             pairs,
             matched,
             reused,
+            pushed,
             ..
         } = self;
         let om = match b.old {
@@ -912,6 +966,9 @@ impl MapB<'_, '_> {
             let path = b.cx.path();
             b.cx.path.pop();
             b.cx.ops.push(DeltaOp::Unset { path });
+        }
+        if pushed {
+            b.cx.path.pop();
         }
         if reused && matched == old_len && pairs.len() == old_len {
             return Ok(None);
@@ -959,10 +1016,12 @@ struct StructB<'a, 'c> {
     n: usize,
     own: bool,
     cap: usize,
+    /// The struct's own step is on the path.
+    pushed: bool,
 }
 
 impl<'a, 'c> StructB<'a, 'c> {
-    fn new(b: B<'a, 'c>, len: usize, variant: Option<&'static str>) -> StructB<'a, 'c> {
+    fn new(mut b: B<'a, 'c>, len: usize, variant: Option<&'static str>) -> StructB<'a, 'c> {
         let (old, old_any) = match (b.old, variant) {
             (Old::Cmp(o) | Old::Dry(o), None) => match o.downcast_object_ref::<Fields>() {
                 Some(f) => (Some(f.0.as_slice()), None),
@@ -972,6 +1031,7 @@ impl<'a, 'c> StructB<'a, 'c> {
             _ => (None, None),
         };
         let own = old.is_none();
+        let pushed = (old.is_some() || old_any.is_some()) && b.enter();
         StructB {
             b,
             variant,
@@ -981,6 +1041,7 @@ impl<'a, 'c> StructB<'a, 'c> {
             n: 0,
             own,
             cap: len,
+            pushed,
         }
     }
 
@@ -999,12 +1060,11 @@ impl<'a, 'c> StructB<'a, 'c> {
         if let (Some(old), false, Old::Cmp(_)) = (self.old, self.own, self.b.old) {
             if let Some((k, p)) = old.get(self.n) {
                 if std::ptr::eq(*k, key) || *k == key {
-                    self.b.cx.path.push(PathSeg::Seg(Seg::Field(key)));
                     let r = v.serialize(B {
                         old: Old::Cmp(p),
                         cx: self.b.cx,
+                        seg: Some(Seg::Field(key)),
                     });
-                    self.b.cx.path.pop();
                     if let Some(nv) = r? {
                         self.materialize();
                         self.fields.push((key, nv));
@@ -1039,22 +1099,17 @@ impl<'a, 'c> StructB<'a, 'c> {
             (Some(p), true) => v.serialize(B {
                 old: Old::Dry(p),
                 cx: self.b.cx,
+                seg: None,
             })?,
             (None, true) => return Err(Fail::Differs),
-            (Some(p), false) if compared => {
-                self.b.cx.path.push(PathSeg::Seg(Seg::Field(key)));
-                let r = v.serialize(B {
-                    old: Old::Cmp(p),
-                    cx: self.b.cx,
-                });
-                self.b.cx.path.pop();
-                r?
-            }
+            (Some(p), false) if compared => v.serialize(B {
+                old: Old::Cmp(p),
+                cx: self.b.cx,
+                seg: Some(Seg::Field(key)),
+            })?,
             (None, false) if compared => {
                 let nv = B::fresh(v)?;
-                self.b.cx.path.push(PathSeg::Seg(Seg::Field(key)));
-                self.b.cx.set(&nv);
-                self.b.cx.path.pop();
+                self.b.cx.set(Some(Seg::Field(key)), &nv);
                 Some(nv)
             }
             _ => Some(B::fresh(v)?),
@@ -1078,6 +1133,11 @@ impl<'a, 'c> StructB<'a, 'c> {
     }
 
     fn finish(mut self) -> R<Out> {
+        if self.pushed {
+            let r = self.finish_compared();
+            self.b.cx.path.pop();
+            return r;
+        }
         let dry = matches!(self.b.old, Old::Dry(_));
         if let Some(old) = self.old {
             if !self.own && self.n == old.len() {
@@ -1115,7 +1175,7 @@ impl<'a, 'c> StructB<'a, 'c> {
                 }
                 // A struct whose old value was another kind records itself.
                 if let (Old::Cmp(_), None, None) = (self.b.old, self.old, self.old_any) {
-                    self.b.cx.set(&v);
+                    self.b.cx.set(self.b.seg, &v);
                 }
                 Ok(Some(v))
             }
@@ -1124,6 +1184,35 @@ impl<'a, 'c> StructB<'a, 'c> {
                 self.b.built(replay(ReplayKind::Map(&pairs)))
             }
         }
+    }
+}
+
+impl StructB<'_, '_> {
+    /// `finish` for a struct compared with an old struct or map (its step
+    /// is on the path, so what it records lands under it).
+    fn finish_compared(&mut self) -> R<Out> {
+        if let Some(old) = self.old {
+            if !self.own && self.n == old.len() {
+                return Ok(None);
+            }
+            self.materialize();
+        }
+        let old_keys: Vec<Value> = match (self.old, self.old_any) {
+            (Some(old), _) => old.iter().map(|(k, _)| Value::from(*k)).collect(),
+            (None, Some(o)) => o.try_iter().map(|i| i.collect()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for k in old_keys {
+            if !self.fields.iter().any(|(f, _)| Some(*f) == k.as_str()) {
+                self.b.cx.path.push(PathSeg::Key(k));
+                let path = self.b.cx.path();
+                self.b.cx.path.pop();
+                self.b.cx.ops.push(DeltaOp::Unset { path });
+            }
+        }
+        Ok(Some(Value::from_object(Fields(std::mem::take(
+            &mut self.fields,
+        )))))
     }
 }
 
