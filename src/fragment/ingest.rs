@@ -322,6 +322,19 @@ impl B<'_, '_> {
     }
 }
 
+/// Whether `o` is an integer equal to `v` (any of minijinja's integer
+/// kinds: they render alike). The common case, a small non-negative
+/// number, takes minijinja's inlined `as_usize`.
+fn same_int(o: &Value, v: i128) -> bool {
+    if !o.is_integer() {
+        return false;
+    }
+    match usize::try_from(v) {
+        Ok(u) => o.as_usize() == Some(u),
+        Err(_) => i128::try_from(o.clone()).ok() == Some(v),
+    }
+}
+
 /// Has minijinja build a value from values we already built.
 struct Replay<'a>(ReplayKind<'a>);
 
@@ -389,10 +402,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
         self.serialize_i64(v as i64)
     }
     fn serialize_i64(self, v: i64) -> R<Out> {
-        self.cheap(
-            |o| o.is_integer() && o.as_i64() == Some(v),
-            || Value::from(v),
-        )
+        self.cheap(|o| same_int(o, v as i128), || Value::from(v))
     }
     fn serialize_i128(self, v: i128) -> R<Out> {
         self.plain(Value::from(v))
@@ -407,10 +417,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
         self.serialize_u64(v as u64)
     }
     fn serialize_u64(self, v: u64) -> R<Out> {
-        self.cheap(
-            |o| o.is_integer() && u64::try_from(o.clone()).ok() == Some(v),
-            || Value::from(v),
-        )
+        self.cheap(|o| same_int(o, v as i128), || Value::from(v))
     }
     fn serialize_u128(self, v: u128) -> R<Out> {
         self.plain(Value::from(v))
