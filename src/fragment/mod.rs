@@ -142,6 +142,7 @@ impl FragmentEngine {
             root,
             sent: HashSet::new(),
             seq: 0,
+            typed: None,
         })
     }
 
@@ -178,6 +179,10 @@ pub struct LivePage {
     root: Arc<BodyOut>,
     sent: HashSet<u32>,
     seq: u64,
+    /// The app's own typed data that `data` was made from, kept by
+    /// `Session::update` so that the next update need not rebuild it;
+    /// dropped whenever the data changes another way.
+    typed: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl fmt::Debug for LivePage {
@@ -335,6 +340,16 @@ impl LivePage {
         &self.data
     }
 
+    /// Takes the typed data kept with the page, if it is a `T`.
+    pub(crate) fn take_typed<T: 'static>(&mut self) -> Option<Box<T>> {
+        self.typed.take()?.downcast::<T>().ok()
+    }
+
+    /// Keeps typed data that the page's data was just made from.
+    pub(crate) fn keep_typed<T: Send + 'static>(&mut self, t: Box<T>) {
+        self.typed = Some(t);
+    }
+
     /// Continues numbering from `seq` (a page restored from a store).
     pub(crate) fn set_seq(&mut self, seq: u64) {
         self.seq = seq;
@@ -351,6 +366,7 @@ impl LivePage {
 
     /// Undoes the updates since `cp` (none of them may have been encoded).
     pub(crate) fn restore(&mut self, cp: Checkpoint) {
+        self.typed = None;
         self.data = cp.data;
         self.root = cp.root;
         self.seq = cp.seq;
@@ -395,6 +411,9 @@ impl LivePage {
     }
 
     fn walk(&mut self, data: Value, changed: Vec<String>, delta: Delta) -> Result<Patch> {
+        if !delta.is_empty() {
+            self.typed = None;
+        }
         if changed.is_empty() {
             self.data = data;
             return Ok(Patch {
