@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::fragment::{Edit, FragmentEngine, LivePage, Patch};
 use crate::rate::Bucket;
-use crate::store::{MemoryStore, SessionRecord, SessionStore};
+use crate::store::{Append, MemoryStore, SessionRecord, SessionStore};
 use crate::token::{Claims, KeyRing, unix_ms};
 use crate::{Error, ErrorKind, Result, Update};
 
@@ -599,6 +599,7 @@ impl EngineInner {
             template: s.template.clone(),
             data: page.data().clone(),
             seq: page.seq(),
+            version: s.version.load(Ordering::Relaxed),
             generation: s.generation.load(Ordering::Relaxed),
             created_ms: s.created_ms,
             last_access_ms: last,
@@ -653,6 +654,7 @@ impl EngineInner {
             rec.generation,
         ));
         s.stored_expiry.store(rec.expires_ms, Ordering::Relaxed);
+        s.version.store(rec.version, Ordering::Relaxed);
         // Two openers may race to restore: the first one in wins.
         let s = match self.live.entry(*id) {
             dashmap::mapref::entry::Entry::Occupied(o) => return Ok(o.get().clone()),
@@ -797,6 +799,9 @@ struct SessionInner {
     /// The expiry last written to the store (store writes on activity are
     /// skipped while it is recent enough).
     stored_expiry: AtomicU64,
+    /// The version of the record in the store: how many data changes were
+    /// appended (changed only under the page lock).
+    version: AtomicU64,
     generation: AtomicU32,
 }
 
@@ -884,6 +889,7 @@ impl SessionInner {
             event_budget: Mutex::new(None),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
+            version: AtomicU64::new(0),
             generation: AtomicU32::new(generation),
         }
     }
@@ -960,9 +966,11 @@ impl Session {
     /// they are called; none is lost. Returns the session's `seq` after this
     /// render (unchanged when the data changed nothing).
     ///
-    /// On error (a template error, data that cannot be rendered, a store
-    /// failure) nothing changes: not the page, not the store, and nothing
-    /// is sent.
+    /// When the data changed, the store is handed the render's delta
+    /// ([`SessionStore::append`]), also when the page shows none of the
+    /// change (the seq then stays). On error (a template error, data that
+    /// cannot be rendered, a store failure or a refused append) nothing
+    /// changes: not the page, not the store, and nothing is sent.
     pub async fn render<S: Serialize + ?Sized>(&self, data: &S) -> Result<u64> {
         Ok(self.render_patch(data).await?.0)
     }
@@ -1038,16 +1046,23 @@ impl Session {
         let now = e.clock.now_ms();
         // A render is not client activity: it moves neither the idle clock
         // nor the session's place in the eviction order.
+        if patch.is_empty() && patch.delta().is_empty() {
+            return Ok((patch.seq(), None));
+        }
+        // The data changed (even if the page shows none of it): the store
+        // gets the delta, as the next version of the record.
+        let mut record = e.record(s, &page);
+        record.version += 1;
+        if let Err(err) = e.store.append(Append::new(&record, patch.delta())).await {
+            page.restore(checkpoint);
+            tracing::warn!(error = %err, "store append failed; render undone");
+            return Err(err);
+        }
+        s.version.store(record.version, Ordering::Relaxed);
+        s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
         if patch.is_empty() {
             return Ok((patch.seq(), None));
         }
-        let record = e.record(s, &page);
-        if let Err(err) = e.store.save(&record).await {
-            page.restore(checkpoint);
-            tracing::warn!(error = %err, "store save failed; render undone");
-            return Err(err);
-        }
-        s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
         let seq = patch.seq();
         let mut outlet = s.outlet.lock().expect("lock");
         if outlet.wanted() {
@@ -1561,5 +1576,49 @@ impl Subscriber {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fragment::ingest::identical;
+
+    /// A session keeps one snapshot, the memory store included: after
+    /// renders and edits, the record's data is the page's own value.
+    #[tokio::test]
+    async fn the_memory_store_shares_the_page_snapshot() {
+        let mut env = Environment::new();
+        env.add_template(
+            "p.html",
+            "<p>{{ a }}</p>{% for r in rows %}<i>{{ r.t }}</i>{% endfor %}",
+        )
+        .unwrap();
+        let engine = StateTemplate::builder(env)
+            .keys(KeyRing::generate().unwrap())
+            .build()
+            .unwrap();
+        let d = serde_json::json!({"a": 1, "rows": [{"id": 1, "t": "x"}], "hidden": {"h": 1}});
+        let init = engine.new_session("p.html", &d).await.unwrap();
+        let s = engine.session_unchecked(&init.session_id).unwrap();
+        let shared = |s: Session| async move {
+            let rec = s.engine.store.load(&s.inner.id).await.unwrap().unwrap();
+            let page = s.inner.state.lock().await;
+            identical(&rec.data, page.data())
+        };
+        assert!(shared(s.clone()).await, "after creation");
+        s.render(&serde_json::json!({"a": 2, "rows": [{"id": 1, "t": "y"}], "hidden": {"h": 1}}))
+            .await
+            .unwrap();
+        assert!(shared(s.clone()).await, "after a render");
+        s.edit(|e| {
+            e.set("hidden.h", &2);
+        })
+        .await
+        .unwrap();
+        assert!(
+            shared(s.clone()).await,
+            "after a change the page does not show"
+        );
     }
 }

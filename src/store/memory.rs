@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::{SessionRecord, SessionStore};
+use super::{Append, SessionRecord, SessionStore};
 use crate::session::SessionId;
 use crate::{Error, ErrorKind, Result};
 
@@ -13,7 +13,11 @@ use crate::{Error, ErrorKind, Result};
 /// accept losing sessions on restart.
 ///
 /// The record's data snapshot is shared with the live page (reference
-/// counted), so keeping it here costs no copy of the data.
+/// counted), so keeping it here costs no copy of the data. For the same
+/// reason [`SessionStore::append`] ignores the delta: the new record's data
+/// already is the old data with the delta applied, and taking it costs a
+/// reference count. The version check and the write happen under the map
+/// shard's write lock, so racing appends cannot both succeed.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     records: DashMap<SessionId, SessionRecord>,
@@ -44,6 +48,18 @@ impl SessionStore for MemoryStore {
     async fn save(&self, record: &SessionRecord) -> Result<()> {
         self.records.insert(record.id, record.clone());
         Ok(())
+    }
+
+    async fn append(&self, change: Append<'_>) -> Result<()> {
+        let next = change.record();
+        match self.records.get_mut(&next.id) {
+            Some(mut stored) => {
+                change.check(Some(&stored))?;
+                *stored = next.clone();
+                Ok(())
+            }
+            None => change.check(None),
+        }
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
