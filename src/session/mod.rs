@@ -2,7 +2,7 @@
 //! incrementally, streamed to every subscriber, expired when idle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -94,6 +94,9 @@ struct EngineInner {
     store: Arc<dyn SessionStore>,
     live: DashMap<SessionId, Arc<SessionInner>>,
     groups: DashMap<Arc<str>, std::collections::HashSet<SessionId>>,
+    /// Template names, one allocation each, shared by every session (and
+    /// its record) that renders the template.
+    templates: Mutex<std::collections::HashSet<Arc<str>>>,
     pools: Mutex<Pools>,
     config: Config,
     clock: Clock,
@@ -300,6 +303,7 @@ impl Builder {
                 .unwrap_or_else(|| Arc::new(MemoryStore::default())),
             live: DashMap::new(),
             groups: DashMap::new(),
+            templates: Mutex::default(),
             pools: Mutex::new(Pools::default()),
             config: Config {
                 max_unjoined: self.config.max_unjoined.min(self.config.max_sessions),
@@ -423,7 +427,14 @@ impl StateTemplate {
         let html = page.html();
         let id = SessionId::generate()?;
         let now = e.clock.now_ms();
-        let s = Arc::new(SessionInner::new(id, template.into(), page, now, now, 0));
+        let s = Arc::new(SessionInner::new(
+            id,
+            e.template_name(template),
+            page,
+            now,
+            now,
+            0,
+        ));
         let span = tracing::debug_span!("session", sid = %id.short());
         async {
             // Room first: a page load may only push out unjoined sessions.
@@ -572,6 +583,17 @@ impl EngineInner {
         Ok(())
     }
 
+    /// The shared name of `template`.
+    fn template_name(&self, template: &str) -> Arc<str> {
+        let mut names = self.templates.lock().expect("lock");
+        if let Some(n) = names.get(template) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(template);
+        names.insert(n.clone());
+        n
+    }
+
     /// How long `s` may go without client activity: `expiration` once a
     /// client joined it, `unjoined_expiration` before.
     fn timeout_ms(&self, s: &SessionInner) -> u64 {
@@ -647,7 +669,7 @@ impl EngineInner {
         page.set_seq(rec.seq);
         let s = Arc::new(SessionInner::new(
             rec.id,
-            rec.template.clone(),
+            self.template_name(&rec.template),
             page,
             rec.created_ms,
             rec.last_access_ms,
@@ -711,7 +733,8 @@ impl EngineInner {
         self.pools.lock().expect("lock").remove(&s.id);
         drop(page);
         self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
-        for g in std::mem::take(&mut *s.groups.lock().expect("lock")) {
+        let mine = s.groups.lock().expect("lock").take();
+        for g in mine.map(|b| *b).unwrap_or_default() {
             self.groups.remove_if_mut(&g, |_, members| {
                 members.remove(&s.id);
                 members.is_empty()
@@ -784,16 +807,19 @@ struct SessionInner {
     /// Identifies this incarnation of the page: frames of another epoch
     /// (another process, a restored session) cannot be replayed.
     epoch: u64,
-    groups: Mutex<Vec<Arc<str>>>,
+    /// The groups the session is in. Boxed so that a session in none (most
+    /// are) pays 8 bytes for it, not 24.
+    #[allow(clippy::box_collection)]
+    groups: Mutex<Option<Box<Vec<Arc<str>>>>>,
     closed: AtomicBool,
     /// A client has joined (a socket, or [`Session::join`] /
     /// [`Session::resume`]): the session left the unjoined pool for good.
     joined: AtomicBool,
     /// Open client connections (see [`Session::connection`]).
-    connections: AtomicUsize,
+    connections: AtomicU32,
     /// The events budget of all the session's connections together (made
     /// by the transport on the first event).
-    event_budget: Mutex<Option<Bucket>>,
+    event_budget: Mutex<Option<Box<Bucket>>>,
     /// The time of the last client activity (not of the last render).
     last_access: AtomicU64,
     /// The expiry last written to the store (store writes on activity are
@@ -813,7 +839,9 @@ struct Outlet {
     /// joins: sessions nobody connects to keep and encode nothing). Only
     /// the seq and the wire frame are kept, not the patch (which holds the
     /// render trees of its version).
-    replay: Option<std::collections::VecDeque<KeptFrame>>,
+    /// Boxed so that a session nobody joined pays 8 bytes for it, not 32.
+    #[allow(clippy::box_collection)]
+    replay: Option<Box<std::collections::VecDeque<KeptFrame>>>,
 }
 
 #[derive(Default)]
@@ -882,10 +910,10 @@ impl SessionInner {
             state: tokio::sync::Mutex::new(page),
             outlet: Mutex::new(Outlet::default()),
             epoch: random_u64(),
-            groups: Mutex::new(Vec::new()),
+            groups: Mutex::new(None),
             closed: AtomicBool::new(false),
             joined: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
+            connections: AtomicU32::new(0),
             event_budget: Mutex::new(None),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
@@ -1136,7 +1164,7 @@ impl Session {
             let frames: Vec<KeptFrame> = outlet
                 .replay
                 .iter()
-                .flatten()
+                .flat_map(|b| b.iter())
                 .filter(|r| r.seq > seq)
                 .cloned()
                 .collect();
@@ -1187,10 +1215,10 @@ impl Session {
     pub fn join_group(&self, group: &str) {
         let g: Arc<str> = Arc::from(group);
         let mut mine = self.inner.groups.lock().expect("lock");
-        if self.is_closed() || mine.iter().any(|x| **x == *group) {
+        if self.is_closed() || mine.iter().flat_map(|v| v.iter()).any(|x| **x == *group) {
             return;
         }
-        mine.push(g.clone());
+        mine.get_or_insert_with(Default::default).push(g.clone());
         self.engine
             .groups
             .entry(g)
@@ -1200,11 +1228,14 @@ impl Session {
 
     /// Removes the session from a group.
     pub fn leave_group(&self, group: &str) {
-        self.inner
-            .groups
-            .lock()
-            .expect("lock")
-            .retain(|g| **g != *group);
+        let mut mine = self.inner.groups.lock().expect("lock");
+        if let Some(v) = mine.as_mut() {
+            v.retain(|g| **g != *group);
+            if v.is_empty() {
+                *mine = None;
+            }
+        }
+        drop(mine);
         self.engine.groups.remove_if_mut(group, |_, members| {
             members.remove(&self.inner.id);
             members.is_empty()
@@ -1297,13 +1328,13 @@ impl Session {
             .event_budget
             .lock()
             .expect("lock")
-            .get_or_insert_with(|| Bucket::new(rate, burst))
+            .get_or_insert_with(|| Box::new(Bucket::new(rate, burst)))
             .reserve()
     }
 
     /// How many client connections are open (see [`Session::connection`]).
     pub fn connections(&self) -> usize {
-        self.inner.connections.load(Ordering::SeqCst)
+        self.inner.connections.load(Ordering::SeqCst) as usize
     }
 
     /// A fresh token for this session (for example, to hand a long-lived
@@ -1620,5 +1651,25 @@ mod tests {
             shared(s.clone()).await,
             "after a change the page does not show"
         );
+    }
+
+    /// Sessions of one template share one allocation of its name, with
+    /// their records.
+    #[tokio::test]
+    async fn sessions_share_their_template_name() {
+        let mut env = Environment::new();
+        env.add_template("p.html", "<p>{{ a }}</p>").unwrap();
+        let engine = StateTemplate::builder(env)
+            .keys(KeyRing::generate().unwrap())
+            .build()
+            .unwrap();
+        let d = serde_json::json!({"a": 1});
+        let a = engine.new_session("p.html", &d).await.unwrap();
+        let b = engine.new_session("p.html", &d).await.unwrap();
+        let a = engine.session_unchecked(&a.session_id).unwrap();
+        let b = engine.session_unchecked(&b.session_id).unwrap();
+        assert!(Arc::ptr_eq(&a.inner.template, &b.inner.template));
+        let rec = engine.store().load(&b.id()).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&rec.template, &a.inner.template));
     }
 }

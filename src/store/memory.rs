@@ -1,8 +1,11 @@
 //! The default store: records in a concurrent hash map, in this process.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use minijinja::Value;
 
 use super::{Append, SessionRecord, SessionStore};
 use crate::session::SessionId;
@@ -20,7 +23,49 @@ use crate::{Error, ErrorKind, Result};
 /// shard's write lock, so racing appends cannot both succeed.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: DashMap<SessionId, SessionRecord>,
+    records: DashMap<SessionId, Kept>,
+}
+
+/// A record as the map keeps it: without its id, which is the key.
+#[derive(Debug, Clone)]
+struct Kept {
+    template: Arc<str>,
+    data: Value,
+    seq: u64,
+    version: u64,
+    created_ms: u64,
+    last_access_ms: u64,
+    expires_ms: u64,
+    generation: u32,
+}
+
+impl Kept {
+    fn of(r: &SessionRecord) -> Kept {
+        Kept {
+            template: r.template.clone(),
+            data: r.data.clone(),
+            seq: r.seq,
+            version: r.version,
+            created_ms: r.created_ms,
+            last_access_ms: r.last_access_ms,
+            expires_ms: r.expires_ms,
+            generation: r.generation,
+        }
+    }
+
+    fn record(&self, id: SessionId) -> SessionRecord {
+        SessionRecord {
+            id,
+            template: self.template.clone(),
+            data: self.data.clone(),
+            seq: self.seq,
+            version: self.version,
+            generation: self.generation,
+            created_ms: self.created_ms,
+            last_access_ms: self.last_access_ms,
+            expires_ms: self.expires_ms,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -39,14 +84,14 @@ impl SessionStore for MemoryStore {
                 "a session with this id already exists",
             )),
             Entry::Vacant(v) => {
-                v.insert(record.clone());
+                v.insert(Kept::of(record));
                 Ok(())
             }
         }
     }
 
     async fn save(&self, record: &SessionRecord) -> Result<()> {
-        self.records.insert(record.id, record.clone());
+        self.records.insert(record.id, Kept::of(record));
         Ok(())
     }
 
@@ -54,8 +99,8 @@ impl SessionStore for MemoryStore {
         let next = change.record();
         match self.records.get_mut(&next.id) {
             Some(mut stored) => {
-                change.check(Some(&stored))?;
-                *stored = next.clone();
+                change.check(Some(stored.version))?;
+                *stored = Kept::of(next);
                 Ok(())
             }
             None => change.check(None),
@@ -63,7 +108,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-        Ok(self.records.get(id).map(|r| r.clone()))
+        Ok(self.records.get(id).map(|r| r.record(*id)))
     }
 
     async fn touch(&self, id: &SessionId, last_access_ms: u64, expires_ms: u64) -> Result<bool> {
@@ -86,7 +131,7 @@ impl SessionStore for MemoryStore {
             .records
             .iter()
             .filter(|r| r.expires_ms <= now_ms)
-            .map(|r| (r.expires_ms, r.id))
+            .map(|r| (r.expires_ms, *r.key()))
             .collect();
         out.sort_unstable();
         out.truncate(limit);

@@ -140,18 +140,19 @@ impl<'a> Append<'a> {
         self.record.version.checked_sub(1)
     }
 
-    /// Checks the compare-and-set condition against what the store holds
-    /// for this id: `Ok` if `stored` is at [`Append::base_version`], else an
+    /// Checks the compare-and-set condition against the version of the
+    /// record the store holds for this id (`None`: no record): `Ok` if it is
+    /// [`Append::base_version`], else an
     /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) error.
-    pub fn check(&self, stored: Option<&SessionRecord>) -> Result<()> {
-        match (stored, self.base_version()) {
-            (Some(s), Some(base)) if s.version == base => Ok(()),
+    pub fn check(&self, stored_version: Option<u64>) -> Result<()> {
+        match (stored_version, self.base_version()) {
+            (Some(v), Some(base)) if v == base => Ok(()),
             (None, _) => Err(Error::conflict(
                 "no record to append to (deleted or never created)",
             )),
-            (Some(s), _) => Err(Error::conflict(format!(
-                "append of version {} refused: the store holds version {}",
-                self.record.version, s.version
+            (Some(v), _) => Err(Error::conflict(format!(
+                "append of version {} refused: the store holds version {v}",
+                self.record.version
             ))),
         }
     }
@@ -188,7 +189,7 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// deltas overrides it anyway.
     async fn append(&self, change: Append<'_>) -> Result<()> {
         let stored = self.load(&change.record().id).await?;
-        change.check(stored.as_ref())?;
+        change.check(stored.map(|r| r.version))?;
         self.save(change.record()).await
     }
 
