@@ -24,6 +24,12 @@ pub enum ErrorKind {
     SessionClosed,
     /// The session store failed (I/O, serialization, a backend error).
     Store,
+    /// A store refused a write that expected another version of the record
+    /// (compare-and-set, see [`SessionStore::append`]): another writer got
+    /// there first, or the record is gone.
+    ///
+    /// [`SessionStore::append`]: crate::store::SessionStore::append
+    Conflict,
     /// The configuration is invalid (a malformed key, a bad option).
     Config,
     /// No room for a new session: every slot up to `max_sessions` is held
@@ -121,6 +127,12 @@ impl Error {
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Error {
         Error::with_source(ErrorKind::Store, message, source)
+    }
+
+    /// A store write refused because the stored record is not the version
+    /// it expected (see [`ErrorKind::Conflict`]).
+    pub fn conflict(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Conflict, message)
     }
 
     pub(crate) fn data(err: impl fmt::Display) -> Error {

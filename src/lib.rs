@@ -144,7 +144,10 @@
 //! sealed and bound to their session (format in [`token`]); every failure to
 //! open a session is the same [`ErrorKind::InvalidSession`]. Records go to a
 //! [`store::SessionStore`] ([`store::MemoryStore`] by default), from which a
-//! session that is not live in this process is restored.
+//! session that is not live in this process is restored; each render that
+//! changes the data hands the store its [`Delta`]
+//! ([`store::SessionStore::append`], versioned, compare-and-set), so a store
+//! can log changes instead of rewriting snapshots.
 //!
 //! ## In the browser
 //!

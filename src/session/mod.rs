@@ -2,7 +2,7 @@
 //! incrementally, streamed to every subscriber, expired when idle.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use crate::fragment::{Edit, FragmentEngine, LivePage, Patch};
 use crate::rate::Bucket;
-use crate::store::{MemoryStore, SessionRecord, SessionStore};
+use crate::store::{Append, MemoryStore, SessionRecord, SessionStore};
 use crate::token::{Claims, KeyRing, unix_ms};
 use crate::{Error, ErrorKind, Result, Update};
 
@@ -95,6 +95,9 @@ struct EngineInner {
     store: Arc<dyn SessionStore>,
     live: DashMap<SessionId, Arc<SessionInner>>,
     groups: DashMap<Arc<str>, std::collections::HashSet<SessionId>>,
+    /// Template names, one allocation each, shared by every session (and
+    /// its record) that renders the template.
+    templates: Mutex<std::collections::HashSet<Arc<str>>>,
     pools: Mutex<Pools>,
     config: Config,
     clock: Clock,
@@ -301,6 +304,7 @@ impl Builder {
                 .unwrap_or_else(|| Arc::new(MemoryStore::default())),
             live: DashMap::new(),
             groups: DashMap::new(),
+            templates: Mutex::default(),
             pools: Mutex::new(Pools::default()),
             config: Config {
                 max_unjoined: self.config.max_unjoined.min(self.config.max_sessions),
@@ -424,7 +428,14 @@ impl StateTemplate {
         let html = page.html();
         let id = SessionId::generate()?;
         let now = e.clock.now_ms();
-        let s = Arc::new(SessionInner::new(id, template.into(), page, now, now, 0));
+        let s = Arc::new(SessionInner::new(
+            id,
+            e.template_name(template),
+            page,
+            now,
+            now,
+            0,
+        ));
         let span = tracing::debug_span!("session", sid = %id.short());
         async {
             // Room first: a page load may only push out unjoined sessions.
@@ -573,6 +584,17 @@ impl EngineInner {
         Ok(())
     }
 
+    /// The shared name of `template`.
+    fn template_name(&self, template: &str) -> Arc<str> {
+        let mut names = self.templates.lock().expect("lock");
+        if let Some(n) = names.get(template) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(template);
+        names.insert(n.clone());
+        n
+    }
+
     /// How long `s` may go without client activity: `expiration` once a
     /// client joined it, `unjoined_expiration` before.
     fn timeout_ms(&self, s: &SessionInner) -> u64 {
@@ -600,6 +622,7 @@ impl EngineInner {
             template: s.template.clone(),
             data: page.data().clone(),
             seq: page.seq(),
+            version: s.version.load(Ordering::Relaxed),
             generation: s.generation.load(Ordering::Relaxed),
             created_ms: s.created_ms,
             last_access_ms: last,
@@ -647,13 +670,14 @@ impl EngineInner {
         page.set_seq(rec.seq);
         let s = Arc::new(SessionInner::new(
             rec.id,
-            rec.template.clone(),
+            self.template_name(&rec.template),
             page,
             rec.created_ms,
             rec.last_access_ms,
             rec.generation,
         ));
         s.stored_expiry.store(rec.expires_ms, Ordering::Relaxed);
+        s.version.store(rec.version, Ordering::Relaxed);
         // Two openers may race to restore: the first one in wins.
         let s = match self.live.entry(*id) {
             dashmap::mapref::entry::Entry::Occupied(o) => return Ok(o.get().clone()),
@@ -710,7 +734,8 @@ impl EngineInner {
         self.pools.lock().expect("lock").remove(&s.id);
         drop(page);
         self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
-        for g in std::mem::take(&mut *s.groups.lock().expect("lock")) {
+        let mine = s.groups.lock().expect("lock").take();
+        for g in mine.map(|b| *b).unwrap_or_default() {
             self.groups.remove_if_mut(&g, |_, members| {
                 members.remove(&s.id);
                 members.is_empty()
@@ -783,21 +808,27 @@ struct SessionInner {
     /// Identifies this incarnation of the page: frames of another epoch
     /// (another process, a restored session) cannot be replayed.
     epoch: u64,
-    groups: Mutex<Vec<Arc<str>>>,
+    /// The groups the session is in. Boxed so that a session in none (most
+    /// are) pays 8 bytes for it, not 24.
+    #[allow(clippy::box_collection)]
+    groups: Mutex<Option<Box<Vec<Arc<str>>>>>,
     closed: AtomicBool,
     /// A client has joined (a socket, or [`Session::join`] /
     /// [`Session::resume`]): the session left the unjoined pool for good.
     joined: AtomicBool,
     /// Open client connections (see [`Session::connection`]).
-    connections: AtomicUsize,
+    connections: AtomicU32,
     /// The events budget of all the session's connections together (made
     /// by the transport on the first event).
-    event_budget: Mutex<Option<Bucket>>,
+    event_budget: Mutex<Option<Box<Bucket>>>,
     /// The time of the last client activity (not of the last render).
     last_access: AtomicU64,
     /// The expiry last written to the store (store writes on activity are
     /// skipped while it is recent enough).
     stored_expiry: AtomicU64,
+    /// The version of the record in the store: how many data changes were
+    /// appended (changed only under the page lock).
+    version: AtomicU64,
     generation: AtomicU32,
 }
 
@@ -809,7 +840,9 @@ struct Outlet {
     /// joins: sessions nobody connects to keep and encode nothing). Only
     /// the seq and the wire frame are kept, not the patch (which holds the
     /// render trees of its version).
-    replay: Option<std::collections::VecDeque<KeptFrame>>,
+    /// Boxed so that a session nobody joined pays 8 bytes for it, not 32.
+    #[allow(clippy::box_collection)]
+    replay: Option<Box<std::collections::VecDeque<KeptFrame>>>,
 }
 
 #[derive(Default)]
@@ -878,13 +911,14 @@ impl SessionInner {
             state: tokio::sync::Mutex::new(page),
             outlet: Mutex::new(Outlet::default()),
             epoch: random_u64(),
-            groups: Mutex::new(Vec::new()),
+            groups: Mutex::new(None),
             closed: AtomicBool::new(false),
             joined: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
+            connections: AtomicU32::new(0),
             event_budget: Mutex::new(None),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
+            version: AtomicU64::new(0),
             generation: AtomicU32::new(generation),
         }
     }
@@ -961,9 +995,11 @@ impl Session {
     /// they are called; none is lost. Returns the session's `seq` after this
     /// render (unchanged when the data changed nothing).
     ///
-    /// On error (a template error, data that cannot be rendered, a store
-    /// failure) nothing changes: not the page, not the store, and nothing
-    /// is sent.
+    /// When the data changed, the store is handed the render's delta
+    /// ([`SessionStore::append`]), also when the page shows none of the
+    /// change (the seq then stays). On error (a template error, data that
+    /// cannot be rendered, a store failure or a refused append) nothing
+    /// changes: not the page, not the store, and nothing is sent.
     pub async fn render<S: Serialize + ?Sized>(&self, data: &S) -> Result<u64> {
         Ok(self.render_patch(data).await?.0)
     }
@@ -1039,16 +1075,23 @@ impl Session {
         let now = e.clock.now_ms();
         // A render is not client activity: it moves neither the idle clock
         // nor the session's place in the eviction order.
+        if patch.is_empty() && patch.delta().is_empty() {
+            return Ok((patch.seq(), None));
+        }
+        // The data changed (even if the page shows none of it): the store
+        // gets the delta, as the next version of the record.
+        let mut record = e.record(s, &page);
+        record.version += 1;
+        if let Err(err) = e.store.append(Append::new(&record, patch.delta())).await {
+            page.restore(checkpoint);
+            tracing::warn!(error = %err, "store append failed; render undone");
+            return Err(err);
+        }
+        s.version.store(record.version, Ordering::Relaxed);
+        s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
         if patch.is_empty() {
             return Ok((patch.seq(), None));
         }
-        let record = e.record(s, &page);
-        if let Err(err) = e.store.save(&record).await {
-            page.restore(checkpoint);
-            tracing::warn!(error = %err, "store save failed; render undone");
-            return Err(err);
-        }
-        s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
         let seq = patch.seq();
         let mut outlet = s.outlet.lock().expect("lock");
         if outlet.wanted() {
@@ -1122,7 +1165,7 @@ impl Session {
             let frames: Vec<KeptFrame> = outlet
                 .replay
                 .iter()
-                .flatten()
+                .flat_map(|b| b.iter())
                 .filter(|r| r.seq > seq)
                 .cloned()
                 .collect();
@@ -1188,10 +1231,10 @@ impl Session {
     pub fn join_group(&self, group: &str) {
         let g: Arc<str> = Arc::from(group);
         let mut mine = self.inner.groups.lock().expect("lock");
-        if self.is_closed() || mine.iter().any(|x| **x == *group) {
+        if self.is_closed() || mine.iter().flat_map(|v| v.iter()).any(|x| **x == *group) {
             return;
         }
-        mine.push(g.clone());
+        mine.get_or_insert_with(Default::default).push(g.clone());
         self.engine
             .groups
             .entry(g)
@@ -1201,11 +1244,14 @@ impl Session {
 
     /// Removes the session from a group.
     pub fn leave_group(&self, group: &str) {
-        self.inner
-            .groups
-            .lock()
-            .expect("lock")
-            .retain(|g| **g != *group);
+        let mut mine = self.inner.groups.lock().expect("lock");
+        if let Some(v) = mine.as_mut() {
+            v.retain(|g| **g != *group);
+            if v.is_empty() {
+                *mine = None;
+            }
+        }
+        drop(mine);
         self.engine.groups.remove_if_mut(group, |_, members| {
             members.remove(&self.inner.id);
             members.is_empty()
@@ -1298,13 +1344,13 @@ impl Session {
             .event_budget
             .lock()
             .expect("lock")
-            .get_or_insert_with(|| Bucket::new(rate, burst))
+            .get_or_insert_with(|| Box::new(Bucket::new(rate, burst)))
             .reserve()
     }
 
     /// How many client connections are open (see [`Session::connection`]).
     pub fn connections(&self) -> usize {
-        self.inner.connections.load(Ordering::SeqCst)
+        self.inner.connections.load(Ordering::SeqCst) as usize
     }
 
     /// A fresh token for this session (for example, to hand a long-lived
@@ -1577,5 +1623,69 @@ impl Subscriber {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fragment::ingest::identical;
+
+    /// A session keeps one snapshot, the memory store included: after
+    /// renders and edits, the record's data is the page's own value.
+    #[tokio::test]
+    async fn the_memory_store_shares_the_page_snapshot() {
+        let mut env = Environment::new();
+        env.add_template(
+            "p.html",
+            "<p>{{ a }}</p>{% for r in rows %}<i>{{ r.t }}</i>{% endfor %}",
+        )
+        .unwrap();
+        let engine = StateTemplate::builder(env)
+            .keys(KeyRing::generate().unwrap())
+            .build()
+            .unwrap();
+        let d = serde_json::json!({"a": 1, "rows": [{"id": 1, "t": "x"}], "hidden": {"h": 1}});
+        let init = engine.new_session("p.html", &d).await.unwrap();
+        let s = engine.session_unchecked(&init.session_id).unwrap();
+        let shared = |s: Session| async move {
+            let rec = s.engine.store.load(&s.inner.id).await.unwrap().unwrap();
+            let page = s.inner.state.lock().await;
+            identical(&rec.data, page.data())
+        };
+        assert!(shared(s.clone()).await, "after creation");
+        s.render(&serde_json::json!({"a": 2, "rows": [{"id": 1, "t": "y"}], "hidden": {"h": 1}}))
+            .await
+            .unwrap();
+        assert!(shared(s.clone()).await, "after a render");
+        s.edit(|e| {
+            e.set("hidden.h", &2);
+        })
+        .await
+        .unwrap();
+        assert!(
+            shared(s.clone()).await,
+            "after a change the page does not show"
+        );
+    }
+
+    /// Sessions of one template share one allocation of its name, with
+    /// their records.
+    #[tokio::test]
+    async fn sessions_share_their_template_name() {
+        let mut env = Environment::new();
+        env.add_template("p.html", "<p>{{ a }}</p>").unwrap();
+        let engine = StateTemplate::builder(env)
+            .keys(KeyRing::generate().unwrap())
+            .build()
+            .unwrap();
+        let d = serde_json::json!({"a": 1});
+        let a = engine.new_session("p.html", &d).await.unwrap();
+        let b = engine.new_session("p.html", &d).await.unwrap();
+        let a = engine.session_unchecked(&a.session_id).unwrap();
+        let b = engine.session_unchecked(&b.session_id).unwrap();
+        assert!(Arc::ptr_eq(&a.inner.template, &b.inner.template));
+        let rec = engine.store().load(&b.id()).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&rec.template, &a.inner.template));
     }
 }

@@ -17,8 +17,9 @@ use std::sync::Arc;
 
 use minijinja::Value;
 
-use super::{SessionRecord, SessionStore};
+use super::{Append, SessionRecord, SessionStore};
 use crate::ErrorKind;
+use crate::fragment::{Delta, DeltaOp};
 use crate::session::SessionId;
 
 /// A record with fresh id, distinctive data and the given expiry.
@@ -38,6 +39,7 @@ pub fn sample_record(expires_ms: u64) -> SessionRecord {
             "nested": {"a": {"b": [1, 2, 3]}},
         }))),
         seq: 7,
+        version: 0,
         generation: 1,
         created_ms: 1_700_000_000_000,
         last_access_ms: 1_700_000_000_500,
@@ -52,6 +54,266 @@ pub async fn run(store: Arc<dyn SessionStore>) {
     touch(&*store).await;
     expired_listing(&*store).await;
     concurrent(store.clone()).await;
+    append_in_order(&*store).await;
+    append_refuses_stale_and_out_of_order(&*store).await;
+    append_race(store.clone()).await;
+}
+
+fn json(v: &Value) -> serde_json::Value {
+    serde_json::to_value(v).expect("data serializes")
+}
+
+fn v(j: serde_json::Value) -> Value {
+    Value::from(minijinja::value::Serde(j))
+}
+
+fn path(steps: &[serde_json::Value]) -> Vec<Value> {
+    steps.iter().cloned().map(v).collect()
+}
+
+/// The record after `delta`: data applied, version and times moved on.
+fn next_of(cur: &SessionRecord, delta: &Delta, seq_step: u64) -> SessionRecord {
+    let mut next = cur.clone();
+    next.data = delta.apply(&cur.data).expect("the test's delta applies");
+    next.version = cur.version + 1;
+    next.seq = cur.seq + seq_step;
+    next.last_access_ms = cur.last_access_ms + 10;
+    next.expires_ms = cur.expires_ms + 10;
+    next
+}
+
+/// Everything but the data compared directly; the data through JSON (a
+/// store may keep it as JSON and rebuild it).
+fn assert_record(got: &SessionRecord, want: &SessionRecord, what: &str) {
+    assert_eq!(json(&got.data), json(&want.data), "{what}: data");
+    let strip = |r: &SessionRecord| SessionRecord {
+        data: Value::UNDEFINED,
+        ..r.clone()
+    };
+    assert_eq!(strip(got), strip(want), "{what}: the record's other fields");
+}
+
+async fn append_in_order(store: &dyn SessionStore) {
+    use serde_json::json as j;
+    let first = sample_record(u64::MAX / 2);
+    store.create(&first).await.expect("create");
+    let deltas = [
+        Delta::new([DeltaOp::Set {
+            path: path(&[j!("n")]),
+            value: v(j!(43)),
+        }]),
+        Delta::new([
+            DeltaOp::Insert {
+                path: path(&[j!("rows")]),
+                index: 1,
+                value: v(j!({"id": 3, "text": "three"})),
+            },
+            DeltaOp::Unset {
+                path: path(&[j!("nothing")]),
+            },
+            DeltaOp::Set {
+                path: path(&[j!("added")]),
+                value: v(j!({"deep": [1, "<&>"]})),
+            },
+        ]),
+        Delta::new([
+            DeltaOp::Remove {
+                path: path(&[j!("rows")]),
+                index: 0,
+            },
+            DeltaOp::Set {
+                path: path(&[j!("nested"), j!("a"), j!("b"), j!(2)]),
+                value: v(j!("x")),
+            },
+            DeltaOp::Set {
+                path: path(&[j!("rows"), j!(0), j!("text")]),
+                value: v(j!("THREE")),
+            },
+        ]),
+    ];
+    let mut cur = first.clone();
+    for (i, d) in deltas.iter().enumerate() {
+        // The seq stays when a render changed only data the page hides.
+        let next = next_of(&cur, d, (i % 2) as u64);
+        store
+            .append(Append::new(&next, d))
+            .await
+            .expect("an append of the next version applies");
+        let got = store.load(&next.id).await.expect("load").expect("present");
+        assert_record(&got, &next, "load after an append returns its record");
+        cur = next;
+    }
+    // The deltas, applied in order to the first snapshot, give what the
+    // store holds.
+    let mut replayed = first.data.clone();
+    for d in &deltas {
+        replayed = d.apply(&replayed).expect("applies");
+    }
+    let got = store.load(&first.id).await.expect("load").expect("present");
+    assert_eq!(
+        json(&got.data),
+        json(&replayed),
+        "the deltas applied in order to the first snapshot give the stored data"
+    );
+    assert_eq!(
+        json(&got.data),
+        serde_json::json!({
+            "owner": first.id.to_string(),
+            "title": "Grüße, <b>&</b> \"quotes\"",
+            "n": 43, "ratio": 1.5, "flag": true,
+            "rows": [{"id": 3, "text": "THREE"}, {"id": 2, "text": "two"}],
+            "nested": {"a": {"b": [1, 2, "x"]}},
+            "added": {"deep": [1, "<&>"]},
+        }),
+        "the stored data is what the deltas say"
+    );
+    assert_eq!(got.version, 3, "three appends: version 3");
+    // Touch and save keep the version; appends continue after a save.
+    store
+        .touch(&cur.id, cur.last_access_ms + 5, cur.expires_ms + 5)
+        .await
+        .expect("touch");
+    cur.last_access_ms += 5;
+    cur.expires_ms += 5;
+    assert_record(
+        &store.load(&cur.id).await.expect("load").expect("present"),
+        &cur,
+        "touch leaves data and version",
+    );
+    cur.generation += 1;
+    store.save(&cur).await.expect("save");
+    let d = Delta::new([DeltaOp::Set {
+        path: Vec::new(),
+        value: v(j!({"replaced": true})),
+    }]);
+    let next = next_of(&cur, &d, 1);
+    store
+        .append(Append::new(&next, &d))
+        .await
+        .expect("an append after a save applies");
+    assert_record(
+        &store.load(&cur.id).await.expect("load").expect("present"),
+        &next,
+        "an append after a save (a whole-data set)",
+    );
+    store.delete(&cur.id).await.expect("delete");
+}
+
+async fn append_refuses_stale_and_out_of_order(store: &dyn SessionStore) {
+    use serde_json::json as j;
+    let first = sample_record(u64::MAX / 2);
+    store.create(&first).await.expect("create");
+    let set = |n: i64| {
+        Delta::new([DeltaOp::Set {
+            path: path(&[j!("n")]),
+            value: v(j!(n)),
+        }])
+    };
+    let (d1, d2) = (set(1), set(2));
+    let one = next_of(&first, &d1, 1);
+    store.append(Append::new(&one, &d1)).await.expect("append");
+    let refused = |r: crate::Result<()>, what: &str| {
+        assert_eq!(
+            r.map_err(|e| e.kind()),
+            Err(ErrorKind::Conflict),
+            "{what} is refused with a Conflict error"
+        );
+    };
+    // The same version again (a stale writer, a replay).
+    let stale = next_of(&first, &d2, 1);
+    refused(
+        store.append(Append::new(&stale, &d2)).await,
+        "an append of a version already stored",
+    );
+    // A gap: version 3 on top of version 1.
+    let two = next_of(&one, &d2, 1);
+    let three = next_of(&two, &d1, 1);
+    refused(
+        store.append(Append::new(&three, &d1)).await,
+        "an append that skips a version",
+    );
+    // Version 0 has nothing before it.
+    refused(
+        store.append(Append::new(&first, &d1)).await,
+        "an append of version 0",
+    );
+    assert_record(
+        &store.load(&first.id).await.expect("load").expect("present"),
+        &one,
+        "refused appends change nothing",
+    );
+    // Then the right next version still applies.
+    store
+        .append(Append::new(&two, &d2))
+        .await
+        .expect("the next version applies after refusals");
+    assert_record(
+        &store.load(&first.id).await.expect("load").expect("present"),
+        &two,
+        "after refusals",
+    );
+    // No record: refused, and nothing is created.
+    let ghost = sample_record(u64::MAX / 2);
+    let g1 = next_of(&ghost, &d1, 1);
+    refused(
+        store.append(Append::new(&g1, &d1)).await,
+        "an append to an unknown id",
+    );
+    assert_eq!(
+        store.load(&ghost.id).await.expect("load"),
+        None,
+        "a refused append creates nothing"
+    );
+    store.delete(&first.id).await.expect("delete");
+    refused(
+        store.append(Append::new(&three, &d1)).await,
+        "an append to a deleted record",
+    );
+    assert_eq!(
+        store.load(&first.id).await.expect("load"),
+        None,
+        "an append does not bring a deleted record back"
+    );
+}
+
+async fn append_race(store: Arc<dyn SessionStore>) {
+    let first = sample_record(u64::MAX / 2);
+    store.create(&first).await.expect("create");
+    let mut tasks = Vec::new();
+    for k in 0..8i64 {
+        let (store, first) = (store.clone(), first.clone());
+        tasks.push(tokio::spawn(async move {
+            let d = Delta::new([DeltaOp::Set {
+                path: Vec::new(),
+                value: v(serde_json::json!({"writer": k})),
+            }]);
+            let next = next_of(&first, &d, 1);
+            store
+                .append(Append::new(&next, &d))
+                .await
+                .map(|()| k)
+                .map_err(|e| e.kind())
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(k) => won.push(k),
+            Err(kind) => assert_eq!(kind, ErrorKind::Conflict, "a racing append loses"),
+        }
+    }
+    assert_eq!(
+        won.len(),
+        1,
+        "of appends racing with one version, exactly one applies"
+    );
+    let got = store.load(&first.id).await.expect("load").expect("present");
+    assert_eq!(
+        (json(&got.data), got.version),
+        (serde_json::json!({"writer": won[0]}), 1),
+        "the winner's record is stored"
+    );
+    store.delete(&first.id).await.expect("delete");
 }
 
 async fn create_load_delete(store: &dyn SessionStore) {
@@ -102,6 +364,7 @@ async fn save_replaces(store: &dyn SessionStore) {
     store.save(&r).await.expect("save inserts a new record");
     assert_eq!(store.load(&r.id).await.expect("load").as_ref(), Some(&r));
     r.seq = 8;
+    r.version = 5;
     r.generation = 2;
     r.data = Value::from(minijinja::value::Serde(
         serde_json::json!({"rows": [], "title": "changed"}),
@@ -110,7 +373,7 @@ async fn save_replaces(store: &dyn SessionStore) {
     assert_eq!(
         store.load(&r.id).await.expect("load").as_ref(),
         Some(&r),
-        "save replaces data, seq and generation"
+        "save replaces data, seq, version and generation"
     );
     store.delete(&r.id).await.expect("delete");
 }

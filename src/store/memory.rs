@@ -1,10 +1,13 @@
 //! The default store: records in a concurrent hash map, in this process.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use minijinja::Value;
 
-use super::{SessionRecord, SessionStore};
+use super::{Append, SessionRecord, SessionStore};
 use crate::session::SessionId;
 use crate::{Error, ErrorKind, Result};
 
@@ -13,10 +16,56 @@ use crate::{Error, ErrorKind, Result};
 /// accept losing sessions on restart.
 ///
 /// The record's data snapshot is shared with the live page (reference
-/// counted), so keeping it here costs no copy of the data.
+/// counted), so keeping it here costs no copy of the data. For the same
+/// reason [`SessionStore::append`] ignores the delta: the new record's data
+/// already is the old data with the delta applied, and taking it costs a
+/// reference count. The version check and the write happen under the map
+/// shard's write lock, so racing appends cannot both succeed.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: DashMap<SessionId, SessionRecord>,
+    records: DashMap<SessionId, Kept>,
+}
+
+/// A record as the map keeps it: without its id, which is the key.
+#[derive(Debug, Clone)]
+struct Kept {
+    template: Arc<str>,
+    data: Value,
+    seq: u64,
+    version: u64,
+    created_ms: u64,
+    last_access_ms: u64,
+    expires_ms: u64,
+    generation: u32,
+}
+
+impl Kept {
+    fn of(r: &SessionRecord) -> Kept {
+        Kept {
+            template: r.template.clone(),
+            data: r.data.clone(),
+            seq: r.seq,
+            version: r.version,
+            created_ms: r.created_ms,
+            last_access_ms: r.last_access_ms,
+            expires_ms: r.expires_ms,
+            generation: r.generation,
+        }
+    }
+
+    fn record(&self, id: SessionId) -> SessionRecord {
+        SessionRecord {
+            id,
+            template: self.template.clone(),
+            data: self.data.clone(),
+            seq: self.seq,
+            version: self.version,
+            generation: self.generation,
+            created_ms: self.created_ms,
+            last_access_ms: self.last_access_ms,
+            expires_ms: self.expires_ms,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -35,19 +84,31 @@ impl SessionStore for MemoryStore {
                 "a session with this id already exists",
             )),
             Entry::Vacant(v) => {
-                v.insert(record.clone());
+                v.insert(Kept::of(record));
                 Ok(())
             }
         }
     }
 
     async fn save(&self, record: &SessionRecord) -> Result<()> {
-        self.records.insert(record.id, record.clone());
+        self.records.insert(record.id, Kept::of(record));
         Ok(())
     }
 
+    async fn append(&self, change: Append<'_>) -> Result<()> {
+        let next = change.record();
+        match self.records.get_mut(&next.id) {
+            Some(mut stored) => {
+                change.check(Some(stored.version))?;
+                *stored = Kept::of(next);
+                Ok(())
+            }
+            None => change.check(None),
+        }
+    }
+
     async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-        Ok(self.records.get(id).map(|r| r.clone()))
+        Ok(self.records.get(id).map(|r| r.record(*id)))
     }
 
     async fn touch(&self, id: &SessionId, last_access_ms: u64, expires_ms: u64) -> Result<bool> {
@@ -70,7 +131,7 @@ impl SessionStore for MemoryStore {
             .records
             .iter()
             .filter(|r| r.expires_ms <= now_ms)
-            .map(|r| (r.expires_ms, r.id))
+            .map(|r| (r.expires_ms, *r.key()))
             .collect();
         out.sort_unstable();
         out.truncate(limit);
