@@ -1,0 +1,279 @@
+//! Sequences: aligned with the old one as they stream.
+
+use super::*;
+
+/// A sequence, aligned with the old one so that an insert or a removal
+/// keeps the identity of the items after it.
+pub(super) struct SeqB<'a, 'c> {
+    b: B<'a, 'c>,
+    /// The old items, when there is an old sequence to compare with.
+    old: Option<OldItems<'a>>,
+    /// Cursor in the old items.
+    j: usize,
+    /// New items so far (only counted while they are the old prefix).
+    out: Vec<Value>,
+    n: usize,
+    /// Materialized: `out` holds every new item.
+    own: bool,
+    /// The previous item was taken as a change of `old[j - 1]`; where its
+    /// operations start, in case it turns out to be an insert.
+    pending: Option<usize>,
+    /// The list's own step is on the path.
+    pushed: bool,
+}
+
+#[derive(Clone)]
+enum OldItems<'a> {
+    Shared(&'a [Value]),
+    Chunked(&'a Seq),
+    Owned(Arc<[Value]>),
+}
+
+impl OldItems<'_> {
+    fn len(&self) -> usize {
+        match self {
+            OldItems::Shared(s) => s.len(),
+            OldItems::Chunked(c) => c.0.len(),
+            OldItems::Owned(v) => v.len(),
+        }
+    }
+
+    fn at(&self, i: usize) -> &Value {
+        match self {
+            OldItems::Shared(s) => &s[i],
+            OldItems::Chunked(c) => &c.0[i],
+            OldItems::Owned(v) => &v[i],
+        }
+    }
+
+    fn prefix_vec(&self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        self.prefix(n, &mut out);
+        out
+    }
+
+    fn prefix(&self, n: usize, out: &mut Vec<Value>) {
+        match self {
+            OldItems::Shared(s) => out.extend_from_slice(&s[..n]),
+            OldItems::Chunked(c) => out.extend(c.0.iter().take(n).cloned()),
+            OldItems::Owned(v) => out.extend_from_slice(&v[..n]),
+        }
+    }
+}
+
+impl std::ops::Index<usize> for OldItems<'_> {
+    type Output = Value;
+    fn index(&self, i: usize) -> &Value {
+        self.at(i)
+    }
+}
+
+impl<'a, 'c> SeqB<'a, 'c> {
+    pub(super) fn new(mut b: B<'a, 'c>, len: Option<usize>) -> SeqB<'a, 'c> {
+        let old = match b.old {
+            Old::Cmp(o) | Old::Dry(o) => {
+                if let Some(v) = o.downcast_object_ref::<Vec<Value>>() {
+                    Some(OldItems::Shared(v.as_slice()))
+                } else if let Some(c) = o.downcast_object_ref::<Seq>() {
+                    Some(OldItems::Chunked(c))
+                } else if o.kind() == ValueKind::Seq {
+                    o.try_iter().ok().map(|i| OldItems::Owned(i.collect()))
+                } else {
+                    None
+                }
+            }
+            Old::Fresh => None,
+        };
+        let own = old.is_none();
+        let pushed = old.is_some() && b.enter();
+        SeqB {
+            b,
+            old,
+            j: 0,
+            out: Vec::with_capacity(if own { len.unwrap_or(0).min(4096) } else { 0 }),
+            n: 0,
+            own,
+            pending: None,
+            pushed,
+        }
+    }
+
+    fn materialize(&mut self) {
+        if !self.own {
+            let items = self.old.clone().expect("old");
+            self.out = Vec::with_capacity(items.len() + 1);
+            items.prefix(self.n, &mut self.out);
+            self.own = true;
+        }
+    }
+
+    fn push(&mut self, v: Value) {
+        self.materialize();
+        self.out.push(v);
+        self.n += 1;
+    }
+
+    /// An old item kept: nothing to copy while the new list is still the
+    /// old one's prefix.
+    fn push_old(&mut self, v: &Value, in_place: bool) {
+        if !in_place || self.own {
+            self.materialize();
+            self.out.push(v.clone());
+        }
+        self.n += 1;
+    }
+
+    fn dry_eq<T: Serialize + ?Sized>(v: &T, old: &Value) -> R<bool> {
+        let mut cx = Cx::default();
+        match v.serialize(B {
+            old: Old::Dry(old),
+            cx: &mut cx,
+            seg: None,
+        }) {
+            Ok(_) => Ok(true),
+            Err(Fail::Differs) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        let Some(items) = self.old.clone() else {
+            let v = B::fresh(v)?;
+            self.push(v);
+            return Ok(());
+        };
+        let old = &items;
+        let dry = matches!(self.b.old, Old::Dry(_));
+        let j = self.j;
+        if j >= old.len() {
+            if dry {
+                return Err(Fail::Differs);
+            }
+            let nv = B::fresh(v)?;
+            self.record_insert(self.n, &nv);
+            self.push(nv);
+            self.pending = None;
+            return Ok(());
+        }
+        if dry {
+            v.serialize(B {
+                old: Old::Dry(&old[j]),
+                cx: self.b.cx,
+                seg: None,
+            })?;
+            self.j += 1;
+            self.n += 1;
+            return Ok(());
+        }
+        let mark = self.b.cx.ops.len();
+        let r = v.serialize(B {
+            old: Old::Cmp(&old[j]),
+            cx: self.b.cx,
+            seg: Some(Seg::Index(self.n)),
+        });
+        let nv = match r? {
+            None => {
+                self.j += 1;
+                let in_place = j == self.n;
+                self.push_old(&old[j], in_place);
+                self.pending = None;
+                return Ok(());
+            }
+            Some(nv) => nv,
+        };
+        // Not the old item at this place: was that one removed?
+        if j + 1 < old.len() && Self::dry_eq(v, &old[j + 1])? {
+            self.b.cx.ops.truncate(mark);
+            let path = self.b.cx.path();
+            self.b.cx.ops.push(DeltaOp::Remove {
+                path,
+                index: self.n,
+            });
+            self.j += 2;
+            let o = old[j + 1].clone();
+            self.push(o);
+            self.pending = None;
+            return Ok(());
+        }
+        // Or was the previous new item inserted before this old one?
+        if let Some(start) = self.pending {
+            if Self::dry_eq(v, &old[j - 1])? {
+                self.b.cx.ops.truncate(start);
+                let prev = self.out[self.n - 1].clone();
+                self.record_insert(self.n - 1, &prev);
+                let o = old[j - 1].clone();
+                self.push(o);
+                self.pending = None;
+                return Ok(());
+            }
+        }
+        // A change of the old item in place.
+        self.pending = Some(mark);
+        self.j += 1;
+        self.push(nv);
+        Ok(())
+    }
+
+    fn record_insert(&mut self, index: usize, v: &Value) {
+        let path = self.b.cx.path();
+        self.b.cx.ops.push(DeltaOp::Insert {
+            path,
+            index,
+            value: v.clone(),
+        });
+    }
+
+    fn finish(mut self) -> R<Out> {
+        if self.old.is_none() {
+            // No old list (a first render, or the value was something
+            // else): a new list.
+            let v = Value::from_object(std::mem::take(&mut self.out));
+            return self.b.finish_plain(v, |_, _| false);
+        }
+        let r = self.finish_against_old();
+        if self.pushed {
+            self.b.cx.path.pop();
+        }
+        r
+    }
+
+    fn finish_against_old(&mut self) -> R<Out> {
+        let Some(old) = self.old.take() else {
+            return Err(Fail::Custom("internal: no old list".into()));
+        };
+        let old_items = &old;
+        let left = old_items.len() - self.j.min(old_items.len());
+        if matches!(self.b.old, Old::Dry(_)) {
+            if left > 0 {
+                return Err(Fail::Differs);
+            }
+        } else if left > 0 {
+            let path = self.b.cx.path();
+            for _ in 0..left {
+                self.b.cx.ops.push(DeltaOp::Remove {
+                    path: path.clone(),
+                    index: self.n,
+                });
+            }
+        }
+        if !self.own && left == 0 && self.n == old_items.len() {
+            return Ok(None);
+        }
+        if !self.own {
+            let n = self.n;
+            self.out = old_items.prefix_vec(n);
+        }
+        Ok(Some(Value::from_object(std::mem::take(&mut self.out))))
+    }
+}
+
+impl ser::SerializeSeq for SeqB<'_, '_> {
+    type Ok = Out;
+    type Error = Fail;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
+        self.element(v)
+    }
+    fn end(self) -> R<Out> {
+        self.finish()
+    }
+}
