@@ -170,7 +170,16 @@ impl Walk<'_> {
                 .zip(&list.items)
                 .all(|(a, b)| Arc::ptr_eq(&a.body, &b.body));
             if same_bodies {
-                return Ok((list, Change::None));
+                // Nothing to send. But if how the items are keyed changed
+                // (an item lost its key and is keyed by its place), the page
+                // must keep this list, not the old one: the fast paths
+                // trust that flag. `Emitted` with no operation does that.
+                let change = if list.relative_keys != old.relative_keys {
+                    Change::Emitted
+                } else {
+                    Change::None
+                };
+                return Ok((list, change));
             }
         }
         let Some(anchor) = f.anchor.clone() else {
