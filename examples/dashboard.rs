@@ -45,12 +45,15 @@ fn next(seed: &mut u64) -> u64 {
 fn start() -> Dash {
     let mut seed = 42;
     let rows: Vec<Row> = (0..ROWS as u64)
-        .map(|i| Row {
-            id: i + 1,
-            name: format!("host-{:04}", i + 1),
-            cpu: next(&mut seed) % 100,
-            mem: 512 + next(&mut seed) % 4096,
-            status: "ok".into(),
+        .map(|i| {
+            let cpu = next(&mut seed) % 100;
+            Row {
+                id: i + 1,
+                name: format!("host-{:04}", i + 1),
+                cpu,
+                mem: 512 + next(&mut seed) % 4096,
+                status: if cpu > 90 { "busy" } else { "ok" }.into(),
+            }
         })
         .collect();
     let total = rows.iter().map(|r| r.cpu).sum();
