@@ -182,18 +182,35 @@ impl Walk<'_> {
                 return Ok((list, change));
             }
         }
-        let Some(anchor) = f.anchor.clone() else {
-            return Ok((list, Change::Dirty));
+        let steps = diff::list_steps(&old_keys, &new_keys);
+        Ok(self.emit_list(f.anchor.clone(), old, list, empty_changed, steps, updates))
+    }
+
+    /// The operations of a changed keyed list (shared with recursive
+    /// loops): the whole list when it went from empty to not or back, else
+    /// its keyed steps and its items' changed slots. An unanchored list
+    /// leaves it to its parent.
+    pub(super) fn emit_list(
+        &mut self,
+        anchor: Option<Arc<str>>,
+        old: &ListOut,
+        list: Arc<ListOut>,
+        empty_changed: bool,
+        steps: Vec<diff::ListStep>,
+        updates: Vec<(usize, Vec<usize>)>,
+    ) -> (Arc<ListOut>, Change) {
+        let Some(anchor) = anchor else {
+            return (list, Change::Dirty);
         };
         if empty_changed {
             self.ops.push(PatchOp::List {
                 id: anchor,
                 list: list.clone(),
             });
-            return Ok((list, Change::Emitted));
+            return (list, Change::Emitted);
         }
         let key = |i: usize| list.items[i].key.clone();
-        for step in diff::list_steps(&old_keys, &new_keys) {
+        for step in steps {
             self.ops.push(match step {
                 diff::ListStep::Remove(i) => PatchOp::Remove {
                     list: anchor.clone(),
@@ -212,6 +229,12 @@ impl Walk<'_> {
                 },
             });
         }
+        self.emit_slots(&anchor, &list, updates);
+        (list, Change::Emitted)
+    }
+
+    /// Each changed item's changed slots, as a sparse patch of the item.
+    fn emit_slots(&mut self, anchor: &str, list: &ListOut, updates: Vec<(usize, Vec<usize>)>) {
         for (i, slots) in updates {
             self.ops.push(PatchOp::Slots {
                 id: format!("{anchor}:{}", list.items[i].key),
@@ -219,7 +242,6 @@ impl Walk<'_> {
                 slots,
             });
         }
-        Ok((list, Change::Emitted))
     }
 
     /// A changed loop whose body reads nothing else that changed and no
@@ -380,13 +402,7 @@ impl Walk<'_> {
                 body: list.items[n].body.clone(),
             });
         }
-        for (n, slots) in updates {
-            self.ops.push(PatchOp::Slots {
-                id: format!("{anchor}:{}", list.items[n].key),
-                body: list.items[n].body.clone(),
-                slots,
-            });
-        }
+        self.emit_slots(&anchor, &list, updates);
         Ok(Some((list, Change::Emitted)))
     }
 
@@ -508,13 +524,7 @@ impl Walk<'_> {
             return Ok(Some((list, Change::Dirty)));
         };
         self.ops.extend(ops);
-        for (n, slots) in updates {
-            self.ops.push(PatchOp::Slots {
-                id: format!("{anchor}:{}", list.items[n].key),
-                body: list.items[n].body.clone(),
-                slots,
-            });
-        }
+        self.emit_slots(&anchor, &list, updates);
         Ok(Some((list, Change::Emitted)))
     }
 

@@ -20,7 +20,7 @@ use minijinja::value::Value;
 use super::compile::{Deps, RecLoop, Synth};
 use super::eval::{DeepLoop, LoopObj, Scope, eval_value};
 use super::tree::{ItemOut, ListOut, SlotOut};
-use super::{Change, PatchOp, Walk, bind_target, diff, item_keys};
+use super::{Change, Walk, bind_target, diff, item_keys};
 use crate::error::{Error, Result};
 
 impl Walk<'_> {
@@ -248,43 +248,7 @@ impl Walk<'_> {
         {
             return Ok((list, Change::None));
         }
-        let Some(anchor) = anchor else {
-            return Ok((list, Change::Dirty));
-        };
-        if empty_changed {
-            self.ops.push(PatchOp::List {
-                id: anchor,
-                list: list.clone(),
-            });
-            return Ok((list, Change::Emitted));
-        }
-        let key = |i: usize| list.items[i].key.clone();
-        for step in diff::list_steps(&old_keys, &new_keys) {
-            self.ops.push(match step {
-                diff::ListStep::Remove(i) => PatchOp::Remove {
-                    list: anchor.clone(),
-                    key: old.items[i].key.clone(),
-                },
-                diff::ListStep::Insert { index, after } => PatchOp::Insert {
-                    list: anchor.clone(),
-                    key: key(index),
-                    after: after.map(key),
-                    body: list.items[index].body.clone(),
-                },
-                diff::ListStep::Move { index, after } => PatchOp::Move {
-                    list: anchor.clone(),
-                    key: key(index),
-                    after: after.map(key),
-                },
-            });
-        }
-        for (i, slots) in updates {
-            self.ops.push(PatchOp::Slots {
-                id: format!("{anchor}:{}", list.items[i].key),
-                body: list.items[i].body.clone(),
-                slots,
-            });
-        }
-        Ok((list, Change::Emitted))
+        let steps = diff::list_steps(&old_keys, &new_keys);
+        Ok(self.emit_list(anchor, old, list, empty_changed, steps, updates))
     }
 }
