@@ -1,19 +1,21 @@
 //! Sessions: lifecycle, data flow, isolation, tokens, expiry, LRU, ordering,
 //! lag, atomicity, restore from a store, and the seed-compatible Renderer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
 use statetemplate::apply::{WireClient, apply_updates};
 use statetemplate::store::{MemoryStore, SessionRecord, SessionStore, conformance};
 use statetemplate::token::{Key, KeyRing};
+
+#[path = "common/flaky.rs"]
+mod flaky;
+use flaky::FlakyStore;
 use statetemplate::{
-    Builder, ErrorKind, EvictReason, InitialRender, Result, Session, SessionEvent, SessionId,
-    StateTemplate,
+    Builder, ErrorKind, EvictReason, InitialRender, Result, Session, SessionEvent, StateTemplate,
 };
 
 const PAGE: &str = "<h1>{{ title }}</h1>\
@@ -511,44 +513,6 @@ async fn a_failed_render_changes_nothing() {
     };
     assert_eq!(p.seq(), 1, "the failed render sent nothing");
     assert_eq!(p.updates()[0].html, "2");
-}
-
-/// A store whose saves can be made to fail.
-#[derive(Debug, Default)]
-struct FlakyStore {
-    inner: MemoryStore,
-    fail: AtomicBool,
-}
-
-#[async_trait]
-impl SessionStore for FlakyStore {
-    async fn create(&self, r: &SessionRecord) -> Result<()> {
-        self.inner.create(r).await
-    }
-    async fn save(&self, r: &SessionRecord) -> Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(statetemplate::Error::store(
-                "disk full",
-                std::io::Error::other("disk full"),
-            ));
-        }
-        self.inner.save(r).await
-    }
-    async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-        self.inner.load(id).await
-    }
-    async fn touch(&self, id: &SessionId, a: u64, e: u64) -> Result<bool> {
-        self.inner.touch(id, a, e).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
-        self.inner.delete(id).await
-    }
-    async fn list_expired(&self, now: u64, limit: usize) -> Result<Vec<SessionId>> {
-        self.inner.list_expired(now, limit).await
-    }
-    async fn count(&self) -> Result<usize> {
-        self.inner.count().await
-    }
 }
 
 #[tokio::test]

@@ -4,14 +4,16 @@
 //! next `update`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use async_trait::async_trait;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
-use statetemplate::store::{MemoryStore, SessionRecord, SessionStore};
 use statetemplate::token::KeyRing;
-use statetemplate::{Error, Result, SessionId, StateTemplate};
+use statetemplate::{Error, StateTemplate};
+
+#[path = "common/flaky.rs"]
+mod flaky;
+use flaky::FlakyStore;
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 struct Count {
@@ -19,7 +21,7 @@ struct Count {
     log: Vec<String>,
 }
 
-fn engine(store: Arc<Flaky>) -> StateTemplate {
+fn engine(store: Arc<FlakyStore>) -> StateTemplate {
     let mut env = Environment::new();
     env.add_template(
         "c.html",
@@ -33,44 +35,9 @@ fn engine(store: Arc<Flaky>) -> StateTemplate {
         .unwrap()
 }
 
-/// A store whose saves can be made to fail.
-#[derive(Default, Debug)]
-struct Flaky {
-    inner: MemoryStore,
-    fail: AtomicBool,
-}
-
-#[async_trait]
-impl SessionStore for Flaky {
-    async fn create(&self, r: &SessionRecord) -> Result<()> {
-        self.inner.create(r).await
-    }
-    async fn save(&self, r: &SessionRecord) -> Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(Error::store("disk full", std::io::Error::other("full")));
-        }
-        self.inner.save(r).await
-    }
-    async fn load(&self, id: &SessionId) -> Result<Option<SessionRecord>> {
-        self.inner.load(id).await
-    }
-    async fn touch(&self, id: &SessionId, a: u64, e: u64) -> Result<bool> {
-        self.inner.touch(id, a, e).await
-    }
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
-        self.inner.delete(id).await
-    }
-    async fn list_expired(&self, now: u64, limit: usize) -> Result<Vec<SessionId>> {
-        self.inner.list_expired(now, limit).await
-    }
-    async fn count(&self) -> Result<usize> {
-        self.inner.count().await
-    }
-}
-
 #[tokio::test]
 async fn the_kept_copy_never_goes_stale() {
-    let store = Arc::new(Flaky::default());
+    let store = Arc::new(FlakyStore::default());
     let engine = engine(store.clone());
     let first = Count { n: 0, log: vec![] };
     let init = engine.new_session("c.html", &first).await.unwrap();
