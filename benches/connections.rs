@@ -101,7 +101,7 @@ fn main() {
                 .unwrap();
             writeln!(
                 f,
-                "/statetemplate/ws?v=1&sid={}&token={}",
+                "/statetemplate/ws?v=2&sid={}&token={}",
                 i.session_id, i.token
             )
             .unwrap();

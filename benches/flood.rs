@@ -65,7 +65,7 @@ async fn new_session(engine: &StateTemplate) -> (statetemplate::Session, String)
         .await
         .unwrap();
     let path = format!(
-        "/statetemplate/ws?v=1&sid={}&token={}",
+        "/statetemplate/ws?v=2&sid={}&token={}",
         i.session_id, i.token
     );
     (s, path)

@@ -59,7 +59,7 @@ async fn open(
         .await
         .unwrap();
     let url = format!(
-        "ws://{addr}/statetemplate/ws?v=1&sid={}&token={}",
+        "ws://{addr}/statetemplate/ws?v=2&sid={}&token={}",
         i.session_id, i.token
     );
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;

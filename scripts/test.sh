@@ -29,6 +29,8 @@ cargo tree -q -i tungstenite --all-features >/dev/null
 cargo test --all-features
 # Property tests again in release mode with many more cases.
 PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --test proptest --test escape
+# The wire decoders (Rust and JS) over frames an attacker could send (capped at 5000 sequences).
+PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --test wire_decoder
 # 100,000 anonymous page loads against 20 users with open sockets.
 FLOOD_SESSIONS=${FLOOD_SESSIONS:-100000} cargo test --release --all-features --test page_flood
 # The examples assert what they show (each tab ends with a fresh render).

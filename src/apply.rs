@@ -147,45 +147,89 @@ impl WireClient {
         self.seq
     }
 
-    /// Applies one frame. On error the client may be partly updated, as a
-    /// browser would be; it should then ask for a join frame.
+    /// Applies one frame (wire v2, `docs/protocol.md`): an array frame (the
+    /// next sequence number, optionally led by statics entries) or an object
+    /// frame that states its sequence number (a join). On error the client
+    /// may be partly updated, as a browser would be; it should then ask for
+    /// a join frame.
     pub fn apply(&mut self, frame: &str) -> Result<()> {
         let f: Json = serde_json::from_str(frame).map_err(|e| bad(format!("bad frame: {e}")))?;
-        if f.get("v").and_then(Json::as_u64) != Some(u64::from(crate::fragment::WIRE_VERSION)) {
-            return Err(bad("unsupported wire version"));
-        }
-        if let Some(s) = f.get("s").and_then(Json::as_object) {
-            for (sid, entry) in s {
-                let sid: u64 = sid.parse().map_err(|_| bad("bad statics id"))?;
-                let parts = entry
-                    .get(0)
-                    .and_then(Json::as_array)
-                    .ok_or_else(|| bad("bad statics"))?
-                    .iter()
-                    .map(|p| {
-                        p.as_str()
-                            .map(str::to_owned)
-                            .ok_or_else(|| bad("bad static"))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let anchors = entry
-                    .get(1)
-                    .and_then(Json::as_array)
-                    .ok_or_else(|| bad("bad anchors"))?
-                    .iter()
-                    .map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                self.statics.insert(sid, Statics { parts, anchors });
+        match &f {
+            Json::Array(items) => {
+                let mut ops = &items[..];
+                if let Some(Json::Object(s)) = ops.first() {
+                    self.add_statics(s)?;
+                    ops = &ops[1..];
+                }
+                if ops.is_empty() {
+                    return Err(bad("a frame without operations"));
+                }
+                for op in ops {
+                    self.op(op)?;
+                }
+                self.seq += 1;
             }
+            Json::Object(o) => {
+                let seq = o
+                    .get("q")
+                    .and_then(safe_int)
+                    .ok_or_else(|| bad("an object frame without a seq (\"q\")"))?;
+                let ops = o
+                    .get("o")
+                    .and_then(Json::as_array)
+                    .filter(|o| !o.is_empty())
+                    .ok_or_else(|| bad("no ops"))?;
+                let join = ops
+                    .first()
+                    .and_then(Json::as_array)
+                    .is_some_and(|op| op.len() == 2 && op[0] == "" && op[1].is_array());
+                if join {
+                    self.statics.clear();
+                }
+                if let Some(s) = o.get("s") {
+                    self.add_statics(s.as_object().ok_or_else(|| bad("bad statics"))?)?;
+                }
+                for op in ops {
+                    self.op(op)?;
+                }
+                self.seq = seq;
+            }
+            _ => return Err(bad("a frame is an array or an object")),
         }
-        let ops = f
-            .get("o")
-            .and_then(Json::as_array)
-            .ok_or_else(|| bad("no ops"))?;
-        for op in ops {
-            self.op(op)?;
+        Ok(())
+    }
+
+    fn add_statics(&mut self, s: &serde_json::Map<String, Json>) -> Result<()> {
+        for (sid, entry) in s {
+            let sid: u64 = sid.parse().map_err(|_| bad("bad statics id"))?;
+            let parts = entry
+                .get(0)
+                .and_then(Json::as_array)
+                .ok_or_else(|| bad("bad statics"))?
+                .iter()
+                .map(|p| {
+                    p.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| bad("bad static"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let anchors: Vec<Option<String>> = entry
+                .get(1)
+                .and_then(Json::as_array)
+                .ok_or_else(|| bad("bad anchors"))?
+                .iter()
+                .map(|a| match a {
+                    Json::Number(_) if safe_int(a) == Some(0) => Ok(None),
+                    Json::Number(_) if safe_int(a).is_some() => Ok(Some(a.to_string())),
+                    Json::String(s) => Ok(Some(s.clone())),
+                    _ => Err(bad("bad anchor")),
+                })
+                .collect::<Result<_>>()?;
+            if parts.len() != anchors.len() + 1 {
+                return Err(bad("statics parts and anchors do not fit"));
+            }
+            self.statics.insert(sid, Statics { parts, anchors });
         }
-        self.seq = f.get("q").and_then(Json::as_u64).unwrap_or(self.seq);
         Ok(())
     }
 
@@ -276,80 +320,102 @@ impl WireClient {
         if keys.len() != bodies.len() {
             return Err(bad("list keys and bodies differ in length"));
         }
-        let items = keys
+        let items: Vec<(String, Body)> = keys
             .iter()
             .zip(bodies)
-            .map(|(k, b)| {
-                Ok((
-                    k.as_str().ok_or_else(|| bad("bad key"))?.to_owned(),
-                    self.decode_body(b)?,
-                ))
-            })
+            .map(|(k, b)| Ok((key(k)?, self.decode_body(b)?)))
             .collect::<Result<_>>()?;
+        let mut seen = std::collections::HashSet::new();
+        if !items.iter().all(|(k, _)| seen.insert(k.as_str())) {
+            return Err(bad("a list with a key twice"));
+        }
         Ok(List { items, empty: None })
     }
 
     fn op(&mut self, op: &Json) -> Result<()> {
         let a = op.as_array().ok_or_else(|| bad("op is not an array"))?;
-        let kind = a
+        let code = a
             .first()
             .and_then(Json::as_str)
-            .ok_or_else(|| bad("op without kind"))?;
-        let s = |i: usize| {
-            a.get(i)
-                .and_then(Json::as_str)
-                .ok_or_else(|| bad("op field missing"))
+            .filter(|c| OP_CODES.contains(c));
+        let Some(code) = code else {
+            // An addressed op: text, body, list, or slots of fragment ID.
+            let id = addr(a.first().ok_or_else(|| bad("empty op"))?)?;
+            return match (a.len(), a.get(1)) {
+                (2, Some(Json::String(text))) => {
+                    *self.slot_mut(&id)? = Dyn::Text(text.clone());
+                    Ok(())
+                }
+                (2, Some(b @ Json::Array(_))) => {
+                    let body = self.decode_body(b)?;
+                    if id.is_empty() {
+                        self.root = Some(body);
+                    } else {
+                        *self.body_mut(&id)? = body;
+                    }
+                    Ok(())
+                }
+                (2, Some(l @ Json::Object(_))) => {
+                    let list = self.decode_list(l)?;
+                    *self.slot_mut(&id)? = Dyn::List(list);
+                    Ok(())
+                }
+                (n, Some(Json::Number(_))) if n >= 3 => {
+                    let mut decoded = Vec::new();
+                    let mut at: Option<(usize, bool)> = None;
+                    for d in &a[1..] {
+                        if let Json::Number(n) = d {
+                            if at.is_some_and(|(_, filled)| !filled) {
+                                return Err(bad("a slot number without a value"));
+                            }
+                            let n = n.as_u64().ok_or_else(|| bad("bad slot index"))?;
+                            at = Some((n as usize, false));
+                            continue;
+                        }
+                        let (n, _) = at.ok_or_else(|| bad("a value without a slot"))?;
+                        decoded.push((n, self.decode_dyn(d)?));
+                        at = Some((n + 1, true));
+                    }
+                    if at.is_some_and(|(_, filled)| !filled) {
+                        return Err(bad("a slot number without a value"));
+                    }
+                    let body = self.body_mut(&id)?;
+                    for (n, d) in decoded {
+                        *body
+                            .slots
+                            .get_mut(n)
+                            .ok_or_else(|| bad("slot out of range"))? = d;
+                    }
+                    Ok(())
+                }
+                _ => Err(bad("bad op")),
+            };
         };
-        match kind {
-            "t" => {
-                let text = s(2)?.to_owned();
-                *self.slot_mut(s(1)?)? = Dyn::Text(text);
-            }
-            "r" => {
-                let body = self.decode_body(a.get(2).ok_or_else(|| bad("no body"))?)?;
-                let id = s(1)?;
-                if id.is_empty() {
-                    self.root = Some(body);
-                } else {
-                    *self.body_mut(id)? = body;
+        let field = |i: usize| a.get(i).ok_or_else(|| bad("op field missing"));
+        let list_id = addr(field(1)?)?;
+        match code {
+            "+" => {
+                if a.len() != 5 {
+                    return Err(bad("bad insert"));
                 }
-            }
-            "p" => {
-                let pairs = a
-                    .get(2)
-                    .and_then(Json::as_array)
-                    .ok_or_else(|| bad("no slots"))?;
-                let mut decoded = Vec::new();
-                for pair in pairs.chunks(2) {
-                    let [n, d] = pair else {
-                        return Err(bad("odd slot list"));
-                    };
-                    let n = n.as_u64().ok_or_else(|| bad("bad slot index"))? as usize;
-                    decoded.push((n, self.decode_dyn(d)?));
+                let key = key(field(2)?)?;
+                let after = opt_key(field(3)?)?;
+                let body = self.decode_body(field(4)?)?;
+                let list = self.list_mut(&list_id)?;
+                if list.empty.is_some() {
+                    return Err(bad("an insert into a list showing its else body"));
                 }
-                let body = self.body_mut(s(1)?)?;
-                for (n, d) in decoded {
-                    *body
-                        .slots
-                        .get_mut(n)
-                        .ok_or_else(|| bad("slot out of range"))? = d;
+                if list.items.iter().any(|(k, _)| *k == key) {
+                    return Err(bad(format!(
+                        "an insert of item {key:?}, which the list holds"
+                    )));
                 }
-            }
-            "l" => {
-                let list = self.decode_list(a.get(2).ok_or_else(|| bad("no list"))?)?;
-                *self.slot_mut(s(1)?)? = Dyn::List(list);
-            }
-            "i" => {
-                let body = self.decode_body(a.get(4).ok_or_else(|| bad("no body"))?)?;
-                let key = s(2)?.to_owned();
-                let after = a.get(3).and_then(Json::as_str).map(str::to_owned);
-                let list = self.list_mut(s(1)?)?;
                 let at = position_after(list, after.as_deref())?;
                 list.items.insert(at, (key, body));
             }
-            "x" => {
-                let key = s(2)?.to_owned();
-                let list = self.list_mut(s(1)?)?;
+            "-" => {
+                let key = key(field(2)?)?;
+                let list = self.list_mut(&list_id)?;
                 let at = list
                     .items
                     .iter()
@@ -357,30 +423,31 @@ impl WireClient {
                     .ok_or_else(|| bad("no such item"))?;
                 list.items.remove(at);
             }
-            "m" => {
-                let key = s(2)?.to_owned();
-                let after = a.get(3).and_then(Json::as_str).map(str::to_owned);
-                let list = self.list_mut(s(1)?)?;
+            "~" => {
+                let key = key(field(2)?)?;
+                let after = opt_key(field(3)?)?;
+                let list = self.list_mut(&list_id)?;
                 let at = list
                     .items
                     .iter()
                     .position(|(k, _)| *k == key)
                     .ok_or_else(|| bad("no such item"))?;
                 let item = list.items.remove(at);
-                let to = position_after(list, after.as_deref())?;
-                list.items.insert(to, item);
+                let to = position_after(list, after.as_deref());
+                list.items.insert(to.as_ref().map_or(at, |t| *t), item);
+                to?;
             }
-            "s" => {
+            "*" => {
                 // A stream insert: replace in place if the key is held,
                 // else insert at AT (0 first, -1 last, n at n); then trim
                 // to LIMIT.
-                let key = s(2)?.to_owned();
+                let key = key(field(2)?)?;
                 let at = a
                     .get(3)
                     .and_then(Json::as_i64)
                     .filter(|n| *n >= -1)
                     .ok_or_else(|| bad("bad stream position"))?;
-                let body = self.decode_body(a.get(4).ok_or_else(|| bad("no body"))?)?;
+                let body = self.decode_body(field(4)?)?;
                 let limit = match a.get(5) {
                     None => None,
                     Some(n) => Some(
@@ -392,7 +459,7 @@ impl WireClient {
                 if a.len() > 6 {
                     return Err(bad("bad stream insert"));
                 }
-                let list = self.stream_mut(s(1)?)?;
+                let list = self.stream_mut(&list_id)?;
                 match list.items.iter_mut().find(|(k, _)| *k == key) {
                     Some(item) => item.1 = body,
                     None => {
@@ -413,13 +480,13 @@ impl WireClient {
                     }
                 }
             }
-            "d" => {
-                let key = s(2)?.to_owned();
-                let list = self.stream_mut(s(1)?)?;
+            "/" => {
+                let key = key(field(2)?)?;
+                let list = self.stream_mut(&list_id)?;
                 list.items.retain(|(k, _)| *k != key);
             }
-            "c" => {
-                self.stream_mut(s(1)?)?.items.clear();
+            "!" => {
+                self.stream_mut(&list_id)?.items.clear();
             }
             other => return Err(bad(format!("unknown op {other:?}"))),
         }
@@ -468,6 +535,41 @@ impl WireClient {
             Dyn::List(l) => Ok(l),
             _ => Err(bad(format!("fragment {id:?} is not a list"))),
         }
+    }
+}
+
+/// The op codes of wire v2; every other first element is an address.
+const OP_CODES: [&str; 6] = ["+", "-", "~", "*", "/", "!"];
+
+/// A non-negative integer a JavaScript number holds exactly (as the JS
+/// client requires of ids, keys and seqs).
+fn safe_int(j: &Json) -> Option<u64> {
+    j.as_u64().filter(|n| *n < (1 << 53))
+}
+
+/// A fragment id: a JSON number (a node number) or a string.
+fn addr(j: &Json) -> Result<String> {
+    match j {
+        Json::Number(_) if safe_int(j).is_some() => Ok(j.to_string()),
+        Json::String(s) => Ok(s.clone()),
+        _ => Err(bad("bad fragment id")),
+    }
+}
+
+/// An item key: a JSON number (an integer key) or a string.
+fn key(j: &Json) -> Result<String> {
+    match j {
+        Json::Number(_) if safe_int(j).is_some() => Ok(j.to_string()),
+        Json::String(s) => Ok(s.clone()),
+        _ => Err(bad("bad key")),
+    }
+}
+
+fn opt_key(j: &Json) -> Result<Option<String>> {
+    if j.is_null() {
+        Ok(None)
+    } else {
+        key(j).map(Some)
     }
 }
 
@@ -549,6 +651,7 @@ pub fn strip_anchors(html: &str) -> String {
 
 fn is_anchor_id(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'%' | b'~'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'%' | b'~' | b'-')
+        })
 }

@@ -94,7 +94,7 @@
 //! ops.insert(&json!({"id": 1, "text": "hello"}), StreamAt::End).limit(-100);
 //! let patch = page.stream(&ops).unwrap();
 //! let frame = page.encode(&patch).unwrap();
-//! assert!(frame.contains(r#"["s","1","1",-1,"#)); // insert item 1 last, keep 100
+//! assert!(frame.contains(r#"["*",1,1,-1,"#)); // insert item 1 last, keep 100
 //! assert!(!page.html().contains("hello")); // the page kept nothing
 //! ```
 //!

@@ -123,19 +123,19 @@ async fn no_token_or_key_in_logs() {
     let app: axum::Router = live.router();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let own = format!("http://{addr}");
-    let good = socket(&addr, &format!("v=1&sid={sid}&token={}", a.token), &own)
+    let good = socket(&addr, &format!("v=2&sid={sid}&token={}", a.token), &own)
         .await
         .unwrap();
     assert!(good[0].contains("\"hello\""), "joined: {good:?}");
     let hello: serde_json::Value = serde_json::from_str(&good[0]).unwrap();
     let fresh_token = hello["token"].as_str().unwrap().to_owned();
-    let refused = socket(&addr, &format!("v=1&sid={sid}&token={bad}"), &own)
+    let refused = socket(&addr, &format!("v=2&sid={sid}&token={bad}"), &own)
         .await
         .unwrap();
     assert_eq!(refused.last().map(String::as_str), Some("close 4001"));
     let cross = socket(
         &addr,
-        &format!("v=1&sid={sid}&token={}", a.token),
+        &format!("v=2&sid={sid}&token={}", a.token),
         "http://evil.example",
     )
     .await

@@ -5,7 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use statetemplate::apply::WireClient;
 
-const JOIN: &str = r#"{"v":1,"q":0,"s":{"0":[["<ul>","</ul><p>","</p>"],["1","2"]],"1":[["<li>","</li>"],[0]]},"o":[["r","",[0,{"k":["a","b"],"b":[[1,"x"],[1,"y"]]},"t"]]]}"#;
+/// A wire v2 join: a list (anchor 1) of two items and a text leaf (anchor 2).
+const JOIN: &str = r#"{"q":0,"s":{"0":[["<ul>","</ul><p>","</p>"],[1,2]],"1":[["<li>","</li>"],[0]]},"o":[["",[0,{"k":["a","b"],"b":[[1,"x"],[1,"y"]]},"t"]]]}"#;
 
 fuzz_target!(|data: &[u8]| {
     let mut c = WireClient::new();

@@ -1,4 +1,4 @@
-/* statetemplate client, wire protocol v1 (docs/protocol.md). No build step.
+/* statetemplate client, wire protocol v2 (docs/protocol.md). No build step.
  * Mirrors the Rust reference applier (src/apply.rs, WireClient): the model
  * below turns the same frames into the same HTML; the DOM layer patches the
  * page between comment anchors, keeping focus, caret and typed text. */
@@ -8,20 +8,57 @@
 
   function fail(m) { throw new Error('statetemplate: ' + m); }
   function isList(d) { return d !== null && typeof d === 'object' && !Array.isArray(d); }
+  function isId(n) { return typeof n === 'number' && n >= 0 && n % 1 === 0 && n <= 9007199254740991; }
+  /* Ids and keys travel as JSON numbers when they are integers. */
+  function addr(a) {
+    if (isId(a)) return String(a);
+    if (typeof a !== 'string') fail('bad fragment id');
+    return a;
+  }
+  function key(k) {
+    if (isId(k)) return String(k);
+    if (typeof k !== 'string') fail('bad key');
+    return k;
+  }
+  var CODES = { '+': 1, '-': 1, '~': 1, '*': 1, '/': 1, '!': 1 };
 
   /* ---- The model: statics table and tree of dynamic values. ---- */
   function Model() { this.st = {}; this.root = null; this.seq = 0; }
 
+  /* A frame is an array (the next seq; statics entries may lead it) or an
+   * object stating its seq (a join, which resets the statics). */
   Model.prototype.apply = function (f) {
-    if (!f || f.v !== 1) fail('unsupported wire version');
-    if (!Array.isArray(f.o)) fail('no ops');
-    var o0 = f.o[0];
-    if (o0 && o0[0] === 'r' && o0[1] === '') this.st = {}; // a join frame
-    if (f.s) for (var k in f.s) this.st[k] = f.s[k];
-    var acts = [];
-    for (var i = 0; i < f.o.length; i++) acts = acts.concat(this.op(f.o[i]));
-    if (typeof f.q === 'number') this.seq = f.q;
+    var ops, i, acts = [];
+    if (Array.isArray(f)) {
+      ops = f;
+      if (isList(ops[0])) { this.statics(ops[0]); ops = ops.slice(1); }
+      if (!ops.length) fail('a frame without operations');
+    } else if (isList(f)) {
+      if (!isId(f.q)) fail('an object frame without a seq');
+      if (!Array.isArray(f.o) || !f.o.length) fail('no ops');
+      ops = f.o;
+      var o0 = ops[0];
+      if (Array.isArray(o0) && o0.length === 2 && o0[0] === '' && Array.isArray(o0[1])) this.st = {};
+      if (f.s !== undefined) { if (!isList(f.s)) fail('bad statics'); this.statics(f.s); }
+    } else fail('a frame is an array or an object');
+    for (i = 0; i < ops.length; i++) acts = acts.concat(this.op(ops[i]));
+    this.seq = Array.isArray(f) ? this.seq + 1 : f.q;
     return acts;
+  };
+
+  Model.prototype.statics = function (s) {
+    for (var k in s) {
+      var e = s[k], j;
+      if (!/^\d+$/.test(k) || !Array.isArray(e) || !Array.isArray(e[0]) || !Array.isArray(e[1]) ||
+        e[0].length !== e[1].length + 1) fail('bad statics');
+      for (j = 0; j < e[0].length; j++) if (typeof e[0][j] !== 'string') fail('bad static');
+      for (j = 0; j < e[1].length; j++) {
+        if (e[1][j] === 0) e[1][j] = null;
+        else if (isId(e[1][j])) e[1][j] = String(e[1][j]);
+        else if (typeof e[1][j] !== 'string') fail('bad anchor');
+      }
+      this.st[k] = e;
+    }
   };
 
   Model.prototype.body = function (b) {
@@ -43,8 +80,11 @@
   Model.prototype.list = function (l) {
     if (l.e) { this.body(l.e); return l; }
     if (!Array.isArray(l.k) || !Array.isArray(l.b) || l.k.length !== l.b.length) fail('bad list');
+    var seen = {};
     for (var i = 0; i < l.b.length; i++) {
-      if (typeof l.k[i] !== 'string') fail('bad key');
+      l.k[i] = key(l.k[i]);
+      if (seen['$' + l.k[i]]) fail('a list with a key twice');
+      seen['$' + l.k[i]] = 1;
       this.body(l.b[i]);
     }
     return l;
@@ -110,58 +150,73 @@
   };
 
   Model.prototype.op = function (op) {
-    if (!Array.isArray(op) || typeof op[0] !== 'string') fail('bad op');
-    var k = op[0], id = op[1], r, l, b, i, key, n, acts;
-    if (typeof id !== 'string') fail('op field missing');
-    switch (k) {
-      case 't':
-        if (typeof op[2] !== 'string') fail('op field missing');
-        r = this.slot(id); r.o[r.i] = op[2];
-        return { k: 'h', id: id, html: op[2] };
-      case 'r':
-        b = this.body(op[2]);
+    if (!Array.isArray(op) || !op.length) fail('bad op');
+    var k = op[0], id, r, l, b, i, n, acts, kk, v, at, filled;
+    if (typeof k !== 'string' || !CODES.hasOwnProperty(k)) {
+      /* An addressed op: text, body, list, or slots of fragment id. */
+      id = addr(k);
+      v = op[1];
+      if (op.length === 2 && typeof v === 'string') {
+        r = this.slot(id); r.o[r.i] = v;
+        return { k: 'h', id: id, html: v };
+      }
+      if (op.length === 2 && Array.isArray(v)) {
+        b = this.body(v);
         if (id === '') { this.root = b; return { k: 'root' }; }
         r = this.bodyLoc(id); r.o[r.i] = b;
         return { k: 'h', id: id, html: this.html(b) };
-      case 'p':
-        if (!Array.isArray(op[2]) || op[2].length % 2) fail('bad slot list');
-        r = this.bodyLoc(id); b = r.o[r.i];
-        for (i = 0; i < op[2].length; i += 2) {
-          if (typeof op[2][i] !== 'number' || op[2][i] + 1 >= b.length) fail('slot out of range');
-          b[op[2][i] + 1] = this.dyn(op[2][i + 1]);
-        }
-        return id === '' ? { k: 'root' } : { k: 'h', id: id, html: this.html(b) };
-      case 'l':
-        r = this.slot(id); r.o[r.i] = this.list(op[2]);
+      }
+      if (op.length === 2 && isList(v)) {
+        r = this.slot(id); r.o[r.i] = this.list(v);
         return { k: 'h', id: id, html: this.dynHtml(r.o[r.i], id) };
-      case 'i':
-        key = op[2]; b = this.body(op[4]); l = this.listOf(id);
-        if (typeof key !== 'string' || l.e) fail('bad insert');
-        i = this.after(l, op[3]);
-        l.k.splice(i, 0, key); l.b.splice(i, 0, b);
-        return { k: 'i', list: id, after: op[3], html: '<!--[' + id + ':' + key + '-->' + this.html(b) + CLOSE };
-      case 'x':
-        l = this.listOf(id); i = this.item(l, op[2]);
+      }
+      if (op.length < 3 || typeof v !== 'number') fail('bad op');
+      /* Runs of slots: a number starts a run, each value fills the next. */
+      r = this.bodyLoc(id); b = r.o[r.i]; at = -1; filled = true;
+      for (i = 1; i < op.length; i++) {
+        if (typeof op[i] === 'number') {
+          if (!filled || op[i] < 0 || op[i] % 1) fail('bad slot list');
+          at = op[i]; filled = false;
+          continue;
+        }
+        if (at < 0 || at + 1 >= b.length) fail('slot out of range');
+        b[at + 1] = this.dyn(op[i]); at++; filled = true;
+      }
+      if (!filled) fail('bad slot list');
+      return id === '' ? { k: 'root' } : { k: 'h', id: id, html: this.html(b) };
+    }
+    id = addr(op[1]);
+    switch (k) {
+      case '+':
+        if (op.length !== 5) fail('bad insert');
+        kk = key(op[2]); n = op[3] === null ? null : key(op[3]); b = this.body(op[4]); l = this.listOf(id);
+        if (l.e || l.k.indexOf(kk) >= 0) fail('bad insert');
+        i = this.after(l, n);
+        l.k.splice(i, 0, kk); l.b.splice(i, 0, b);
+        return { k: 'i', list: id, after: n, html: '<!--[' + id + ':' + kk + '-->' + this.html(b) + CLOSE };
+      case '-':
+        kk = key(op[2]); l = this.listOf(id); i = this.item(l, kk);
         l.k.splice(i, 1); l.b.splice(i, 1);
-        return { k: 'x', id: id + ':' + op[2] };
-      case 'm':
-        l = this.listOf(id); i = this.item(l, op[2]);
-        key = l.k.splice(i, 1)[0]; b = l.b.splice(i, 1)[0];
-        i = this.after(l, op[3]);
-        l.k.splice(i, 0, key); l.b.splice(i, 0, b);
-        return { k: 'm', list: id, id: id + ':' + key, after: op[3] };
+        return { k: 'x', id: id + ':' + kk };
+      case '~':
+        kk = key(op[2]); n = op[3] === null || op[3] === undefined ? null : key(op[3]);
+        l = this.listOf(id); i = this.item(l, kk);
+        kk = l.k.splice(i, 1)[0]; b = l.b.splice(i, 1)[0];
+        i = this.after(l, n);
+        l.k.splice(i, 0, kk); l.b.splice(i, 0, b);
+        return { k: 'm', list: id, id: id + ':' + kk, after: n };
       /* Streams: upsert at a position then trim to a limit; delete if
        * held; clear. */
-      case 's':
-        key = op[2]; i = op[3]; n = op[5]; b = this.body(op[4]); l = this.stream(id);
-        if (typeof key !== 'string' || typeof i !== 'number' || i < -1 || i % 1 || op.length > 6 ||
+      case '*':
+        kk = key(op[2]); i = op[3]; n = op[5]; b = this.body(op[4]); l = this.stream(id);
+        if (typeof i !== 'number' || i < -1 || i % 1 || op.length > 6 ||
           op.length > 5 && (typeof n !== 'number' || !n || n % 1)) fail('bad stream insert');
-        r = l.k.indexOf(key); acts = [];
-        if (r >= 0) { l.b[r] = b; acts.push({ k: 'h', id: id + ':' + key, html: this.html(b) }); }
+        r = l.k.indexOf(kk); acts = [];
+        if (r >= 0) { l.b[r] = b; acts.push({ k: 'h', id: id + ':' + kk, html: this.html(b) }); }
         else {
           r = i < 0 ? l.k.length : Math.min(i, l.k.length);
-          l.k.splice(r, 0, key); l.b.splice(r, 0, b);
-          acts.push({ k: 'i', list: id, after: r ? l.k[r - 1] : null, html: '<!--[' + id + ':' + key + '-->' + this.html(b) + CLOSE });
+          l.k.splice(r, 0, kk); l.b.splice(r, 0, b);
+          acts.push({ k: 'i', list: id, after: r ? l.k[r - 1] : null, html: '<!--[' + id + ':' + kk + '-->' + this.html(b) + CLOSE });
         }
         while (n && l.k.length > Math.abs(n)) {
           r = n > 0 ? l.k.length - 1 : 0;
@@ -169,13 +224,12 @@
           l.k.splice(r, 1); l.b.splice(r, 1);
         }
         return acts;
-      case 'd':
-        l = this.stream(id); i = l.k.indexOf(op[2]);
-        if (typeof op[2] !== 'string') fail('op field missing');
+      case '/':
+        kk = key(op[2]); l = this.stream(id); i = l.k.indexOf(kk);
         if (i < 0) return [];
         l.k.splice(i, 1); l.b.splice(i, 1);
-        return { k: 'x', id: id + ':' + op[2] };
-      case 'c':
+        return { k: 'x', id: id + ':' + kk };
+      case '!':
         l = this.stream(id); l.k.length = 0; l.b.length = 0;
         return { k: 'h', id: id, html: '' };
     }
@@ -206,7 +260,16 @@
 
   Model.prototype.toHtml = function () { return this.root ? this.html(this.root) : ''; };
 
-  if (typeof module === 'object' && module.exports) module.exports = { Model: Model };
+  /* FNV-1a over the UTF-16 code units of the last frame applied: the
+   * server compares it with the frame it sent as that seq, so a lost or
+   * reordered frame is found although seqs are implicit. */
+  function hash(t) {
+    var h = 0x811c9dc5;
+    for (var i = 0; i < t.length; i++) h = Math.imul(h ^ t.charCodeAt(i), 0x01000193) >>> 0;
+    return h.toString(16);
+  }
+
+  if (typeof module === 'object' && module.exports) module.exports = { Model: Model, hash: hash };
   if (typeof document === 'undefined') return;
 
   /* ---- The DOM: anchors, morphing, focus. ---- */
@@ -367,7 +430,7 @@
   Client.prototype.url = function () {
     var l = location, e = encodeURIComponent;
     var u = (l.protocol === 'https:' ? 'wss://' : 'ws://') + l.host + this.path +
-      '?v=1&sid=' + e(this.sid) + '&token=' + e(this.token);
+      '?v=2&sid=' + e(this.sid) + '&token=' + e(this.token);
     if (this.epoch && this.model.root) u += '&seq=' + this.model.seq + '&epoch=' + e(this.epoch);
     return u;
   };
@@ -425,8 +488,9 @@
       if (f.t) return;
       ae = document.activeElement;
       try { sel = ae && [ae.selectionStart, ae.selectionEnd, ae.selectionDirection]; } catch (x) { sel = null; }
-      if (f.o && f.o[0] && f.o[0][0] === 'r' && f.o[0][1] === '') this.joins = (this.joins || 0) + 1;
+      if (!Array.isArray(f)) this.joins = (this.joins || 0) + 1;
       acts = this.model.apply(f);
+      this.last = Array.isArray(f) ? text : null;
       for (i = 0; i < acts.length; i++) this.dom.act(acts[i], this.model);
       if (ae && ae !== document.activeElement && ae.isConnected) {
         ae.focus();
@@ -446,7 +510,10 @@
   Client.prototype.ack = function () {
     var self = this;
     if (this.acking) return;
-    this.acking = setTimeout(function () { self.acking = null; self.send({ t: 'ack', q: self.model.seq }); }, 1000);
+    this.acking = setTimeout(function () {
+      self.acking = null;
+      self.send(self.last ? { t: 'ack', q: self.model.seq, h: hash(self.last) } : { t: 'ack', q: self.model.seq });
+    }, 1000);
   };
 
   function payload(type, t, e) {

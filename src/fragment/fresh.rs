@@ -371,13 +371,7 @@ fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
                 Some(k) => {
                     text.clear();
                     let _ = write!(text, "{k}");
-                    for b in text.bytes() {
-                        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
-                            key.push(b as char);
-                        } else {
-                            let _ = write!(key, "%{b:02X}");
-                        }
-                    }
+                    super::lists::push_key(&text, &mut key);
                 }
                 None => {
                     let _ = write!(key, "{i}");

@@ -586,14 +586,36 @@ pub(super) fn key_attr(f: &ForNode, v: &Value) -> Option<String> {
         .map(|k| encode_key(&k.to_string()))
 }
 
+/// A key as it travels in anchors (`<!--[LIST:KEY-->`) and frames: letters,
+/// digits, `_`, `.`, `:` and `-` as they are; any other byte as `%XX`. A
+/// `-` is escaped only where a comment could not hold it: before another
+/// `-` or at the end (`--` and `-->`). `~` is escaped, so the `~2` that
+/// makes a duplicate key unique cannot be confused with a key's own text.
 pub(super) fn encode_key(k: &str) -> String {
     let mut out = String::with_capacity(k.len());
-    for b in k.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
-            out.push(b as char);
+    push_key(k, &mut out);
+    out
+}
+
+/// [`encode_key`], appended to `out`.
+pub(super) fn push_key(k: &str, out: &mut String) {
+    let b = k.as_bytes();
+    if b.iter().enumerate().all(|(i, c)| plain(b, i, *c)) {
+        out.push_str(k);
+        return;
+    }
+    for (i, c) in b.iter().enumerate() {
+        if plain(b, i, *c) {
+            out.push(*c as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            use std::fmt::Write;
+            let _ = write!(out, "%{c:02X}");
         }
     }
-    out
+}
+
+fn plain(b: &[u8], i: usize, c: u8) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(c, b'_' | b'.' | b':')
+        || c == b'-' && i + 1 < b.len() && b[i + 1] != b'-'
 }

@@ -38,7 +38,7 @@ pub use stream::{StreamAt, StreamOps};
 use tree::{BodyOut, ListOut, SlotOut, WireWriter};
 
 /// The version of the wire format written by [`LivePage::encode`].
-pub const WIRE_VERSION: u32 = 1;
+pub const WIRE_VERSION: u32 = 2;
 
 /// Compiles templates into fragment programs and renders them.
 ///
@@ -459,9 +459,11 @@ impl LivePage {
         })
     }
 
-    /// Encodes a patch as a compact wire frame (see `docs/protocol.md`).
-    /// Statics go out once per page: this records which the client now holds.
-    /// Returns `None` for an empty patch.
+    /// Encodes a patch as a compact wire frame (see `docs/protocol.md`): a
+    /// JSON array of operations, led by the statics table entries first used
+    /// in it. Its sequence number is implicit: one more than the frame
+    /// before. Statics go out once per page: this records which the client
+    /// now holds. Returns `None` for an empty patch.
     pub fn encode(&mut self, patch: &Patch) -> Option<String> {
         if patch.ops.is_empty() {
             return None;
@@ -477,104 +479,118 @@ impl LivePage {
             }
             encode_op(&mut w, op, &mut ops);
         }
-        Some(frame(&w, patch.seq, &ops))
+        let mut out = String::with_capacity(ops.len() + 2);
+        out.push('[');
+        if !w.new_statics.is_empty() {
+            w.statics_json(&mut out);
+            out.push(',');
+        }
+        out.push_str(&ops);
+        out.push(']');
+        Some(out)
     }
 
     /// The frame a client that holds nothing needs: every statics table entry
-    /// and the whole tree. Resets what the page believes the client holds.
+    /// and the whole tree, with the sequence number stated
+    /// (`{"q":SEQ,"s":{…},"o":[["",ROOT]]}`). Resets what the page believes
+    /// the client holds.
     pub fn join_frame(&mut self) -> String {
         self.sent.clear();
         let mut w = WireWriter {
             sent: &mut self.sent,
             new_statics: Vec::new(),
         };
-        let mut ops = String::from("[\"r\",\"\",");
+        let mut ops = String::from("[\"\",");
         w.body(&self.root, &mut ops);
         ops.push(']');
-        frame(&w, self.seq, &ops)
+        let mut out = format!("{{\"q\":{}", self.seq);
+        if !w.new_statics.is_empty() {
+            out.push_str(",\"s\":");
+            w.statics_json(&mut out);
+        }
+        out.push_str(",\"o\":[");
+        out.push_str(&ops);
+        out.push_str("]}");
+        out
     }
-}
-
-fn frame(w: &WireWriter<'_>, seq: u64, ops: &str) -> String {
-    let mut out = format!("{{\"v\":{WIRE_VERSION},\"q\":{seq}");
-    if !w.new_statics.is_empty() {
-        out.push_str(",\"s\":");
-        w.statics_json(&mut out);
-    }
-    out.push_str(",\"o\":[");
-    out.push_str(ops);
-    out.push_str("]}");
-    out
 }
 
 fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {
     let s = tree::json_str;
+    let addr = tree::json_addr;
+    let key = tree::json_key;
     match op {
         PatchOp::Stream(op) => op.encode(w, out),
         PatchOp::Text { id, text } => {
-            out.push_str("[\"t\",");
-            s(id, out);
+            out.push('[');
+            addr(id, out);
             out.push(',');
             s(text, out);
         }
         PatchOp::Body { id, body } => {
-            out.push_str("[\"r\",");
-            s(id, out);
+            out.push('[');
+            addr(id, out);
             out.push(',');
             w.body(body, out);
         }
         PatchOp::Slots { id, body, slots } => {
-            out.push_str("[\"p\",");
-            s(id, out);
-            out.push_str(",[");
-            for (i, n) in slots.iter().enumerate() {
-                if i > 0 {
+            // Runs of consecutive slots: a number starts a run, each value
+            // after it fills the next slot.
+            out.push('[');
+            addr(id, out);
+            let mut next = usize::MAX;
+            for n in slots {
+                if *n != next {
                     out.push(',');
+                    out.push_str(&n.to_string());
                 }
-                out.push_str(&n.to_string());
                 out.push(',');
                 w.slot(&body.slots[*n], out);
+                next = n + 1;
             }
-            out.push(']');
         }
         PatchOp::List { id, list } => {
-            out.push_str("[\"l\",");
-            s(id, out);
+            out.push('[');
+            addr(id, out);
             out.push(',');
             w.list(list, out);
         }
         PatchOp::Insert {
             list,
-            key,
+            key: k,
             after,
             body,
         } => {
-            out.push_str("[\"i\",");
-            s(list, out);
+            out.push_str("[\"+\",");
+            addr(list, out);
             out.push(',');
-            s(key, out);
+            key(k, out);
             out.push(',');
             match after {
-                Some(a) => s(a, out),
+                Some(a) => key(a, out),
                 None => out.push_str("null"),
             }
             out.push(',');
             w.body(body, out);
         }
-        PatchOp::Remove { list, key } => {
-            out.push_str("[\"x\",");
-            s(list, out);
+        PatchOp::Remove { list, key: k } => {
+            out.push_str("[\"-\",");
+            addr(list, out);
             out.push(',');
-            s(key, out);
+            key(k, out);
         }
-        PatchOp::Move { list, key, after } => {
-            out.push_str("[\"m\",");
-            s(list, out);
+        PatchOp::Move {
+            list,
+            key: k,
+            after,
+        } => {
+            out.push_str("[\"~\",");
+            addr(list, out);
             out.push(',');
-            s(key, out);
+            key(k, out);
             out.push(',');
             match after {
-                Some(a) => s(a, out),
+                Some(a) => key(a, out),
                 None => out.push_str("null"),
             }
         }

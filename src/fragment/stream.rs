@@ -209,7 +209,6 @@ pub(crate) enum StreamOp {
 impl StreamOp {
     /// Writes the operation as wire JSON, without its closing bracket.
     pub(super) fn encode(&self, w: &mut WireWriter<'_>, out: &mut String) {
-        let s = tree::json_str;
         match self {
             StreamOp::Insert {
                 list,
@@ -218,10 +217,10 @@ impl StreamOp {
                 limit,
                 body,
             } => {
-                out.push_str("[\"s\",");
-                s(list, out);
+                out.push_str("[\"*\",");
+                tree::json_addr(list, out);
                 out.push(',');
-                s(key, out);
+                tree::json_key(key, out);
                 out.push(',');
                 out.push_str(&at.to_string());
                 out.push(',');
@@ -232,14 +231,14 @@ impl StreamOp {
                 }
             }
             StreamOp::Delete { list, key } => {
-                out.push_str("[\"d\",");
-                s(list, out);
+                out.push_str("[\"/\",");
+                tree::json_addr(list, out);
                 out.push(',');
-                s(key, out);
+                tree::json_key(key, out);
             }
             StreamOp::Reset { list } => {
-                out.push_str("[\"c\",");
-                s(list, out);
+                out.push_str("[\"!\",");
+                tree::json_addr(list, out);
             }
         }
     }

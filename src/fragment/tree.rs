@@ -200,7 +200,7 @@ impl WireWriter<'_> {
                 if i > 0 {
                     out.push(',');
                 }
-                json_str(&it.key, out);
+                json_key(&it.key, out);
             }
             out.push_str("],\"b\":[");
             for (i, it) in l.items.iter().enumerate() {
@@ -236,7 +236,7 @@ impl WireWriter<'_> {
                     out.push(',');
                 }
                 match a {
-                    Some(a) => json_str(a, out),
+                    Some(a) => json_addr(a, out),
                     None => out.push('0'),
                 }
             }
@@ -244,6 +244,32 @@ impl WireWriter<'_> {
         }
         out.push('}');
     }
+}
+
+/// Whether `s` reads back exactly from a JSON number: `0` or digits not
+/// starting with 0, at most 15 of them (exact in a JavaScript double).
+fn canonical_int(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 15
+        && b.iter().all(u8::is_ascii_digit)
+        && (b[0] != b'0' || b.len() == 1)
+}
+
+/// A fragment id on the wire: a JSON number for a node number, else a
+/// string (a block name, an item `LIST:KEY`, `""` for the page).
+pub(crate) fn json_addr(id: &str, out: &mut String) {
+    if canonical_int(id) {
+        out.push_str(id);
+    } else {
+        json_str(id, out);
+    }
+}
+
+/// An item key on the wire: a JSON number when it is a plain integer, else
+/// a string. Clients read both as the same string.
+pub(crate) fn json_key(key: &str, out: &mut String) {
+    json_addr(key, out)
 }
 
 pub(crate) fn json_str(s: &str, out: &mut String) {

@@ -1148,6 +1148,24 @@ impl Session {
         Ok((resync, sub))
     }
 
+    /// Whether a client that acks `seq` with `hash` (of the frame it applied
+    /// as `seq`) is in step: `false` when `seq` is beyond the page's, or the
+    /// frame kept as `seq` hashes otherwise. A frame no longer kept, or an
+    /// ack without a hash, is taken as in step.
+    pub(crate) fn holds(&self, seq: u64, hash: Option<u32>) -> bool {
+        let outlet = self.inner.outlet.lock().expect("lock");
+        let Some(buf) = &outlet.replay else {
+            return true;
+        };
+        if buf.back().is_some_and(|f| seq > f.seq) {
+            return false;
+        }
+        match (hash, buf.iter().find(|f| f.seq == seq)) {
+            (Some(h), Some(f)) => crate::transport::frame_hash(&f.frame) == h,
+            _ => true,
+        }
+    }
+
     /// Reconnects a client that holds the page at `seq` of page incarnation
     /// `epoch` (both from its last join): it gets the frames it missed from
     /// the session's recent-frame buffer, or a resync when they are gone (or
@@ -1169,8 +1187,13 @@ impl Session {
                 .filter(|r| r.seq > seq)
                 .cloned()
                 .collect();
-            // Complete only if it starts right after `seq`.
-            let complete = frames.first().map_or(seq == now, |f| f.seq == seq + 1);
+            // Complete only if it runs from right after `seq` to now, with
+            // no gap (frames carry no seq: each is one more).
+            let complete = frames
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.seq == seq + 1 + i as u64)
+                && frames.last().map_or(seq == now, |f| f.seq == now);
             let missed = complete.then_some(frames);
             drop(outlet);
             if let Some(frames) = missed {
@@ -1581,6 +1604,14 @@ impl fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
+    /// Makes the next [`recv`](Self::recv) a resync (a client was found out
+    /// of step).
+    pub(crate) fn resync(&mut self) {
+        if self.rx.is_some() {
+            self.lagged = true;
+        }
+    }
+
     /// The next event, or `None` once the session has ended. Cancel safe:
     /// dropping the future loses no event (as in `tokio::select!`).
     pub async fn recv(&mut self) -> Option<SessionEvent> {

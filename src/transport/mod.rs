@@ -551,6 +551,12 @@ impl Live {
                                 break;
                             }
                             let Some(frame) = frame else { break };
+                            if let Ok(ClientFrame::Ack { seq, hash }) = &frame {
+                                if !session.holds(*seq, *hash) {
+                                    tracing::debug!(parent: &span, seq, "client out of step; resync");
+                                    sub.resync();
+                                }
+                            }
                             if let Some(reply) = self.client_frame(&session, frame).await {
                                 // What the event rendered goes out before its
                                 // reply, so a client sees the two in order.
@@ -637,6 +643,15 @@ impl Live {
             }
         }
     }
+}
+
+/// FNV-1a (32 bits) over the UTF-16 code units of a frame, as the JS client
+/// computes it for its acks: a client whose frame for a seq hashes
+/// differently from the one sent as that seq has lost or reordered one.
+pub(crate) fn frame_hash(frame: &str) -> u32 {
+    frame.encode_utf16().fold(0x811c_9dc5u32, |h, u| {
+        (h ^ u32::from(u)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn hello(epoch: &str, token: &str) -> String {
@@ -736,8 +751,9 @@ pub(crate) enum ClientFrame {
         data: Json,
         r: Option<u64>,
     },
-    /// `{"t":"ack","q":SEQ}`
-    Ack { seq: u64 },
+    /// `{"t":"ack","q":SEQ,"h":HASH?}`: the client holds `SEQ`; `HASH` is
+    /// [`frame_hash`] of the frame it applied as `SEQ` (absent after a join).
+    Ack { seq: u64, hash: Option<u32> },
     /// `{"t":"ping"}`
     Ping,
 }
@@ -755,6 +771,8 @@ pub(crate) fn parse_client_frame(text: &str) -> std::result::Result<ClientFrame,
         q: Option<u64>,
         #[serde(default)]
         r: Option<u64>,
+        #[serde(default)]
+        h: Option<String>,
     }
     let raw: Raw = serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))?;
     match raw.t.as_str() {
@@ -771,6 +789,15 @@ pub(crate) fn parse_client_frame(text: &str) -> std::result::Result<ClientFrame,
         }
         "ack" => Ok(ClientFrame::Ack {
             seq: raw.q.ok_or("an ack needs a seq (\"q\")")?,
+            hash: match raw.h {
+                None => None,
+                Some(h) => Some(
+                    (h.len() <= 8)
+                        .then(|| u32::from_str_radix(&h, 16).ok())
+                        .flatten()
+                        .ok_or("an ack's hash (\"h\") is up to 8 hex digits")?,
+                ),
+            },
         }),
         "ping" => Ok(ClientFrame::Ping),
         other => Err(format!("unknown frame type {other:?}")),
@@ -883,8 +910,25 @@ mod tests {
         );
         assert_eq!(
             parse_client_frame(r#"{"t":"ack","q":4}"#),
-            Ok(ClientFrame::Ack { seq: 4 })
+            Ok(ClientFrame::Ack { seq: 4, hash: None })
         );
+        assert_eq!(
+            parse_client_frame(r#"{"t":"ack","q":4,"h":"1a47e90b"}"#),
+            Ok(ClientFrame::Ack {
+                seq: 4,
+                hash: Some(0x1a47e90b)
+            })
+        );
+        // The client's hash (FNV-1a over UTF-16 code units) of "abc", as
+        // src/client/statetemplate.js computes it.
+        assert_eq!(frame_hash("abc"), 0x1a47e90b);
+        assert_eq!(frame_hash("\u{1F600}é"), {
+            let mut h: u32 = 0x811c9dc5;
+            for u in [0xD83Du16, 0xDE00, 0xE9] {
+                h = (h ^ u32::from(u)).wrapping_mul(0x0100_0193);
+            }
+            h
+        });
         assert_eq!(parse_client_frame(r#"{"t":"ping"}"#), Ok(ClientFrame::Ping));
         for bad in [
             "",

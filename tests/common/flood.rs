@@ -45,7 +45,7 @@ pub async fn page_server(engine: &StateTemplate, template: &'static str, data: J
 /// A WebSocket to session `sid` at `addr`, from the server's own origin,
 /// past its hello and join frames.
 pub async fn join(addr: &str, sid: &str, token: &str) -> Ws {
-    let mut req = format!("ws://{addr}/statetemplate/ws?v=1&sid={sid}&token={token}")
+    let mut req = format!("ws://{addr}/statetemplate/ws?v=2&sid={sid}&token={token}")
         .into_client_request()
         .unwrap();
     req.headers_mut()

@@ -1,0 +1,153 @@
+#![allow(missing_docs)]
+//! Bytes on the wire, deterministically, for the pages of
+//! `../shared/peers/dioxus-liveview` (the same templates as `benches/e2e.rs`):
+//! one frame per scenario step, the page, the connect, and the plain HTML.
+//!
+//! Run: `cargo bench --bench wire_bytes` (`-- -v` prints every frame).
+
+use minijinja::Environment;
+use serde::Serialize;
+use statetemplate::FragmentEngine;
+
+const COUNTER: &str = r#"<main class="counter"><h1>Live counter</h1><p class="count">{{ count }}</p><p class="status status-{{ status }}">The count is {{ status }}</p><button st-click="inc">+1</button><button st-click="dec">-1</button><footer>Last rendered at {{ ts }}</footer></main>"#;
+
+const TABLE: &str = r#"<main class="table"><h1>Accounts</h1><div class="controls"><button st-click="update">update</button><button st-click="append">append</button><button st-click="remove">remove</button></div><p class="rowcount">{{ rows|length }} rows</p><table><thead><tr><th>id</th><th>name</th><th>amount</th><th>status</th></tr></thead><tbody>{% for r in rows %}{% set status = "paid" if r.amount % 2 == 0 else "pending" %}<tr><td>{{ r.id }}</td><td>{{ r.name }}</td><td>{{ r.amount }}</td><td class="st-{{ status }}">{{ status }}</td></tr>{% endfor %}</tbody></table></main>"#;
+
+#[derive(Serialize, Clone)]
+struct Counter {
+    count: i64,
+    status: &'static str,
+    ts: String,
+}
+
+fn counter(count: i64, tick: u64) -> Counter {
+    Counter {
+        count,
+        status: match count.signum() {
+            1 => "positive",
+            -1 => "negative",
+            _ => "zero",
+        },
+        // The peer's footer: seconds and microseconds (17 bytes).
+        ts: format!(
+            "{}.{:06}",
+            1_796_000_000 + tick / 1000,
+            (tick * 7919) % 1_000_000
+        ),
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct Row {
+    id: u64,
+    name: String,
+    amount: i64,
+}
+
+fn make_row(id: u64) -> Row {
+    Row {
+        id,
+        name: format!("Customer {id:05}"),
+        amount: ((id * 7919) % 10_000) as i64,
+    }
+}
+
+#[derive(Serialize, Clone)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+fn median(mut v: Vec<usize>) -> usize {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let verbose = std::env::args().any(|a| a == "-v");
+    let mut env = Environment::new();
+    env.add_template("counter.html", COUNTER).unwrap();
+    env.add_template("table.html", TABLE).unwrap();
+    let plain_env = env.clone();
+    let engine = FragmentEngine::new(env);
+    let steps = 50;
+    println!(
+        "{:<32} {:>9} {:>9} {:>9}",
+        "scenario", "B/upd med", "min", "max"
+    );
+    let report = |name: &str, frames: Vec<String>| {
+        if verbose {
+            for f in frames.iter().take(3) {
+                println!("  {name}: {f}");
+            }
+        }
+        let b: Vec<usize> = frames.iter().map(|f| f.len()).collect();
+        let (lo, hi) = (*b.iter().min().unwrap(), *b.iter().max().unwrap());
+        println!("{:<32} {:>9} {:>9} {:>9}", name, median(b), lo, hi);
+    };
+
+    // Counter: +1 from 1 (status stays positive), and +1/-1 across zero.
+    let mut page = engine.render("counter.html", &counter(1, 0)).unwrap();
+    let _ = page.join_frame();
+    let mut frames = Vec::new();
+    for i in 0..steps {
+        let p = page.update(&counter(2 + i as i64, i + 1)).unwrap();
+        frames.push(page.encode(&p).unwrap());
+    }
+    report("counter +1 (status const)", frames);
+    let mut page = engine.render("counter.html", &counter(0, 0)).unwrap();
+    let _ = page.join_frame();
+    let mut frames = Vec::new();
+    for i in 0..steps {
+        let c = if i % 2 == 0 { 1 } else { -1 };
+        let p = page.update(&counter(c, i + 1)).unwrap();
+        frames.push(page.encode(&p).unwrap());
+    }
+    // The first switch to each branch may carry its statics; the median is
+    // over the steady state, as the peer's is after its warm-up.
+    report("counter +1/-1 (status flips)", frames.split_off(10));
+
+    for n in [100usize, 1000, 10_000] {
+        let mut t = Table {
+            rows: (1..=n as u64).map(make_row).collect(),
+        };
+        let mut next = n as u64 + 1;
+        let mut page = engine.render("table.html", &t).unwrap();
+        let html = page.html();
+        let plain = plain_env
+            .get_template("table.html")
+            .unwrap()
+            .render(minijinja::value::Serde(&t))
+            .unwrap();
+        let join = page.join_frame();
+        println!(
+            "table {n}: page {} B, join frame {} B, plain HTML {} B: page + join = {:.2}x plain",
+            html.len(),
+            join.len(),
+            plain.len(),
+            (html.len() + join.len()) as f64 / plain.len() as f64
+        );
+        let mut frames = Vec::new();
+        for k in 0..steps {
+            let i = (k as usize).wrapping_mul(7919) % t.rows.len();
+            t.rows[i].amount += 1;
+            let p = page.update(&t).unwrap();
+            frames.push(page.encode(&p).unwrap());
+        }
+        report(&format!("table N={n}: change 1 amount"), frames);
+        let (mut app, mut rem) = (Vec::new(), Vec::new());
+        for k in 0..steps * 2 {
+            if k % 2 == 0 {
+                t.rows.push(make_row(next));
+                next += 1;
+            } else {
+                let i = t.rows.len() / 2;
+                t.rows.remove(i);
+            }
+            let p = page.update(&t).unwrap();
+            let f = page.encode(&p).unwrap();
+            if k % 2 == 0 { app.push(f) } else { rem.push(f) }
+        }
+        report(&format!("table N={n}: append 1 row"), app);
+        report(&format!("table N={n}: remove 1 row"), rem);
+    }
+}
