@@ -124,6 +124,8 @@ struct List {
 struct Statics {
     parts: Vec<String>,
     anchors: Vec<Option<String>>,
+    /// Per slot, the loop counter it shows (1 to 5), or empty.
+    counters: Vec<u8>,
 }
 
 /// The browser's model: the statics it has been sent and the tree of
@@ -228,7 +230,32 @@ impl WireClient {
             if parts.len() != anchors.len() + 1 {
                 return Err(bad("statics parts and anchors do not fit"));
             }
-            self.statics.insert(sid, Statics { parts, anchors });
+            let counters: Vec<u8> = match entry.get(2) {
+                None => Vec::new(),
+                Some(c) => c
+                    .as_array()
+                    .filter(|c| c.len() == anchors.len())
+                    .ok_or_else(|| bad("bad counters"))?
+                    .iter()
+                    .map(|c| {
+                        c.as_u64()
+                            .filter(|c| *c <= 2)
+                            .map(|c| c as u8)
+                            .ok_or_else(|| bad("bad counter"))
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            if entry.as_array().is_some_and(|e| e.len() > 3) {
+                return Err(bad("bad statics"));
+            }
+            self.statics.insert(
+                sid,
+                Statics {
+                    parts,
+                    anchors,
+                    counters,
+                },
+            );
         }
         Ok(())
     }
@@ -346,8 +373,16 @@ impl WireClient {
                     *self.slot_mut(&id)? = Dyn::Text(text.clone());
                     Ok(())
                 }
-                (2, Some(b @ Json::Array(_))) => {
-                    let body = self.decode_body(b)?;
+                (2, Some(b @ (Json::Array(_) | Json::Number(_)))) => {
+                    // A body, or a constant one by its statics id alone.
+                    let body = if b.is_number() {
+                        if id.is_empty() {
+                            return Err(bad("the page by a statics id"));
+                        }
+                        self.decode_body(&Json::Array(vec![b.clone()]))?
+                    } else {
+                        self.decode_body(b)?
+                    };
                     if id.is_empty() {
                         self.root = Some(body);
                     } else {
@@ -486,7 +521,35 @@ impl WireClient {
                 list.items.retain(|(k, _)| *k != key);
             }
             "!" => {
+                if a.len() != 2 {
+                    return Err(bad("bad stream reset"));
+                }
                 self.stream_mut(&list_id)?.items.clear();
+            }
+            "#" => {
+                // Renumber: items from FROM on recompute their counter slots.
+                let from = field(2).ok().and_then(safe_int).filter(|_| a.len() == 3);
+                let from = from.ok_or_else(|| bad("bad renumber"))? as usize;
+                let statics = &self.statics;
+                let root = self.root.as_mut().ok_or_else(|| bad("no document yet"))?;
+                let list = match find_slot(statics, root, &list_id) {
+                    Some(Dyn::List(l)) if l.empty.is_none() => l,
+                    _ => return Err(bad(format!("fragment {list_id:?} is not a list"))),
+                };
+                let n = list.items.len();
+                if from > n {
+                    return Err(bad("renumber past the end"));
+                }
+                for (i, (_, body)) in list.items.iter_mut().enumerate().skip(from) {
+                    let Some(s) = statics.get(&body.sid) else {
+                        continue;
+                    };
+                    for (slot, c) in body.slots.iter_mut().zip(&s.counters) {
+                        if *c != 0 {
+                            *slot = Dyn::Text(counter_value(*c, i).to_string());
+                        }
+                    }
+                }
             }
             other => return Err(bad(format!("unknown op {other:?}"))),
         }
@@ -539,7 +602,13 @@ impl WireClient {
 }
 
 /// The op codes of wire v2; every other first element is an address.
-const OP_CODES: [&str; 6] = ["+", "-", "~", "*", "/", "!"];
+const OP_CODES: [&str; 7] = ["+", "-", "~", "*", "/", "!", "#"];
+
+/// A loop counter's value at position `i` (as the server's
+/// `compile::counter`, which this mirrors): 1 `loop.index`, 2 `loop.index0`.
+fn counter_value(c: u8, i: usize) -> usize {
+    if c == 1 { i + 1 } else { i }
+}
 
 /// A non-negative integer a JavaScript number holds exactly (as the JS
 /// client requires of ids, keys and seqs).

@@ -903,13 +903,19 @@ mod prop {
                     .unwrap();
                 drop(to_server);
                 conn.await.unwrap();
-                // One update frame per valid event, after hello and join.
-                let updates = replies.iter().filter(|j| j.is_array()).count();
-                assert_eq!(updates as i64, want.count, "update frames: {replies:?}");
+                // The client's model, fed what the socket sent (update
+                // frames, and joins: an ack the server finds out of step
+                // gets a resync), ends at the valid events' count and page.
+                let mut wire = statetemplate::apply::WireClient::new();
+                for j in replies.iter().filter(|j| j.is_array() || j.get("q").is_some()) {
+                    wire.apply(&j.to_string()).expect("the client applies what the server sends");
+                }
+                assert_eq!(wire.seq(), want.count as u64, "frames: {replies:?}");
                 let s = engine.get_session(&i.session_id.to_string(), &i.token).await.unwrap();
                 assert_eq!(s.seq().await, want.count as u64, "seq counts the valid events");
                 let fresh = engine.new_session("p.html", &want).await.unwrap();
                 assert_eq!(s.html().await, fresh.html, "the page is the valid events' result");
+                assert_eq!(wire.html(), fresh.html, "the client holds the valid events' result");
             });
         }
     }

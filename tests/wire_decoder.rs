@@ -103,6 +103,9 @@ fn fitting_op() -> impl Strategy<Value = Json> {
         text.clone().prop_map(|t| json!(["", 1, t])),
         text.prop_map(|t| json!(["", 0, {"k": ["a"], "b": [[1, t]]}, t])),
         Just(json!([1, {"e": [1, "none"]}])),
+        (0i64..4).prop_map(|n| json!(["#", 1, n])),
+        Just(json!(["1:a", 3])),
+        Just(json!(["1:b", [3]])),
         Just(json!([1, {"k": [1, "x-y"], "b": [[1, "one"], [1, "two"]]}])),
     ]
 }
@@ -146,6 +149,10 @@ fn statics() -> impl Strategy<Value = Json> {
         Just(json!({"2": [["<b>", "</b>"], [0]]})),
         Just(json!({"1": [["<li class=\"", "\">", "</li>"], [0, 0]]})),
         Just(json!({"3": [["<i>"], []]})),
+        Just(json!({"1": [["<li>", "</li>"], [0], [1]]})),
+        Just(json!({"1": [["<li>", "</li>"], [0], [2]]})),
+        Just(json!({"1": [["<li>", "</li>"], [0], [3]]})),
+        Just(json!({"1": [["<li>", "</li>"], [0], []]})),
         Just(json!({"4": [["a", "b"], []]})),
         Just(json!({"x": [["a"], []]})),
         Just(json!({"5": [["a", "b"], ["9"]]})),

@@ -20,7 +20,7 @@
     if (typeof k !== 'string') fail('bad key');
     return k;
   }
-  var CODES = { '+': 1, '-': 1, '~': 1, '*': 1, '/': 1, '!': 1 };
+  var CODES = { '+': 1, '-': 1, '~': 1, '*': 1, '/': 1, '!': 1, '#': 1 };
 
   /* ---- The model: statics table and tree of dynamic values. ---- */
   function Model() { this.st = {}; this.root = null; this.seq = 0; }
@@ -50,7 +50,11 @@
     for (var k in s) {
       var e = s[k], j;
       if (!/^\d+$/.test(k) || !Array.isArray(e) || !Array.isArray(e[0]) || !Array.isArray(e[1]) ||
-        e[0].length !== e[1].length + 1) fail('bad statics');
+        e[0].length !== e[1].length + 1 || e.length > 3) fail('bad statics');
+      if (e.length > 2) {
+        if (!Array.isArray(e[2]) || e[2].length !== e[1].length) fail('bad counters');
+        for (j = 0; j < e[2].length; j++) if (!isId(e[2][j]) || e[2][j] > 2) fail('bad counter');
+      }
       for (j = 0; j < e[0].length; j++) if (typeof e[0][j] !== 'string') fail('bad static');
       for (j = 0; j < e[1].length; j++) {
         if (e[1][j] === 0) e[1][j] = null;
@@ -160,8 +164,10 @@
         r = this.slot(id); r.o[r.i] = v;
         return { k: 'h', id: id, html: v };
       }
-      if (op.length === 2 && Array.isArray(v)) {
-        b = this.body(v);
+      if (op.length === 2 && (Array.isArray(v) || typeof v === 'number')) {
+        /* A body, or a constant one by its statics id alone. */
+        if (!Array.isArray(v) && id === '') fail('the page by a statics id');
+        b = this.body(Array.isArray(v) ? v : [v]);
         if (id === '') { this.root = b; return { k: 'root' }; }
         r = this.bodyLoc(id); r.o[r.i] = b;
         return { k: 'h', id: id, html: this.html(b) };
@@ -170,7 +176,7 @@
         r = this.slot(id); r.o[r.i] = this.list(v);
         return { k: 'h', id: id, html: this.dynHtml(r.o[r.i], id) };
       }
-      if (op.length < 3 || typeof v !== 'number') fail('bad op');
+      if (op.length < 3) fail('bad op');
       /* Runs of slots: a number starts a run, each value fills the next. */
       r = this.bodyLoc(id); b = r.o[r.i]; at = -1; filled = true;
       for (i = 1; i < op.length; i++) {
@@ -230,8 +236,25 @@
         l.k.splice(i, 1); l.b.splice(i, 1);
         return { k: 'x', id: id + ':' + kk };
       case '!':
+        if (op.length !== 2) fail('bad stream reset');
         l = this.stream(id); l.k.length = 0; l.b.length = 0;
         return { k: 'h', id: id, html: '' };
+      /* Renumber: items from FROM on recompute their loop counters. */
+      case '#':
+        l = this.stream(id); n = op[2];
+        if (op.length !== 3 || !isId(n) || n > l.k.length) fail('bad renumber');
+        acts = [];
+        for (i = n; i < l.b.length; i++) {
+          b = l.b[i]; r = this.st[b[0]][2]; filled = false;
+          if (!r) continue;
+          for (at = 0; at < r.length; at++) {
+            if (!r[at]) continue;
+            v = String(r[at] === 1 ? i + 1 : i);
+            if (b[at + 1] !== v) { b[at + 1] = v; filled = true; }
+          }
+          if (filled) acts.push({ k: 'h', id: id + ':' + l.k[i], html: this.html(b) });
+        }
+        return acts;
     }
     fail('unknown op ' + k);
   };

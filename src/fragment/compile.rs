@@ -101,6 +101,28 @@ pub(crate) struct Statics {
     pub parts: Vec<Box<str>>,
     /// For each slot, the fragment id it is anchored as, if any.
     pub anchors: Vec<Option<Arc<str>>>,
+    /// For each slot, which loop counter it outputs as it is (`{{
+    /// loop.index }}` and the like, see [`Counter`]), or empty when none
+    /// does: in a loop's item body a client can recompute these from the
+    /// item's position, so a shift costs one operation for the whole list.
+    pub counters: Vec<u8>,
+}
+
+/// The loop counters a client can compute from an item's position `i` (the
+/// values in `Statics::counters`).
+pub(crate) mod counter {
+    /// `loop.index`: `i + 1`.
+    pub(crate) const INDEX: u8 = 1;
+    /// `loop.index0`: `i`.
+    pub(crate) const INDEX0: u8 = 2;
+
+    /// The counter's value at position `i`.
+    pub(crate) fn value(c: u8, i: usize) -> usize {
+        match c {
+            INDEX => i + 1,
+            _ => i,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -592,11 +614,42 @@ impl<'e> Compiler<'e> {
     }
 
     fn statics(&self, parts: Vec<Box<str>>, anchors: Vec<Option<Arc<str>>>) -> Arc<Statics> {
+        self.statics_with(parts, anchors, Vec::new())
+    }
+
+    fn statics_with(
+        &self,
+        parts: Vec<Box<str>>,
+        anchors: Vec<Option<Arc<str>>>,
+        mut counters: Vec<u8>,
+    ) -> Arc<Statics> {
+        if counters.iter().all(|c| *c == 0) {
+            counters = Vec::new();
+        }
         Arc::new(Statics {
             sid: self.counters.sid.fetch_add(1, Ordering::Relaxed),
             parts,
             anchors,
+            counters,
         })
+    }
+
+    /// Which loop counter `{{ e }}` outputs as it is, if it is one of the
+    /// innermost loop's (`loop.index`, …): see [`counter`].
+    fn counter_of(&self, e: &Expr<'_>) -> u8 {
+        let Expr::GetAttr(g) = e else { return 0 };
+        let Expr::Var(v) = &g.expr else { return 0 };
+        let innermost = self.scope.iter().rev().find(|(n, _)| n == "loop");
+        if v.id != "loop" || !matches!(innermost, Some((_, Local::LoopObj(_)))) {
+            return 0;
+        }
+        // Not `revindex`, `revindex0` or `length`: a loop over an iterator
+        // of unknown length has none.
+        match g.name {
+            "index" => counter::INDEX,
+            "index0" => counter::INDEX0,
+            _ => 0,
+        }
     }
 
     fn add_synth(&mut self, origin: &Arc<Origin>, source: String, line: u16) -> Synth {
@@ -685,6 +738,7 @@ impl<'e> Compiler<'e> {
         let source = src.origin.source.clone();
         let mut parts: Vec<String> = vec![String::new()];
         let mut anchors: Vec<Option<Arc<str>>> = Vec::new();
+        let mut counters: Vec<u8> = Vec::new();
         let mut ops = Vec::new();
         let mut deps = Deps::default();
         let mut depth = 0i32;
@@ -708,6 +762,7 @@ impl<'e> Compiler<'e> {
                     let anchor: Option<Arc<str>> = (anchorable && c2 == ctx && d2 == 0)
                         .then(|| self.node_id().to_string().into());
                     push_slot(&mut parts, &mut anchors, anchor);
+                    counters.push(0);
                     ops.push(Op::Region { body });
                     ctx = c2;
                     depth += d2;
@@ -715,6 +770,7 @@ impl<'e> Compiler<'e> {
                     continue;
                 }
             }
+            let mut slot_counter = 0;
             let (op, anchor_name): (Op, Option<String>) = match stmt {
                 Stmt::EmitRaw(r) => {
                     parts.last_mut().expect("parts").push_str(r.raw);
@@ -752,6 +808,7 @@ impl<'e> Compiler<'e> {
                         let vars = self.vars_of(&text)?;
                         let deps = self.classify(&vars, src);
                         let synth = self.synth_for(src, text, &vars, e.span().start_line);
+                        slot_counter = self.counter_of(&e.expr);
                         (
                             Op::Leaf { synth, deps },
                             anchorable.then(|| self.node_id().to_string()),
@@ -964,11 +1021,16 @@ impl<'e> Compiler<'e> {
             }
             if op.has_slot() {
                 push_slot(&mut parts, &mut anchors, anchor_name.map(Into::into));
+                counters.push(slot_counter);
             }
             ops.push(op);
         }
         self.scope.truncate(scope_mark);
-        let statics = self.statics(parts.into_iter().map(Into::into).collect(), anchors);
+        let statics = self.statics_with(
+            parts.into_iter().map(Into::into).collect(),
+            anchors,
+            counters,
+        );
         Ok((Body { statics, ops, deps }, ctx, depth))
     }
 

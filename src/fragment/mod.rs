@@ -239,6 +239,14 @@ pub(crate) enum PatchOp {
     },
     /// An insert, delete or reset of a stream (`stream.rs`).
     Stream(stream::StreamOp),
+    /// The items of `list` from position `from` on recompute their loop
+    /// counter slots from their positions (`items`: those whose counters
+    /// changed, for the seed-style updates).
+    Renumber {
+        list: Arc<str>,
+        from: usize,
+        items: Vec<(Arc<str>, Arc<BodyOut>)>,
+    },
 }
 
 impl Patch {
@@ -279,9 +287,19 @@ impl Patch {
         let item = |l: &str, k: &str| format!("{l}:{k}");
         self.ops
             .iter()
-            .filter_map(|op| {
-                Some(match op {
-                    PatchOp::Stream(s) => return s.update(ts, self.seq),
+            .flat_map(|op| -> Vec<Update> {
+                vec![match op {
+                    PatchOp::Stream(s) => return s.update(ts, self.seq).into_iter().collect(),
+                    PatchOp::Renumber { list, items, .. } => {
+                        return items
+                            .iter()
+                            .map(|(key, body)| {
+                                let mut h = String::new();
+                                tree::write_body(body, &mut h);
+                                mk(item(list, key), h, Action::Replace, None)
+                            })
+                            .collect();
+                    }
                     PatchOp::Text { id, text } => {
                         mk(id.to_string(), text.to_string(), Action::Replace, None)
                     }
@@ -322,7 +340,7 @@ impl Patch {
                         ),
                         None => mk(item(list, key), String::new(), Action::MoveFirst, None),
                     },
-                })
+                }]
             })
             .collect()
     }
@@ -521,6 +539,12 @@ fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {
     let key = tree::json_key;
     match op {
         PatchOp::Stream(op) => op.encode(w, out),
+        PatchOp::Renumber { list, from, .. } => {
+            out.push_str("[\"#\",");
+            addr(list, out);
+            out.push(',');
+            out.push_str(&from.to_string());
+        }
         PatchOp::Text { id, text } => {
             out.push('[');
             addr(id, out);
@@ -531,7 +555,12 @@ fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {
             out.push('[');
             addr(id, out);
             out.push(',');
-            w.body(body, out);
+            if body.slots.is_empty() && !id.is_empty() {
+                // A constant branch: its statics id alone.
+                w.constant(body, out);
+            } else {
+                w.body(body, out);
+            }
         }
         PatchOp::Slots { id, body, slots } => {
             // Runs of consecutive slots: a number starts a run, each value

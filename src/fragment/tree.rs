@@ -181,6 +181,15 @@ impl WireWriter<'_> {
         out.push(']');
     }
 
+    /// A body without slots, by its statics id alone.
+    pub(crate) fn constant(&mut self, b: &BodyOut, out: &mut String) {
+        debug_assert!(b.slots.is_empty());
+        if self.sent.insert(b.statics.sid) {
+            self.new_statics.push(b.statics.clone());
+        }
+        out.push_str(&b.statics.sid.to_string());
+    }
+
     pub(crate) fn slot(&mut self, s: &SlotOut, out: &mut String) {
         match s {
             SlotOut::Text(t) => json_str(t, out),
@@ -240,7 +249,18 @@ impl WireWriter<'_> {
                     None => out.push('0'),
                 }
             }
-            out.push_str("]]");
+            out.push(']');
+            if !s.counters.is_empty() {
+                out.push_str(",[");
+                for (j, c) in s.counters.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    out.push((b'0' + c) as char);
+                }
+                out.push(']');
+            }
+            out.push(']');
         }
         out.push('}');
     }
