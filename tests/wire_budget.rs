@@ -167,3 +167,27 @@ fn a_loop_counter_shift_is_one_operation() {
     }
     assert!(shifted >= 4, "{shifted} shifts");
 }
+
+/// Corpus case 34: dynamic attributes on a wrapper, a heading, void
+/// elements, a table row, an option, an SVG circle. Each change addresses
+/// the element's own fragment, never the page.
+#[test]
+fn an_attribute_change_addresses_its_element() {
+    for (name, frames) in all_frames()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("34_element_attrs"))
+    {
+        let mut attrs = 0;
+        for (n, text) in frames.iter().enumerate().skip(1) {
+            let ops: Vec<Json> = serde_json::from_str(text).unwrap();
+            for op in ops.iter().filter(|o| !o.is_object()) {
+                let a = op.as_array().unwrap();
+                assert_ne!(a[0], "", "{name} frame {n}: a page patch: {op}");
+                if a.len() >= 3 && a[1].is_number() {
+                    attrs += 1;
+                }
+            }
+        }
+        assert!(attrs >= 10, "{name}: {attrs} element patches");
+    }
+}

@@ -12,7 +12,7 @@ use minijinja::machinery::ast::{self, CallArg, Expr, Stmt};
 use minijinja::machinery::{get_compiled_template, parse};
 use minijinja::{AutoEscape, Environment};
 
-use super::html::{Ctx, scan};
+use super::html::{Ctx, open_tag, scan_until};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The data paths a piece of template reads.
@@ -742,6 +742,13 @@ impl<'e> Compiler<'e> {
         let mut ops = Vec::new();
         let mut deps = Deps::default();
         let mut depth = 0i32;
+        // Elements with a dynamic attribute whose end is not yet reached
+        // (outside list items): each becomes an anchored fragment of its
+        // own when it ends in this body, so an attribute change patches
+        // that element, not the fragment around it.
+        let mut elems: Vec<ElemOpen> = Vec::new();
+        // The context where the current (last) part began.
+        let mut part_ctx = ctx;
         let scope_mark = self.scope.len();
         let region_here = std::mem::take(&mut self.region_open);
         let mut next = 0;
@@ -766,15 +773,53 @@ impl<'e> Compiler<'e> {
                     ops.push(Op::Region { body });
                     ctx = c2;
                     depth += d2;
+                    part_ctx = ctx;
+                    elems.clear();
                     next = end + 1;
                     continue;
                 }
             }
             let mut slot_counter = 0;
+            let stmt_ctx = ctx;
+            if !cx.in_item
+                && !matches!(stmt, Stmt::EmitRaw(_))
+                && matches!(ctx, Ctx::Tag { .. } | Ctx::Attr { .. } | Ctx::Raw(_))
+            {
+                let last = parts.last().expect("parts");
+                if let Some((off, Ctx::Text, name, void)) = open_tag(part_ctx, last) {
+                    let fresh = elems
+                        .last()
+                        .is_none_or(|e| (e.part, e.off) != (parts.len() - 1, off));
+                    if fresh && !matches!(name.as_str(), "html" | "head" | "body") {
+                        elems.push(ElemOpen {
+                            part: parts.len() - 1,
+                            off,
+                            slot: anchors.len(),
+                            op: ops.len(),
+                            depth: depth - i32::from(!void),
+                        });
+                    }
+                }
+            }
             let (op, anchor_name): (Op, Option<String>) = match stmt {
                 Stmt::EmitRaw(r) => {
-                    parts.last_mut().expect("parts").push_str(r.raw);
-                    ctx = scan(ctx, r.raw, &mut depth);
+                    let mut rest: &str = r.raw;
+                    loop {
+                        let until = elems.last().map(|e| e.depth);
+                        let (c, closed) = scan_until(ctx, rest, &mut depth, until);
+                        ctx = c;
+                        let Some(n) = closed else {
+                            parts.last_mut().expect("parts").push_str(rest);
+                            break;
+                        };
+                        parts.last_mut().expect("parts").push_str(&rest[..n]);
+                        rest = &rest[n..];
+                        let e = elems.pop().expect("an open element");
+                        if self.close_element(e, &mut parts, &mut anchors, &mut counters, &mut ops)
+                        {
+                            part_ctx = ctx;
+                        }
+                    }
                     continue;
                 }
                 Stmt::EmitExpr(e) => {
@@ -992,36 +1037,19 @@ impl<'e> Compiler<'e> {
                 }
                 Stmt::Template(_) => continue,
             };
-            match &op {
-                Op::Leaf { deps: d, .. } | Op::Set { deps: d, .. } => deps.merge(d),
-                Op::Region { body } => deps.merge(&body.deps),
-                Op::Recursive(r) => {
-                    deps.merge(&r.node.iter_deps);
-                    deps.merge(&r.node.body_deps);
-                }
-                Op::Recurse { deps: d, .. } => deps.merge(d),
-                Op::If { conds, branches } => {
-                    for (_, d) in conds {
-                        deps.merge(d);
-                    }
-                    for b in branches {
-                        deps.merge(&b.deps);
-                    }
-                }
-                Op::For(f) => {
-                    deps.merge(&f.iter_deps);
-                    deps.merge(&f.body_deps);
-                }
-                Op::Sub { with, body } => {
-                    for (_, _, d) in with {
-                        deps.merge(d);
-                    }
-                    deps.merge(&body.deps);
-                }
+            op_deps(&op, &mut deps);
+            // Only values and anchored (balanced) fragments may sit inside
+            // an element made a fragment of its own.
+            if !(matches!(op, Op::Leaf { .. })
+                || anchor_name.is_some()
+                || in_tag_and_balanced(&op, stmt_ctx))
+            {
+                elems.clear();
             }
             if op.has_slot() {
                 push_slot(&mut parts, &mut anchors, anchor_name.map(Into::into));
                 counters.push(slot_counter);
+                part_ctx = ctx;
             }
             ops.push(op);
         }
@@ -1032,6 +1060,49 @@ impl<'e> Compiler<'e> {
             counters,
         );
         Ok((Body { statics, ops, deps }, ctx, depth))
+    }
+
+    /// Makes the element `e`, which just ended at the end of the last part,
+    /// an anchored sub-body in its body's place. `false` (and nothing
+    /// changes) when the element holds something other than slots.
+    fn close_element(
+        &mut self,
+        e: ElemOpen,
+        parts: &mut Vec<String>,
+        anchors: &mut Vec<Option<Arc<str>>>,
+        counters: &mut Vec<u8>,
+        ops: &mut Vec<Op>,
+    ) -> bool {
+        if e.part + 1 >= parts.len() || ops[e.op..].iter().any(|o| !o.has_slot()) {
+            return false;
+        }
+        let mut inner: Vec<String> = parts.split_off(e.part + 1);
+        inner.insert(0, parts[e.part].split_off(e.off));
+        let inner_anchors = anchors.split_off(e.slot);
+        let inner_counters = counters.split_off(e.slot);
+        let inner_ops = ops.split_off(e.op);
+        debug_assert_eq!(inner.len(), inner_anchors.len() + 1);
+        let mut inner_deps = Deps::default();
+        for op in &inner_ops {
+            op_deps(op, &mut inner_deps);
+        }
+        let body = Body {
+            statics: self.statics_with(
+                inner.into_iter().map(Into::into).collect(),
+                inner_anchors,
+                inner_counters,
+            ),
+            ops: inner_ops,
+            deps: inner_deps,
+        };
+        let id = self.node_id().to_string();
+        push_slot(parts, anchors, Some(id.into()));
+        counters.push(0);
+        ops.push(Op::Sub {
+            with: Vec::new(),
+            body,
+        });
+        true
     }
 
     fn block_body(
@@ -1477,6 +1548,64 @@ fn widen_recursion(body: &mut Body, extra: &Deps) -> bool {
         body.deps.merge(extra);
     }
     found
+}
+
+/// An element with a dynamic attribute, from its `<` on, not yet ended.
+struct ElemOpen {
+    /// Where its `<` is: the part and the byte in it.
+    part: usize,
+    off: usize,
+    /// The first slot and op inside it.
+    slot: usize,
+    op: usize,
+    /// The nesting depth it ends at.
+    depth: i32,
+}
+
+/// An `if` inside a tag (`{% if on %} checked{% endif %}`) whose branches
+/// are text and values only and leave the tag as they found it.
+fn in_tag_and_balanced(op: &Op, ctx: Ctx) -> bool {
+    let Op::If { branches, .. } = op else {
+        return false;
+    };
+    matches!(ctx, Ctx::Tag { .. } | Ctx::Attr { .. })
+        && branches.iter().all(|b| {
+            let mut depth = 0;
+            b.ops.iter().all(|o| matches!(o, Op::Leaf { .. }))
+                && super::html::scan(ctx, &b.statics.parts.concat(), &mut depth) == ctx
+                && depth == 0
+        })
+}
+
+/// Adds what `op` reads to `deps`.
+fn op_deps(op: &Op, deps: &mut Deps) {
+    match op {
+        Op::Leaf { deps: d, .. } | Op::Set { deps: d, .. } => deps.merge(d),
+        Op::Region { body } => deps.merge(&body.deps),
+        Op::Recursive(r) => {
+            deps.merge(&r.node.iter_deps);
+            deps.merge(&r.node.body_deps);
+        }
+        Op::Recurse { deps: d, .. } => deps.merge(d),
+        Op::If { conds, branches } => {
+            for (_, d) in conds {
+                deps.merge(d);
+            }
+            for b in branches {
+                deps.merge(&b.deps);
+            }
+        }
+        Op::For(f) => {
+            deps.merge(&f.iter_deps);
+            deps.merge(&f.body_deps);
+        }
+        Op::Sub { with, body } => {
+            for (_, _, d) in with {
+                deps.merge(d);
+            }
+            deps.merge(&body.deps);
+        }
+    }
 }
 
 /// Adds a slot to a body's statics, with its anchor markers if anchored.

@@ -18,10 +18,11 @@ pub(crate) enum Ctx {
         closing: bool,
         table: bool,
     },
-    /// Inside a quoted attribute value.
+    /// Inside a quoted attribute value (`closing` as in the tag's `Tag`).
     Attr {
         quote: u8,
         raw: Option<RawKind>,
+        closing: bool,
         table: bool,
     },
     /// Inside `<!-- ... -->`.
@@ -67,14 +68,52 @@ const VOID: &[&str] = &[
 
 /// Scans `text` from `ctx`; returns the new context and adds the change in
 /// element nesting depth to `depth`.
-pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
+pub(crate) fn scan(ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
+    scan_until(ctx, text, depth, None).0
+}
+
+/// An opening tag that `text` (scanned from `ctx`) leaves open, inside it,
+/// in one of its attribute values, or in its raw text (`<textarea>…`): where its `<` is, the context before
+/// it, its name, and whether it is void. `None` if `text` ends elsewhere.
+/// (Compile time only: quadratic in the length of `text`.)
+pub(crate) fn open_tag(ctx: Ctx, text: &str) -> Option<(usize, Ctx, String, bool)> {
+    let end = scan(ctx, text, &mut 0);
+    if !matches!(end, Ctx::Tag { .. } | Ctx::Attr { .. } | Ctx::Raw(_)) {
+        return None;
+    }
+    let b = text.as_bytes();
+    // The last `<` in text context starts the tag text ends in: an opening
+    // tag if a name follows it (not `</`).
+    for p in (0..b.len()).rev().filter(|p| b[*p] == b'<') {
+        let before = scan(ctx, &text[..p], &mut 0);
+        if matches!(before, Ctx::Text | Ctx::TableText) {
+            let (name, _) = tag_name(&b[p + 1..]);
+            if name.is_empty() {
+                return None;
+            }
+            let void = VOID.contains(&name.as_str());
+            return Some((p, before, name, void));
+        }
+    }
+    None
+}
+
+/// Scans like [`scan`]; with `until = Some(d)`, stops right after the first
+/// `>` that leaves text context at depth `d` (an element that began at
+/// depth `d` has closed), returning the offset after it.
+pub(crate) fn scan_until(
+    mut ctx: Ctx,
+    text: &str,
+    depth: &mut i32,
+    until: Option<i32>,
+) -> (Ctx, Option<usize>) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
         match ctx {
             Ctx::Text | Ctx::TableText => {
                 let Some(p) = memchr(b'<', &b[i..]) else {
-                    return ctx;
+                    return (ctx, None);
                 };
                 i += p + 1;
                 if b[i..].starts_with(b"!--") {
@@ -121,6 +160,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                         ctx = Ctx::Attr {
                             quote: b[i],
                             raw,
+                            closing,
                             table,
                         }
                     }
@@ -134,19 +174,27 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                             _ if table && !closing && !self_closing => Ctx::TableText,
                             _ => Ctx::Text,
                         };
+                        if ctx == Ctx::Text && until == Some(*depth) && (closing || self_closing) {
+                            return (ctx, Some(i + 1));
+                        }
                     }
                     _ => {}
                 }
                 i += 1;
             }
-            Ctx::Attr { quote, raw, table } => {
+            Ctx::Attr {
+                quote,
+                raw,
+                closing,
+                table,
+            } => {
                 match memchr(quote, &b[i..]) {
                     Some(p) => i += p + 1,
-                    None => return ctx,
+                    None => return (ctx, None),
                 }
                 ctx = Ctx::Tag {
                     raw,
-                    closing: false,
+                    closing,
                     table,
                 };
             }
@@ -155,7 +203,7 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                     i += p + 3;
                     ctx = Ctx::Text;
                 }
-                None => return ctx,
+                None => return (ctx, None),
             },
             Ctx::Raw(k) => {
                 let end = format!("</{}", k.name());
@@ -169,12 +217,12 @@ pub(crate) fn scan(mut ctx: Ctx, text: &str, depth: &mut i32) -> Ctx {
                             table: false,
                         };
                     }
-                    None => return ctx,
+                    None => return (ctx, None),
                 }
             }
         }
     }
-    ctx
+    (ctx, None)
 }
 
 fn tag_name(b: &[u8]) -> (String, usize) {
@@ -225,5 +273,69 @@ mod tests {
         assert_eq!(run("<table class=\"t\">"), (Ctx::TableText, 1));
         assert_eq!(run("<table><tbody>"), (Ctx::Text, 2));
         assert_eq!(run("<table><tr>"), (Ctx::Text, 2));
+    }
+
+    #[test]
+    fn open_tags_and_element_ends() {
+        let t = |s: &str| open_tag(Ctx::Text, s);
+        assert_eq!(
+            t("<p>hi</p><a class=\"x "),
+            Some((9, Ctx::Text, "a".into(), false))
+        );
+        assert_eq!(
+            t("<a title=\"x<b\" class=\""),
+            Some((0, Ctx::Text, "a".into(), false))
+        );
+        assert_eq!(
+            t("<input type=\"checkbox\" "),
+            Some((0, Ctx::Text, "input".into(), true))
+        );
+        assert_eq!(t("<p>hi</p>"), None);
+        assert_eq!(t("<p>hi</p "), None);
+        assert_eq!(t("<img src=\"a\" alt=\"").map(|x| x.3), Some(true));
+        // A void element's attributes do not make it open.
+        assert_eq!(
+            run("<img src=\"a.png\"/><input value=\"x\">"),
+            (Ctx::Text, 0)
+        );
+        assert_eq!(t("<script>a = \"<b ").map(|x| x.2), Some("script".into()));
+        assert_eq!(t("<p><textarea name=\"n\">a<b").map(|x| x.0), Some(3));
+        assert_eq!(t("<!-- <a href=\" -->"), None);
+        assert_eq!(t("<table><tr class=\"").map(|x| x.1), Some(Ctx::TableText));
+        // The element that began at depth 0 ends after its end tag.
+        let mut d = 1;
+        let s = "<b>x</b> more</p> after";
+        assert_eq!(
+            scan_until(Ctx::Text, s, &mut d, Some(0)),
+            (Ctx::Text, Some(17))
+        );
+        let mut d = 0;
+        assert_eq!(
+            scan_until(
+                Ctx::Tag {
+                    raw: None,
+                    closing: true,
+                    table: false
+                },
+                ">rest",
+                &mut d,
+                Some(0)
+            ),
+            (Ctx::Text, Some(1))
+        );
+        let mut d = 0;
+        assert_eq!(
+            scan_until(
+                Ctx::Tag {
+                    raw: None,
+                    closing: false,
+                    table: false
+                },
+                "/>rest",
+                &mut d,
+                Some(-1)
+            ),
+            (Ctx::Text, Some(2))
+        );
     }
 }
