@@ -315,8 +315,8 @@
     for (i = 0; i < news.length; i++) {
       if (i < olds.length) {
         if (olds[i].nodeType === news[i].nodeType && olds[i].nodeName === news[i].nodeName) morph(olds[i], news[i]);
-        else parent.replaceChild(news[i], olds[i]);
-      } else parent.insertBefore(news[i], before);
+        else { remember(news[i]); parent.replaceChild(news[i], olds[i]); }
+      } else { remember(news[i]); parent.insertBefore(news[i], before); }
     }
     for (; i < olds.length; i++) parent.removeChild(olds[i]);
   }
@@ -342,19 +342,47 @@
     return f === document.activeElement && (f.nodeName === 'TEXTAREA' || f.nodeName === 'INPUT' && !/^(checkbox|radio)$/.test(f.type));
   }
 
-  /* A field's state (value, checkedness, selectedness) as a fresh parse of
-   * its markup gives it: read from its own attributes and children once
-   * they are morphed, so neither a user's input nor moved-out children of
-   * the new markup leave it behind. Only set when it differs: a textarea
-   * that was never touched keeps following its text. */
-  function sync(f) {
-    var n = f.nodeName, o, i;
+  /* A field's live state (value, checkedness, selection) changes only when
+   * the server's rendered state for it changed since the client last saw
+   * it: what a user typed or picked, and the server did not change, stays
+   * (a focused text field keeps even a change). `seen` holds, per field,
+   * the rendered state last seen. */
+  var seen = new WeakMap();
+
+  function rendered(f) {
+    var n = f.nodeName, o, i, s = '';
     if (n === 'SELECT') {
-      for (o = f.options, i = 0; i < o.length; i++) if (o[i].selected !== o[i].defaultSelected) o[i].selected = o[i].defaultSelected;
-    } else if ((n === 'INPUT' || n === 'TEXTAREA') && !typing(f)) {
-      if (f.type === 'checkbox' || f.type === 'radio') { if (f.checked !== f.defaultChecked) f.checked = f.defaultChecked; }
-      else if (f.type !== 'file' && f.value !== f.defaultValue) f.value = f.defaultValue;
+      for (o = f.options, i = 0; i < o.length; i++) s += (o[i].defaultSelected ? '1' : '0') + o[i].value + '\u0000';
+      return s;
     }
+    if (f.type === 'checkbox' || f.type === 'radio') return f.defaultChecked;
+    return f.defaultValue;
+  }
+
+  function isField(f) {
+    var n = f.nodeName;
+    return n === 'SELECT' || n === 'TEXTAREA' || n === 'INPUT' && f.type !== 'file';
+  }
+
+  function sync(f) {
+    if (!isField(f)) return;
+    var now = rendered(f), last = seen.get(f), o, i;
+    seen.set(f, now);
+    if (last === undefined || last === now) return;
+    if (f.nodeName === 'SELECT') {
+      for (o = f.options, i = 0; i < o.length; i++) if (o[i].selected !== o[i].defaultSelected) o[i].selected = o[i].defaultSelected;
+    } else if (f.type === 'checkbox' || f.type === 'radio') {
+      if (f.checked !== f.defaultChecked) f.checked = f.defaultChecked;
+    } else if (!typing(f) && f.value !== f.defaultValue) f.value = f.defaultValue;
+  }
+
+  /* What the page was served with, or a new node was rendered with, is
+   * what the client has seen of its fields. */
+  function remember(root) {
+    if (root.nodeType !== 1 && root.nodeType !== 11) return;
+    if (root.nodeType === 1 && isField(root)) seen.set(root, rendered(root));
+    var fs = root.querySelectorAll('input, textarea, select');
+    for (var i = 0; i < fs.length; i++) if (isField(fs[i])) seen.set(fs[i], rendered(fs[i]));
   }
 
   function Dom(root) { this.root = root; this.idx = new Map(); }
@@ -407,7 +435,9 @@
         list = this.start(a.list);
         at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
         p = list.parentNode;
-        p.insertBefore(parse(p, a.html), at);
+        f = parse(p, a.html);
+        remember(f);
+        p.insertBefore(f, at);
         break;
       case 'x':
         nodes = this.range(a.id); p = nodes[0].parentNode;
@@ -446,6 +476,7 @@
     this.tries = 0;
     this.ref = 0;
     this.timers = new WeakMap();
+    remember(el);
     this.bind();
     this.connect();
   }
@@ -466,7 +497,8 @@
     ws.onclose = function (e) {
       if (self.ws !== ws) return;
       self.ws = null;
-      if (e.code === 4001 || e.code === 4002) return self.reload();
+      // 4001, 4002: the session is gone; 4003: another protocol version.
+      if (e.code === 4001 || e.code === 4002 || e.code === 4003) return self.reload();
       setState('reconnecting');
       var d = Math.min(10000, 250 * Math.pow(2, self.tries++));
       setTimeout(function () { self.connect(); }, d / 2 + Math.random() * d / 2);
@@ -539,21 +571,32 @@
     }, 1000);
   };
 
+  /* Attributes and properties read past a form's named fields (a field
+   * named `name`, `id`, `action` or `value` shadows the form's own). */
+  function attr(t, a) { return Element.prototype.getAttribute.call(t, a); }
+  function isForm(t) { return t instanceof HTMLFormElement; }
+
   function payload(type, t, e) {
-    var d = {}, k;
-    for (k in t.dataset) d[k] = t.dataset[k];
+    var d = {}, k, ds = isForm(t) ? null : t.dataset;
+    if (isForm(t)) {
+      for (k = 0; k < t.attributes.length; k++) {
+        var an = t.attributes[k].name;
+        if (an.indexOf('data-') === 0) d[an.slice(5).replace(/-([a-z])/g, function (m, c) { return c.toUpperCase(); })] = t.attributes[k].value;
+      }
+    } else for (k in ds) d[k] = ds[k];
     if (type === 'submit') {
-      var seen = {};
+      var seenName = {};
       new FormData(t).forEach(function (v, name) {
         if (typeof v !== 'string') return;
-        d[name] = seen[name] ? [].concat(d[name], v) : v;
-        seen[name] = 1;
+        d[name] = seenName[name] ? [].concat(d[name], v) : v;
+        seenName[name] = 1;
       });
-    } else if (type !== 'click' || 'value' in t && t.tagName !== 'BUTTON') {
+    } else if (!isForm(t) && (type !== 'click' || 'value' in t && t.tagName !== 'BUTTON')) {
       if ('value' in t) d.value = t.value;
       if (t.type === 'checkbox' || t.type === 'radio') d.checked = t.checked;
     }
-    if (t.name) d.name = d.name || t.name;
+    var nm = attr(t, 'name');
+    if (nm && d.name === undefined) d.name = nm;
     if (type === 'keydown') d.key = e.key;
     return d;
   }
@@ -567,7 +610,7 @@
         if (type === 'keydown' && t.hasAttribute('st-key') && t.getAttribute('st-key') !== e.key) return;
         if (type === 'submit' || type === 'click' && (t.tagName === 'A' || t.type === 'submit')) e.preventDefault();
         var m = { t: 'ev', n: t.getAttribute('st-' + type), d: payload(type, t, e), r: ++self.ref };
-        if (type === 'submit' && t.hasAttribute('st-reset')) t.reset();
+        if (type === 'submit' && t.hasAttribute('st-reset')) HTMLFormElement.prototype.reset.call(t);
         var wait = +t.getAttribute('st-debounce');
         if (!wait) return self.send(m);
         clearTimeout(self.timers.get(t));
@@ -579,7 +622,7 @@
   function start() {
     var els = document.querySelectorAll('[data-st-root]'), out = [];
     for (var i = 0; i < els.length; i++) out.push(new Client(els[i]));
-    window.statetemplate = { clients: out, Model: Model, Dom: Dom };
+    window.statetemplate = { clients: out, Model: Model, Dom: Dom, payload: payload, remember: remember };
   }
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();

@@ -340,6 +340,16 @@ const examples = {
     assert(after === before.joins, `counter: the reconnect resynced (${before.joins} -> ${after} joins) instead of resuming`);
     await checkFresh(page, base, 'counter: after a resumed reconnect');
     await page.screenshot({ path: path.join(SHOTS, 'counter.png') });
+    // A server that speaks another protocol version closes with 4003: the
+    // client reloads the page (which brings the server's client).
+    await page.evaluate(() => {
+      window.__beforeReload = 1;
+      const c = window.statetemplate.clients[0];
+      c.ws.onclose({ code: 4003, reason: 'unsupported protocol version' });
+    });
+    await until(page, () => window.__beforeReload === undefined && window.statetemplate && window.statetemplate.clients.length === 1);
+    await connected(page);
+    await checkFresh(page, base, 'counter: reloaded after 4003');
     return page;
   },
 
@@ -351,6 +361,29 @@ const examples = {
     await page.click('li[data-key="1"] input[type=checkbox]');
     await until(page, () => document.querySelector('li[data-key="1"]').className === 'done');
     await checkFresh(page, base, 'todos: toggled');
+    // Text the user typed and has not sent survives updates that do not
+    // change that field (the clock ticks every 0.5 s), focused or not.
+    await page.fill('#new', 'Draft, not sent');
+    await page.click('h1');
+    const t0 = await text(page, '#clock');
+    await until(page, (t0) => document.getElementById('clock').textContent !== t0, t0);
+    await page.waitForTimeout(700);
+    assert((await page.inputValue('#new')) === 'Draft, not sent', `todos: unsent text was erased: ${JSON.stringify(await page.inputValue('#new'))}`);
+    // A form whose fields are named like the form's own properties still
+    // sends its fields (form.name would be the field, not the attribute:
+    // an empty "name" field became {}).
+    const sent = await page.evaluate(() => {
+      const f = document.createElement('form');
+      f.setAttribute('name', 'signup');
+      f.setAttribute('data-step', '2');
+      f.innerHTML = '<input name="name" value=""><input name="id" value="7"><input name="action" value="go"><input name="method" value="post"><input name="value" value="v"><input name="reset" value="r">';
+      document.body.appendChild(f);
+      const d = window.statetemplate.payload('submit', f, {});
+      f.remove();
+      return d;
+    });
+    assert(JSON.stringify(sent) === JSON.stringify({ step: '2', name: '', id: '7', action: 'go', method: 'post', value: 'v', reset: 'r' }),
+      `todos: a form's payload with fields named like its properties: ${JSON.stringify(sent)}`);
     await page.fill('#new', 'Fourth thing');
     await page.press('#new', 'Enter');
     await until(page, () => document.querySelectorAll('#list li').length === 4);
@@ -576,8 +609,50 @@ async function corpusInTheDom(browser) {
         }
       }
     };
+    // As a user would type, tick and pick, without sending: every text
+    // field, check box and single select gets a value of the user's own.
+    const TEXTY = new Set(['text', 'search', 'email', 'url', 'tel', 'password']);
+    const server = (f) => f.localName === 'select'
+      ? [...f.options].map((o) => (o.defaultSelected ? '1' : '0') + o.value).join('|')
+      : f.type === 'checkbox' ? f.defaultChecked : f.defaultValue;
+    const live = (f) => f.localName === 'select'
+      ? [...f.options].map((o) => (o.selected ? '1' : '0')).join('')
+      : f.type === 'checkbox' ? f.checked : f.value;
+    // A fresh parse of the field's markup (a select with no option marked
+    // selected shows its first).
+    const parsed = document.createElement('div');
+    const fresh = (f) => {
+      if (f.localName !== 'select') return f.type === 'checkbox' ? f.defaultChecked : f.defaultValue;
+      parsed.innerHTML = f.outerHTML;
+      return live(parsed.firstElementChild);
+    };
+    const type = (n) => {
+      const typed = new Map();
+      for (const f of root.querySelectorAll('input, textarea, select')) {
+        if (f.localName === 'textarea' || f.localName === 'input' && TEXTY.has(f.type)) f.value = `typed ${n}`;
+        else if (f.type === 'checkbox') f.checked = !f.checked;
+        else if (f.localName === 'select' && !f.multiple && f.options.length > 1) f.selectedIndex = (f.selectedIndex + 1) % f.options.length;
+        else continue;
+        typed.set(f, { server: server(f), live: live(f) });
+      }
+      return typed;
+    };
+    // After a step: a field the user changed keeps the user's state unless
+    // the server's rendered state for it changed; others show the server's.
+    const kept = (typed) => {
+      let n = 0;
+      for (const f of root.querySelectorAll('input, textarea, select')) {
+        const t = typed.get(f);
+        if (!t) continue;
+        n++;
+        const want = t.server === server(f) ? t.live : fresh(f);
+        const why = t.server === server(f) ? 'the user\'s (the server did not change it)' : 'the server\'s new one';
+        if (live(f) !== want) return { n, diff: `${f.outerHTML}: ${JSON.stringify(live(f))}, not ${why} ${JSON.stringify(want)}` };
+      }
+      return { n, diff: null };
+    };
     for (const c of cases) {
-      for (const touched of [false, true]) {
+      for (const mode of ['fresh', 'touched', 'typed']) {
         root.innerHTML = '';
         const model = new window.statetemplate.Model();
         const dom = new window.statetemplate.Dom(root);
@@ -585,27 +660,30 @@ async function corpusInTheDom(browser) {
         let error = null;
         let step = 0;
         let fields = 0;
+        let typed = new Map();
         try {
           for (; step < c.frames.length; step++) {
             const acts = model.apply(JSON.parse(c.frames[step]));
             for (const a of acts) dom.act(a, model);
+            if (step === 0) window.statetemplate.remember(root);
             probe.innerHTML = c.html[step];
             if (probe.innerHTML !== root.innerHTML) {
               error = `step ${step}: DOM differs\n  dom:  ${root.innerHTML}\n  want: ${probe.innerHTML}`;
               break;
             }
-            const form = window.__formDiff(root, probe);
+            const form = mode === 'typed' ? kept(typed) : window.__formDiff(root, probe);
             if (form.diff) {
               error = `step ${step}: form state differs: ${form.diff}\n  html: ${probe.innerHTML}`;
               break;
             }
             fields += form.n;
-            if (touched) touch();
+            if (mode === 'touched') touch();
+            if (mode === 'typed') typed = type(step);
           }
         } catch (e) {
           error = `step ${step}: ${e}`;
         }
-        out.push({ name: c.name + (touched ? ' (touched)' : ''), steps: step, fields, error });
+        out.push({ name: c.name + (mode === 'fresh' ? '' : ` (${mode})`), steps: step, fields, error, mode });
       }
     }
     return out;
@@ -630,8 +708,11 @@ async function corpusInTheDom(browser) {
     assert(cases.some((c) => c.name === want), `the fixture has no case ${want}`);
   }
   const frames = cases.reduce((n, c) => n + c.frames.length, 0);
-  assert(results.length === 2 * cases.length, `ran ${results.length} of ${2 * cases.length} corpus runs`);
-  assert(failed.length || steps === 2 * frames, `applied ${steps} of ${2 * frames} frames`);
+  assert(results.length === 3 * cases.length, `ran ${results.length} of ${3 * cases.length} corpus runs`);
+  assert(failed.length || steps === 3 * frames, `applied ${steps} of ${3 * frames} frames`);
+  const typedFields = results.filter((r) => r.mode === 'typed').reduce((n, r) => n + r.fields, 0);
+  console.log(`corpus in the DOM: ${typedFields} fields the user had changed checked after the next frame`);
+  assert(typedFields >= 100, `only ${typedFields} typed fields checked`);
   assert(frames >= 150, `only ${frames} corpus frames`);
   assert(fields >= 650, `only ${fields} form fields compared`);
   return failed;
@@ -657,7 +738,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 8, todos: 13, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { counter: 9, todos: 13, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
