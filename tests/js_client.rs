@@ -106,13 +106,65 @@ fn js_model_rejects_what_the_rust_applier_rejects() {
     }
 }
 
+fn gzipped(s: &str) -> usize {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(s.as_bytes()).unwrap();
+    gz.finish().unwrap().len()
+}
+
 #[test]
 fn client_is_under_8_kb_gzipped() {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    gz.write_all(client::JS.as_bytes()).unwrap();
-    let n = gz.finish().unwrap().len();
-    println!("client: {} bytes, {n} gzipped", client::JS.len());
+    let n = gzipped(client::served());
+    println!(
+        "client: {} bytes, {} gzipped as written; served {} bytes, {n} gzipped",
+        client::JS.len(),
+        gzipped(client::JS),
+        client::served().len()
+    );
     assert!(n < 8 * 1024, "client is {n} bytes gzipped");
+}
+
+/// The served script is the written one without comments: Node parses it,
+/// it keeps every string literal of the source, and the browser tests run
+/// it (the examples load it from the server).
+#[test]
+fn the_served_client_is_the_script_without_comments() {
+    let served = client::served();
+    assert!(
+        served.len() < client::JS.len() * 17 / 20,
+        "{} of {} bytes",
+        served.len(),
+        client::JS.len()
+    );
+    assert!(
+        !served.contains("/*") && !served.contains("\n  "),
+        "comments or indentation left"
+    );
+    for lit in [
+        "'wss://'",
+        "'ws://'",
+        "'http://www.w3.org/2000/svg'",
+        "/^\\d+$/",
+        "'[st-'",
+    ] {
+        assert!(served.contains(lit), "{lit} lost");
+    }
+    let file = std::env::temp_dir().join(format!("st-served-{}.js", std::process::id()));
+    std::fs::write(&file, served).unwrap();
+    let out = std::process::Command::new("node")
+        .arg("--check")
+        .arg(&file)
+        .output()
+        .expect("node is required (scripts/test.sh installs it)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "node --check: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The browser tests run this script (and check the examples serve it).
+    std::fs::create_dir_all("target/browser").unwrap();
+    std::fs::write("target/browser/client.served.js", served).unwrap();
 }
 
 #[test]

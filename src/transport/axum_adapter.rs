@@ -108,7 +108,7 @@ fn client_script(headers: &HeaderMap, query: Option<&str>) -> Response {
             (header::ETAG, etag),
             (header::CACHE_CONTROL, cache),
         ],
-        client::JS,
+        client::served(),
     )
         .into_response()
 }

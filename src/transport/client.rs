@@ -2,18 +2,122 @@
 
 use std::sync::OnceLock;
 
-/// The client script.
+/// The client script, as written (commented).
 pub const JS: &str = include_str!("../client/statetemplate.js");
 
-/// The `Content-Type` to serve [`JS`] with.
+/// The client script as served: [`JS`] without its comments and
+/// indentation (the same code, line for line where code remains).
+pub fn served() -> &'static str {
+    static SERVED: OnceLock<String> = OnceLock::new();
+    SERVED.get_or_init(|| strip(JS))
+}
+
+/// Drops `/* */` and `//` comments, leading whitespace and empty lines,
+/// leaving strings and regular expression literals as they are. Line breaks
+/// between code stay, so automatic semicolon insertion is unchanged.
+fn strip(js: &str) -> String {
+    let b = js.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    // The last byte of code written (not whitespace), to tell a regular
+    // expression's `/` from a division.
+    let mut prev = b'\n';
+    let mut line_start = true;
+    while i < b.len() {
+        let c = b[i];
+        if line_start && (c == b' ' || c == b'\t') {
+            i += 1;
+            continue;
+        }
+        match c {
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let end = js[i + 2..].find("*/").map_or(b.len(), |p| i + 2 + p + 2);
+                i = end;
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'\n' => {
+                if !line_start {
+                    out.push(b'\n');
+                }
+                line_start = true;
+                i += 1;
+                continue;
+            }
+            b'\'' | b'"' => {
+                let q = c;
+                out.push(c);
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                    out.push(b[i]);
+                    i += 1;
+                }
+                if i < b.len() {
+                    out.push(q);
+                    i += 1;
+                }
+            }
+            b'/' if b"(,=:[!&|?{};\n".contains(&prev) => {
+                // A regular expression literal: to its closing `/`.
+                out.push(c);
+                i += 1;
+                let mut class = false;
+                while i < b.len() && (class || b[i] != b'/') {
+                    match b[i] {
+                        b'\\' if i + 1 < b.len() => {
+                            out.push(b[i]);
+                            i += 1;
+                        }
+                        b'[' => class = true,
+                        b']' => class = false,
+                        _ => {}
+                    }
+                    out.push(b[i]);
+                    i += 1;
+                }
+                if i < b.len() {
+                    out.push(b'/');
+                    i += 1;
+                }
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+        line_start = false;
+        if !matches!(c, b' ' | b'\t') {
+            prev = c;
+        }
+    }
+    // Whitespace at the ends of lines.
+    let text = String::from_utf8(out).expect("only ASCII bytes were cut");
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `Content-Type` to serve the script with.
 pub const CONTENT_TYPE: &str = "text/javascript; charset=utf-8";
 
-/// A strong ETag of [`JS`] (quoted): a 64-bit FNV-1a hash of its bytes.
+/// A strong ETag of the [`served`] script (quoted): a 64-bit FNV-1a hash of
+/// its bytes.
 pub fn etag() -> &'static str {
     static ETAG: OnceLock<String> = OnceLock::new();
     ETAG.get_or_init(|| {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in JS.bytes() {
+        for b in served().bytes() {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }

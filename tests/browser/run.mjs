@@ -18,7 +18,9 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SHOTS = path.join(ROOT, 'target/browser');
 const KEY = randomBytes(32).toString('base64url');
-const CLIENT = readFileSync(path.join(ROOT, 'src/client/statetemplate.js'), 'utf8');
+// The client as the crate serves it (comments stripped), written by
+// `cargo test --test js_client`.
+const CLIENT = readFileSync(path.join(ROOT, 'target/browser/client.served.js'), 'utf8');
 const only = process.argv.slice(2);
 mkdirSync(SHOTS, { recursive: true });
 
@@ -758,7 +760,7 @@ try {
     let server = await startServer(name, port);
     const served = await (await fetch(`${base}/statetemplate/client.js`)).text();
     if (served !== CLIENT) {
-      console.log(`FAIL ${name}: it serves another client than src/client/statetemplate.js (run cargo build --examples)`);
+      console.log(`FAIL ${name}: it serves another client than target/browser/client.served.js (run cargo test --test js_client and cargo build --examples)`);
       failures++;
       await stopServer(server);
       continue;
