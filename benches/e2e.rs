@@ -214,7 +214,9 @@ async fn scenario(addr: &str, label: &str, path: &str, buttons: &[&str], n: usiz
     };
     for k in 0..WARMUP + n {
         let b = buttons[k % buttons.len()];
-        let click = format!(r#"{{"t":"ev","n":"{b}"}}"#);
+        // As the JS client sends it: with a ref, so the server answers it
+        // (the answer, the ref alone, counts in the bytes).
+        let click = format!(r#"{{"t":"ev","n":"{b}","d":{{}},"r":{}}}"#, k + 1);
         let sent = Instant::now();
         ws.send(Message::Text(click.into())).await.unwrap();
         let (mut bytes, mut frames, mut last) = (0, 0, sent);

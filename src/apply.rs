@@ -395,10 +395,18 @@ impl WireClient {
                     *self.slot_mut(&id)? = Dyn::List(list);
                     Ok(())
                 }
-                (n, Some(Json::Number(_))) if n >= 3 => {
+                (n, Some(second)) if n >= 3 && (second.is_number() || second.is_string()) => {
+                    // `[ID, runs…]`, or an item's `[LIST, KEY, runs…]` (a
+                    // string key, or a number followed by a slot number).
+                    let item = second.is_string() || a[2].is_number();
+                    let (id, runs) = if item {
+                        (format!("{id}:{}", key(second)?), &a[2..])
+                    } else {
+                        (id, &a[1..])
+                    };
                     let mut decoded = Vec::new();
                     let mut at: Option<(usize, bool)> = None;
-                    for d in &a[1..] {
+                    for d in runs {
                         if let Json::Number(n) = d {
                             if at.is_some_and(|(_, filled)| !filled) {
                                 return Err(bad("a slot number without a value"));

@@ -198,7 +198,7 @@ fn a_recursive_loop_re_renders_the_path_to_a_change_and_patches_one_top_level_it
     // the other root; one patch, for the top-level item that holds it.
     for (s, renders, new) in [(&out[1], 3, "deep"), (&out[3], 3, "added")] {
         assert_eq!((s.ops, s.renders), (1, renders), "{s:?}");
-        assert!(s.frame.starts_with("[[\"2:a\","), "{s:?}");
+        assert!(s.frame.starts_with("[[2,\"a\","), "{s:?}");
         assert!(
             s.frame.contains(new) && !s.frame.contains("other-root") && !s.frame.contains('T'),
             "{s:?}"

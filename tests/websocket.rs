@@ -214,6 +214,8 @@ async fn full_flow(addr: &str, engine: &StateTemplate) {
     send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
     apply(&mut wire, &text(&mut ws).await);
     assert_eq!(wire.html(), fresh(engine, &count(1)));
+    // Then the event's answer: its ref.
+    assert_eq!(text(&mut ws).await, json!(1), "the event is acknowledged");
 
     // Errors come back as error frames; the connection and state survive.
     send(&mut ws, json!({"t":"ev","n":"nope","r":2})).await;
@@ -581,4 +583,53 @@ async fn an_ack_that_does_not_match_the_frame_sent_gets_a_resync() {
     send(&mut ws, json!({"t":"ack","q":99})).await;
     assert_eq!(text(&mut ws).await["t"], "hello");
     assert_eq!(text(&mut ws).await["q"], 5);
+}
+
+/// A client numbers its events and resends the unanswered ones after a
+/// reconnect: the session applies each (client, ref) once. Another client
+/// instance's refs are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_event_is_applied_once() {
+    let engine = engine(8);
+    let addr = serve_axum(&live(&engine)).await;
+    let i = new_counter(&engine).await;
+    let s = reopen(&engine, &i).await;
+    let as_client = |c: &str| format!("{}&c={c}", url(&addr, &i, &i.token, None));
+    let mut ws = connect(&as_client("00aa11bb22cc")).await;
+    let (mut wire, _) = join(&mut ws).await;
+    send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
+    apply(&mut wire, &text(&mut ws).await);
+    assert_eq!(text(&mut ws).await, json!(1));
+    ws.close(None).await.unwrap();
+    drop(ws);
+
+    // The same client, reconnected, resends ref 1 (its answer was lost)
+    // and sends ref 2: 1 is answered without being applied again.
+    let mut ws = connect(&as_client("00aa11bb22cc")).await;
+    let (mut wire, _) = join(&mut ws).await;
+    send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
+    assert_eq!(text(&mut ws).await, json!(1), "answered, not applied");
+    send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":2})).await;
+    apply(&mut wire, &text(&mut ws).await);
+    assert_eq!(text(&mut ws).await, json!(2));
+    assert_eq!(s.seq().await, 2, "two events applied, not three");
+    assert_eq!(wire.html(), fresh(&engine, &count(2)));
+
+    // Another client instance with its own ref 1.
+    let mut other = connect(&as_client("ffff")).await;
+    let (mut w2, _) = join(&mut other).await;
+    send(&mut other, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
+    apply(&mut w2, &text(&mut other).await);
+    assert_eq!(text(&mut other).await, json!(1));
+    assert_eq!(w2.html(), fresh(&engine, &count(3)));
+    // Without a client id, nothing is deduplicated.
+    let mut anon = connect(&url(&addr, &i, &i.token, None)).await;
+    let _ = join(&mut anon).await;
+    for _ in 0..2 {
+        send(&mut anon, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
+        let f = text(&mut anon).await;
+        assert!(f.is_array(), "{f}");
+        assert_eq!(text(&mut anon).await, json!(1));
+    }
+    assert_eq!(s.seq().await, 5);
 }

@@ -177,9 +177,12 @@
         return { k: 'h', id: id, html: this.dynHtml(r.o[r.i], id) };
       }
       if (op.length < 3) fail('bad op');
-      /* Runs of slots: a number starts a run, each value fills the next. */
+      /* Runs of slots: a number starts a run, each value fills the next.
+       * An item is addressed [LIST, KEY, runs…]. */
+      n = 1;
+      if (typeof v === 'string' || typeof v === 'number' && typeof op[2] === 'number') { id += ':' + key(v); n = 2; }
       r = this.bodyLoc(id); b = r.o[r.i]; at = -1; filled = true;
-      for (i = 1; i < op.length; i++) {
+      for (i = n; i < op.length; i++) {
         if (typeof op[i] === 'number') {
           if (!filled || op[i] < 0 || op[i] % 1) fail('bad slot list');
           at = op[i]; filled = false;
@@ -465,8 +468,18 @@
     c.toggle('st-reconnecting', s === 'reconnecting');
   }
 
+  /* Events not yet answered, in order, at most OUTBOX: kept while the
+   * socket is down and resent after each reconnect (the server applies an
+   * event at most once: by client id and ref). A new event beyond the
+   * limit is refused with an st:error (code outbox_full). */
+  var OUTBOX = 100;
+
   function Client(el) {
     this.el = el;
+    this.out = [];
+    var b = new Uint8Array(6);
+    (window.crypto || window.msCrypto).getRandomValues(b);
+    this.cid = Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); }).join('');
     this.sid = el.getAttribute('data-st-session');
     this.token = el.getAttribute('data-st-token');
     this.path = el.getAttribute('data-st-ws') || '/statetemplate/ws';
@@ -484,7 +497,7 @@
   Client.prototype.url = function () {
     var l = location, e = encodeURIComponent;
     var u = (l.protocol === 'https:' ? 'wss://' : 'ws://') + l.host + this.path +
-      '?v=2&sid=' + e(this.sid) + '&token=' + e(this.token);
+      '?v=2&sid=' + e(this.sid) + '&token=' + e(this.token) + '&c=' + this.cid;
     if (this.epoch && this.model.root) u += '&seq=' + this.model.seq + '&epoch=' + e(this.epoch);
     return u;
   };
@@ -522,10 +535,61 @@
     if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(m));
   };
 
+  /* An event from element t: queued until answered, shown as loading. */
+  Client.prototype.emit = function (m, t) {
+    if (this.out.length >= OUTBOX) {
+      this.el.dispatchEvent(new CustomEvent('st:error', { detail: { t: 'error', code: 'outbox_full', msg: 'too many events waiting for the server', r: m.r }, bubbles: true }));
+      return;
+    }
+    this.out.push({ m: m, t: t });
+    busy(t, true);
+    this.pending();
+    this.send(m);
+  };
+
+  /* The event with ref r is answered (applied, refused, or failed). */
+  Client.prototype.done = function (r) {
+    for (var i = 0; i < this.out.length; i++) {
+      if (this.out[i].m.r !== r) continue;
+      var t = this.out[i].t;
+      this.out.splice(i, 1);
+      if (!this.out.some(function (o) { return o.t === t; })) busy(t, false);
+      break;
+    }
+    this.pending();
+  };
+
+  Client.prototype.pending = function () {
+    this.el.setAttribute('data-st-pending', this.out.length);
+  };
+
+  /* Loading state: the class st-loading, aria-busy on a form, and
+   * st-disable-with="Saving…" disables the element (or a form's submit
+   * buttons) and shows that text until the answer. */
+  function busy(t, on) {
+    t.classList.toggle('st-loading', on);
+    if (!on && t.getAttribute('class') === '') t.removeAttribute('class');
+    if (isForm(t)) { if (on) t.setAttribute('aria-busy', 'true'); else t.removeAttribute('aria-busy'); }
+    var bs = isForm(t) ? t.querySelectorAll('[st-disable-with]') : t.hasAttribute('st-disable-with') ? [t] : [];
+    for (var i = 0; i < bs.length; i++) {
+      var b = bs[i];
+      if (on && !b.hasAttribute('data-st-was')) {
+        b.setAttribute('data-st-was', b.textContent);
+        b.textContent = b.getAttribute('st-disable-with');
+        b.disabled = true;
+      } else if (!on && b.hasAttribute('data-st-was')) {
+        b.textContent = b.getAttribute('data-st-was');
+        b.removeAttribute('data-st-was');
+        b.disabled = false;
+      }
+    }
+  }
+
   Client.prototype.frame = function (text) {
     var f, acts, ae, sel, i;
     try {
       f = JSON.parse(text);
+      if (typeof f === 'number') return this.done(f); // an event's answer: its ref
       if (f.t === 'hello') {
         this.epoch = f.epoch;
         if (f.token) this.token = f.token;
@@ -533,9 +597,11 @@
         this.hellos = (this.hellos || 0) + 1;
         sessionStorage.removeItem('st-reloads');
         setState('connected');
+        for (var k = 0; k < this.out.length; k++) this.send(this.out[k].m);
         return;
       }
       if (f.t === 'error') {
+        if (typeof f.r === 'number') this.done(f.r);
         this.el.dispatchEvent(new CustomEvent('st:error', { detail: f, bubbles: true }));
         if (window.console) console.warn('statetemplate:', f.code, f.msg);
         return;
@@ -609,12 +675,14 @@
         if (!t || !self.el.contains(t)) return;
         if (type === 'keydown' && t.hasAttribute('st-key') && t.getAttribute('st-key') !== e.key) return;
         if (type === 'submit' || type === 'click' && (t.tagName === 'A' || t.type === 'submit')) e.preventDefault();
+        // A form already being submitted is not submitted again (a double click).
+        if (type === 'submit' && self.out.some(function (o) { return o.t === t; })) return;
         var m = { t: 'ev', n: t.getAttribute('st-' + type), d: payload(type, t, e), r: ++self.ref };
         if (type === 'submit' && t.hasAttribute('st-reset')) HTMLFormElement.prototype.reset.call(t);
         var wait = +t.getAttribute('st-debounce');
-        if (!wait) return self.send(m);
+        if (!wait) return self.emit(m, t);
         clearTimeout(self.timers.get(t));
-        self.timers.set(t, setTimeout(function () { self.send(m); }, wait));
+        self.timers.set(t, setTimeout(function () { self.emit(m, t); }, wait));
       });
     });
   };

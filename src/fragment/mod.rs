@@ -564,9 +564,17 @@ fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {
         }
         PatchOp::Slots { id, body, slots } => {
             // Runs of consecutive slots: a number starts a run, each value
-            // after it fills the next slot.
+            // after it fills the next slot. An item is addressed as
+            // `LIST,KEY` (its list is anchored by a node number).
             out.push('[');
-            addr(id, out);
+            match id.split_once(':') {
+                Some((list, k)) => {
+                    addr(list, out);
+                    out.push(',');
+                    key(k, out);
+                }
+                None => addr(id, out),
+            }
             let mut next = usize::MAX;
             for n in slots {
                 if *n != next {

@@ -799,6 +799,13 @@ impl EngineInner {
     }
 }
 
+/// (client instance, highest event ref applied), oldest first.
+type Applied = Vec<(u64, u64)>;
+
+/// How many client instances per session [`Session::first_delivery`]
+/// remembers (the most recent; an older one's resends would apply again).
+const APPLIED_CLIENTS: usize = 16;
+
 struct SessionInner {
     id: SessionId,
     template: Arc<str>,
@@ -821,6 +828,9 @@ struct SessionInner {
     /// The events budget of all the session's connections together (made
     /// by the transport on the first event).
     event_budget: Mutex<Option<Box<Bucket>>>,
+    /// Per client instance that numbers its events, the highest ref applied
+    /// (the most recent [`APPLIED_CLIENTS`] clients).
+    applied: Mutex<Option<Box<Applied>>>,
     /// The time of the last client activity (not of the last render).
     last_access: AtomicU64,
     /// The expiry last written to the store (store writes on activity are
@@ -916,6 +926,7 @@ impl SessionInner {
             joined: AtomicBool::new(false),
             connections: AtomicU32::new(0),
             event_budget: Mutex::new(None),
+            applied: Mutex::new(None),
             last_access: AtomicU64::new(last_access_ms),
             stored_expiry: AtomicU64::new(0),
             version: AtomicU64::new(0),
@@ -1362,6 +1373,28 @@ impl Session {
     /// Reserves one event from the session's budget (`rate` a second,
     /// `burst` at once, shared by all its connections); how long the caller
     /// must wait before handling it.
+    /// Whether event `r` of client instance `client` is new: its refs only
+    /// grow, so one at or below the highest applied is a resend (after a
+    /// reconnect) and is not applied again. Records `r` as applied.
+    pub(crate) fn first_delivery(&self, client: u64, r: u64) -> bool {
+        let mut g = self.inner.applied.lock().expect("lock");
+        let v = g.get_or_insert_with(Default::default);
+        match v.iter().position(|(c, _)| *c == client) {
+            Some(i) => {
+                let (_, last) = v.remove(i);
+                v.push((client, last.max(r)));
+                r > last
+            }
+            None => {
+                if v.len() >= APPLIED_CLIENTS {
+                    v.remove(0);
+                }
+                v.push((client, r));
+                true
+            }
+        }
+    }
+
     pub(crate) fn reserve_event(&self, rate: f64, burst: f64) -> Duration {
         self.inner
             .event_budget

@@ -129,6 +129,11 @@ pub struct ConnectParams {
     /// The protocol version the client speaks.
     #[serde(default)]
     pub v: Option<u32>,
+    /// The client instance (a page's script; hex, up to 16 digits): events
+    /// it numbers (`r`) are applied at most once per session, however often
+    /// it resends them across reconnects.
+    #[serde(default)]
+    pub c: Option<String>,
 }
 
 impl fmt::Debug for ConnectParams {
@@ -481,6 +486,11 @@ impl Live {
             }
         };
         let token = session.token().unwrap_or_default();
+        let client = params
+            .c
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 16)
+            .and_then(|c| u64::from_str_radix(c, 16).ok());
         let ok = match catchup {
             Catchup::Frames(frames) => {
                 let mut ok = out.text(hello(&session.epoch(), &token)).await;
@@ -557,7 +567,7 @@ impl Live {
                                     sub.resync();
                                 }
                             }
-                            if let Some(reply) = self.client_frame(&session, frame).await {
+                            if let Some(reply) = self.client_frame(&session, client, frame).await {
                                 // What the event rendered goes out before its
                                 // reply, so a client sees the two in order.
                                 let mut open = true;
@@ -599,10 +609,14 @@ impl Live {
         tracing::debug!(parent: &span, "client disconnected");
     }
 
-    /// Handles one client text frame; returns the reply, if any.
+    /// Handles one client text frame; returns the reply, if any. An event
+    /// with a ref (`r`) always gets one: its ref alone (a JSON number) when
+    /// it was applied, or was applied before (a resend of client `client`),
+    /// else an error frame.
     async fn client_frame(
         &self,
         session: &Session,
+        client: Option<u64>,
         frame: std::result::Result<ClientFrame, String>,
     ) -> Option<String> {
         let frame: ClientFrame = match frame {
@@ -613,6 +627,12 @@ impl Live {
             ClientFrame::Ping => Some("{\"t\":\"pong\"}".to_owned()),
             ClientFrame::Ack { .. } => None,
             ClientFrame::Event { name, data, r } => {
+                if let (Some(c), Some(r)) = (client, r) {
+                    if !session.first_delivery(c, r) {
+                        tracing::debug!(event = %name, r, "event resent; applied before");
+                        return Some(r.to_string());
+                    }
+                }
                 let Some(h) = self.handlers.get(&name).cloned() else {
                     return Some(error_frame(
                         "unknown_event",
@@ -629,7 +649,7 @@ impl Live {
                     engine: self.engine.clone(),
                 };
                 match h(ctx).await {
-                    Ok(()) => None,
+                    Ok(()) => r.map(|r| r.to_string()),
                     Err(e) => {
                         let code = if e.kind() == ErrorKind::Protocol {
                             "bad_payload"
@@ -690,6 +710,7 @@ pub(crate) fn parse_query(q: &str) -> ConnectParams {
             "seq" => p.seq = v.parse().ok(),
             "epoch" => p.epoch = Some(v),
             "v" => p.v = v.parse().ok(),
+            "c" => p.c = Some(v),
             _ => {}
         }
     }
