@@ -29,6 +29,12 @@ async fn main() -> Result<(), statetemplate::Error> {
             Ok(())
         })
         .on_update("dec", |c: &mut Counter, _: Json| {
+            // A rule the user is told about: the page shows this message.
+            if c.count <= 0 {
+                return Err(statetemplate::Error::user(
+                    "The count cannot go below zero.",
+                ));
+            }
             c.count -= 1;
             Ok(())
         });

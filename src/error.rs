@@ -35,6 +35,9 @@ pub enum ErrorKind {
     /// No room for a new session: every slot up to `max_sessions` is held
     /// by a session a client has joined. Try again later (HTTP 503).
     Capacity,
+    /// A message for the person using the page: a handler refused an
+    /// event (see [`Error::user`]). The client shows it as it is.
+    User,
 }
 
 /// The crate's error: a kind, a message and, for template errors, the
@@ -119,6 +122,15 @@ impl Error {
     /// the client receives it as a `bad_payload` error frame.
     pub fn protocol(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Protocol, message)
+    }
+
+    /// A message for the person using the page, from an event handler:
+    /// `Err(Error::user("That email is taken"))`. The client receives it as
+    /// a `user` error frame and shows it (see `docs/protocol.md`). Other
+    /// errors from handlers are logged and shown as a generic message, so
+    /// nothing internal reaches the page.
+    pub fn user(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::User, message)
     }
 
     /// A store backend failure.

@@ -71,6 +71,14 @@ fn live(engine: &StateTemplate) -> Live {
                 std::io::Error::other("down"),
             ))
         })
+        .on_update("refuse", |c: &mut Counter, _: Json| {
+            c.count += 100; // dropped: a failed update changes nothing
+            Err(Error::user("That name is taken"))
+        })
+        .on_update("panic", |c: &mut Counter, _: Json| {
+            c.count += 1000;
+            panic!("a bug in the handler");
+        })
 }
 
 async fn serve_axum(live: &Live) -> String {
@@ -229,7 +237,23 @@ async fn full_flow(addr: &str, engine: &StateTemplate) {
     send(&mut ws, json!({"t":"ev","n":"fail","r":4})).await;
     let e = text(&mut ws).await;
     assert_eq!(e["code"], "handler");
-    assert!(e["msg"].as_str().unwrap().contains("database is down"));
+    // Internal errors are logged, not shown: the page gets a generic line.
+    assert!(
+        !e["msg"].as_str().unwrap().contains("database"),
+        "an internal error reached the page: {e}"
+    );
+    assert_eq!(e["r"], 4);
+    // A user error is shown as it is; the data did not change.
+    send(&mut ws, json!({"t":"ev","n":"refuse","r":5})).await;
+    let e = text(&mut ws).await;
+    assert_eq!(
+        (&e["code"], &e["msg"], &e["r"]),
+        (&json!("user"), &json!("That name is taken"), &json!(5))
+    );
+    // A panicking handler fails its event; the session and the socket go on.
+    send(&mut ws, json!({"t":"ev","n":"panic","r":6})).await;
+    let e = text(&mut ws).await;
+    assert_eq!((&e["code"], &e["r"]), (&json!("handler"), &json!(6)), "{e}");
     ws.send(Message::Text("{not json".into())).await.unwrap();
     assert_eq!(text(&mut ws).await["code"], "bad_frame");
     send(&mut ws, json!({"t":"ping"})).await;

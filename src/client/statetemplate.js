@@ -538,7 +538,7 @@
   /* An event from element t: queued until answered, shown as loading. */
   Client.prototype.emit = function (m, t) {
     if (this.out.length >= OUTBOX) {
-      this.el.dispatchEvent(new CustomEvent('st:error', { detail: { t: 'error', code: 'outbox_full', msg: 'too many events waiting for the server', r: m.r }, bubbles: true }));
+      this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions are waiting for the server. Try again in a moment.', r: m.r });
       return;
     }
     this.out.push({ m: m, t: t });
@@ -557,6 +557,30 @@
       break;
     }
     this.pending();
+  };
+
+  /* An error: the st:error event on the root (cancelable: an app that
+   * calls preventDefault shows it itself), then, for what the user should
+   * see (code user, handler, outbox_full), its message in the page's
+   * [st-flash] element (outside the root, or morphs clear it), or a
+   * default one, for 6 s. */
+  Client.prototype.flash = function (f) {
+    if (window.console) console.warn('statetemplate:', f.code, f.msg);
+    var ev = new CustomEvent('st:error', { detail: f, bubbles: true, cancelable: true });
+    if (!this.el.dispatchEvent(ev) || !/^(user|handler|outbox_full)$/.test(f.code)) return;
+    var box = document.querySelector('[st-flash]');
+    if (!box) {
+      box = document.createElement('div');
+      box.setAttribute('st-flash', '');
+      box.setAttribute('role', 'alert');
+      box.className = 'st-flash';
+      box.style.cssText = 'position:fixed;bottom:1em;left:50%;transform:translateX(-50%);background:#b00020;color:#fff;padding:.5em 1em;border-radius:4px;font:14px sans-serif;z-index:2147483647';
+      document.body.appendChild(box);
+    }
+    box.textContent = f.msg;
+    box.hidden = false;
+    clearTimeout(this.flashing);
+    this.flashing = setTimeout(function () { box.hidden = true; }, 6000);
   };
 
   Client.prototype.pending = function () {
@@ -602,8 +626,7 @@
       }
       if (f.t === 'error') {
         if (typeof f.r === 'number') this.done(f.r);
-        this.el.dispatchEvent(new CustomEvent('st:error', { detail: f, bubbles: true }));
-        if (window.console) console.warn('statetemplate:', f.code, f.msg);
+        this.flash(f);
         return;
       }
       if (f.t) return;

@@ -648,16 +648,31 @@ impl Live {
                     session: session.clone(),
                     engine: self.engine.clone(),
                 };
-                match h(ctx).await {
-                    Ok(()) => r.map(|r| r.to_string()),
-                    Err(e) => {
-                        let code = if e.kind() == ErrorKind::Protocol {
-                            "bad_payload"
-                        } else {
-                            "handler"
-                        };
-                        tracing::debug!(event = %name, error = %e, "event handler failed");
-                        Some(error_frame(code, &e.to_string(), r))
+                // A handler that panics fails its event, not the session (the
+                // page lock is async and not poisoned; the data is unchanged).
+                let run = std::panic::AssertUnwindSafe(h(ctx)).catch_unwind();
+                match run.await {
+                    Ok(Ok(())) => r.map(|r| r.to_string()),
+                    Ok(Err(e)) if e.kind() == ErrorKind::User => {
+                        tracing::debug!(event = %name, error = %e, "event refused");
+                        Some(error_frame("user", &e.to_string(), r))
+                    }
+                    Ok(Err(e)) if e.kind() == ErrorKind::Protocol => {
+                        tracing::debug!(event = %name, error = %e, "bad event payload");
+                        Some(error_frame("bad_payload", &e.to_string(), r))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(event = %name, error = %e, "event handler failed");
+                        Some(error_frame("handler", HANDLER_FAILED, r))
+                    }
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        tracing::error!(event = %name, panic = %what, "event handler panicked");
+                        Some(error_frame("handler", HANDLER_FAILED, r))
                     }
                 }
             }
@@ -682,6 +697,10 @@ fn hello(epoch: &str, token: &str) -> String {
         token
     )
 }
+
+/// What the page is told when a handler fails with an internal error or
+/// panics (the details go to the log).
+const HANDLER_FAILED: &str = "Something went wrong. Please try again.";
 
 fn error_frame(code: &str, message: &str, r: Option<u64>) -> String {
     let mut j = serde_json::json!({"t": "error", "code": code, "msg": message});

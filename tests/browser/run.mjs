@@ -95,7 +95,7 @@ async function nothingLostWhileCut(ctx, base, name, act, done) {
     await until(page, () => document.documentElement.classList.contains('st-reconnecting'));
     const pending = await act(page);
     await until(page, (n) => document.querySelector('[data-st-root]').getAttribute('data-st-pending') === String(n), pending);
-    await page.screenshot({ path: path.join(SHOTS, `${name}-offline.png`), caret: 'initial' });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, `${name}-offline.png`) });
     px.restore();
     await until(page, () => document.documentElement.classList.contains('st-connected') &&
       document.querySelector('[data-st-root]').getAttribute('data-st-pending') === '0' &&
@@ -340,7 +340,7 @@ async function typingKeepsFocus(page, base, name) {
 async function restartRecovers(server, name, port, page, base) {
   await stopServer(server);
   await until(page, () => document.documentElement.classList.contains('st-reconnecting'), undefined, 10000);
-  await page.screenshot({ path: path.join(SHOTS, `${name}-reconnecting.png`) });
+  await page.screenshot({ caret: 'initial', path: path.join(SHOTS, `${name}-reconnecting.png`) });
   const again = await startServer(name, port);
   await connected(page);
   await checkFresh(page, base, `${name}: after restart`);
@@ -395,7 +395,7 @@ const examples = {
     const after = await page.evaluate(() => window.statetemplate.clients[0].joins);
     assert(after === before.joins, `counter: the reconnect resynced (${before.joins} -> ${after} joins) instead of resuming`);
     await checkFresh(page, base, 'counter: after a resumed reconnect');
-    await page.screenshot({ path: path.join(SHOTS, 'counter.png') });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter.png') });
     // Three clicks while the connection is cut: each waits, loading, and is
     // applied once after the connection is back.
     const c0 = Number(await text(page, '#count'));
@@ -408,6 +408,23 @@ const examples = {
       assert(n === c0 + 3, `counter: ${n - c0} of 3 clicks applied`);
     });
     await until(page, (c) => document.getElementById('count').textContent === String(c + 3), c0);
+    // A handler's user error reaches the user: the st:error event and the
+    // default message; the count does not change.
+    for (let n = Number(await text(page, '#count')); n > 0; n--) {
+      await page.click('#dec');
+      await until(page, (n) => document.getElementById('count').textContent === String(n - 1), n);
+    }
+    await page.evaluate(() => {
+      window.__errors = [];
+      document.addEventListener('st:error', (e) => window.__errors.push(e.detail.code + ': ' + e.detail.msg));
+    });
+    await page.click('#dec');
+    await until(page, () => { const f = document.querySelector('[st-flash]'); return f && !f.hidden && f.textContent; });
+    const shown = await page.evaluate(() => [document.querySelector('[st-flash]').textContent, window.__errors, document.getElementById('count').textContent]);
+    assert(JSON.stringify(shown) === JSON.stringify(['The count cannot go below zero.', ['user: The count cannot go below zero.'], '0']),
+      `counter: the user error shown: ${JSON.stringify(shown)}`);
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter-error.png') });
+    await checkFresh(page, base, 'counter: after a refused event');
     // A server that speaks another protocol version closes with 4003: the
     // client reloads the page (which brings the server's client).
     await page.evaluate(() => {
@@ -513,7 +530,7 @@ const examples = {
     await until(page, (n) => document.querySelectorAll('#list li').length === n, before + 1);
     await page.click(`#list li:last-child button[title="remove"]`);
     await until(page, (n) => document.querySelectorAll('#list li').length === n, before);
-    await page.screenshot({ path: path.join(SHOTS, 'todos.png') });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'todos.png') });
     return page;
   },
 
@@ -537,7 +554,7 @@ const examples = {
     await until(page, () => document.getElementById('status').textContent === 'live');
     await checkFresh(page, base, 'dashboard: tab 1 after tab 2 resumed');
     await checkFresh(tab2, base, 'dashboard: tab 2');
-    await page.screenshot({ path: path.join(SHOTS, 'dashboard.png') });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'dashboard.png') });
     return page;
   },
 
@@ -571,7 +588,7 @@ const examples = {
     assert((await page.$$('#feed li')).length === 20, 'stream: the page keeps 20 items');
     // (`caret: 'initial'`: hiding the caret leaves `style=""` on the note
     // field, which a fresh render does not have.)
-    await page.screenshot({ path: path.join(SHOTS, 'stream.png'), caret: 'initial' });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'stream.png') });
     // The limit trimmed item 3 away; a burst of one more keeps trimming.
     await page.click('#add');
     await sent(55);
@@ -608,8 +625,8 @@ const examples = {
     want.splice(want.indexOf(41), 1);
     await checkStream(page, base, 'feed', want, 'stream: tab 1 deleted 41');
     await checkStream(tab2, base, 'feed', want2, 'stream: tab 2 unaffected by deleting 41');
-    await page.screenshot({ path: path.join(SHOTS, 'stream-two-tabs-1.png'), caret: 'initial' });
-    await tab2.screenshot({ path: path.join(SHOTS, 'stream-two-tabs-2.png'), caret: 'initial' });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'stream-two-tabs-1.png') });
+    await tab2.screenshot({ caret: 'initial', path: path.join(SHOTS, 'stream-two-tabs-2.png') });
     await tab2.close();
     // Reset empties the stream; items after it fill it again.
     await page.click('#reset');
@@ -653,7 +670,7 @@ const examples = {
     await until(bob, () => document.getElementById('messages').textContent.includes('From my second tab'));
     await checkFresh(page, base, 'chat: tab 1');
     await typingKeepsFocus(page, base, 'chat');
-    await page.screenshot({ path: path.join(SHOTS, 'chat.png') });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'chat.png') });
     await other.close();
     return page;
   },
@@ -829,7 +846,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 10, todos: 14, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { counter: 11, todos: 14, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
@@ -862,7 +879,7 @@ try {
     try {
       const page = await run(ctx, base, browser);
       server = await restartRecovers(server, name, port, page, base);
-      await page.screenshot({ path: path.join(SHOTS, `${name}-recovered.png`) });
+      await page.screenshot({ caret: 'initial', path: path.join(SHOTS, `${name}-recovered.png`) });
       assert(errors.length === 0, `${name}: page errors: ${errors.join('; ')}`);
       assert(checks - checks0 >= MIN_CHECKS[name], `${name}: ${checks - checks0} checks against a fresh render, expected ${MIN_CHECKS[name]}`);
       console.log(`ok   ${name} (${checks - checks0} checks, ${Date.now() - started} ms)`);
