@@ -40,7 +40,8 @@ cargo run --quiet --example edits >/dev/null
 [ "$(cargo run --quiet --example keygen 2>/dev/null | wc -c)" = 44 ]
 # Real-browser tests of every browser example in headless Chromium.
 cargo build --quiet --examples
-node tests/browser/run.mjs
+# Bounded: a hung browser step fails the run instead of stalling it.
+timeout 900 node tests/browser/run.mjs
 # The Autobahn WebSocket conformance suite (fails without Python 2.7 unless
 # AUTOBAHN_SKIP=1 is set).
 bash scripts/autobahn.sh

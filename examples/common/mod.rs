@@ -175,10 +175,14 @@ td.hot {{ background: #ffe1e1; }}
 .messages {{ list-style: none; padding: 0; }}
 .messages b {{ margin-right: .5rem; }}
 footer {{ margin-top: 1rem; color: #777; font-size: .8rem; }}
+.st-loading {{ opacity: .6; cursor: progress; }}
+[data-st-pending]:not([data-st-pending="0"])::before {{ content: attr(data-st-pending) " waiting to be sent"; position: fixed; top: 2.2rem; right: .5rem; font-size: .8rem; padding: .2rem .5rem; border-radius: 1rem; background: #ffe1b3; }}
+[st-flash] {{ position: fixed; bottom: 1rem; left: 50%; transform: translateX(-50%); background: #b00020; color: #fff; padding: .5rem 1rem; border-radius: .3rem; }}
 </style>
 </head>
 <body>
 <div class="conn"></div>
+<div st-flash role="alert" hidden></div>
 {mounted}
 </body>
 </html>

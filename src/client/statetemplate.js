@@ -490,8 +490,49 @@
     this.ref = 0;
     this.timers = new WeakMap();
     remember(el);
+    this.recovered = recover(el);
     this.bind();
     this.connect();
+  }
+
+  /* Form recovery: before the page reloads (its session is gone), the
+   * values the user typed and the server does not hold (text fields and
+   * selects whose value differs from the rendered one, outside
+   * [st-recover="off"]) are kept in sessionStorage; the reloaded page puts
+   * them back and, once connected, fires input and change on each, so the
+   * app's st-input/st-change handlers get them. */
+  var RECOVER = 'st-recover:';
+
+  function fieldKey(f) {
+    if (f.id) return '#' + f.id;
+    var n = attr(f, 'name');
+    return f.form && f.form.id && n ? f.form.id + '|' + n : null;
+  }
+
+  function typed(root) {
+    var out = [], fs = root.querySelectorAll('input, textarea, select');
+    for (var i = 0; i < fs.length; i++) {
+      var f = fs[i], k = fieldKey(f);
+      if (!k || f.closest('[st-recover="off"]') || f.type === 'hidden' || f.type === 'password' ||
+        f.type === 'checkbox' || f.type === 'radio' || f.type === 'file') continue;
+      var d = f.nodeName === 'SELECT' ? null : f.defaultValue;
+      if (d === null ? f.selectedIndex >= 0 && !f.options[f.selectedIndex].defaultSelected : f.value !== d) out.push([k, f.value]);
+    }
+    return out;
+  }
+
+  function recover(root) {
+    var k = RECOVER + location.pathname, saved, out = [];
+    try { saved = JSON.parse(sessionStorage.getItem(k) || '[]'); sessionStorage.removeItem(k); } catch (x) { return out; }
+    for (var i = 0; i < saved.length; i++) {
+      var key = saved[i][0], f = null, j = key.indexOf('|');
+      if (key.charAt(0) === '#') f = document.getElementById(key.slice(1));
+      else if (j > 0) { var form = document.getElementById(key.slice(0, j)); f = form && form.elements.namedItem(key.slice(j + 1)); }
+      if (!f || !root.contains(f) || !isField(f)) continue;
+      f.value = saved[i][1];
+      out.push(f);
+    }
+    return out;
   }
 
   Client.prototype.url = function () {
@@ -526,6 +567,7 @@
 
   Client.prototype.reload = function () {
     setState('reconnecting');
+    try { sessionStorage.setItem(RECOVER + location.pathname, JSON.stringify(typed(this.el))); } catch (x) { /* storage off */ }
     var k = 'st-reloads', n = +(sessionStorage.getItem(k) || 0);
     sessionStorage.setItem(k, n + 1);
     setTimeout(function () { location.reload(); }, Math.min(10000, n ? 500 * Math.pow(2, n) : 0));
@@ -622,6 +664,12 @@
         sessionStorage.removeItem('st-reloads');
         setState('connected');
         for (var k = 0; k < this.out.length; k++) this.send(this.out[k].m);
+        var rec = this.recovered;
+        this.recovered = [];
+        for (k = 0; k < rec.length; k++) {
+          rec[k].dispatchEvent(new Event('input', { bubbles: true }));
+          rec[k].dispatchEvent(new Event('change', { bubbles: true }));
+        }
         return;
       }
       if (f.t === 'error') {

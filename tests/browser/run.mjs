@@ -337,12 +337,22 @@ async function typingKeepsFocus(page, base, name) {
   await checkFresh(page, base, `${name}: after typing`);
 }
 
+/** What the user typed and never sent, by example: it must survive a
+ * server restart (form recovery across the reload). */
+const UNSENT = { counter: '#keys', todos: '#new', chat: '#text' };
+
 async function restartRecovers(server, name, port, page, base) {
+  const unsent = UNSENT[name];
+  if (unsent) await page.fill(unsent, 'typed before the restart');
   await stopServer(server);
   await until(page, () => document.documentElement.classList.contains('st-reconnecting'), undefined, 10000);
   await page.screenshot({ caret: 'initial', path: path.join(SHOTS, `${name}-reconnecting.png`) });
   const again = await startServer(name, port);
   await connected(page);
+  if (unsent) {
+    await until(page, (sel) => document.querySelector(sel).value === 'typed before the restart', unsent);
+    await page.fill(unsent, '');
+  }
   await checkFresh(page, base, `${name}: after restart`);
   return again;
 }
