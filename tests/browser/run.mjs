@@ -348,12 +348,19 @@ async function restartRecovers(server, name, port, page, base) {
   await until(page, () => document.documentElement.classList.contains('st-reconnecting'), undefined, 10000);
   await page.screenshot({ caret: 'initial', path: path.join(SHOTS, `${name}-reconnecting.png`) });
   const again = await startServer(name, port);
-  await connected(page);
-  if (unsent) {
-    await until(page, (sel) => document.querySelector(sel).value === 'typed before the restart', unsent);
-    await page.fill(unsent, '');
+  try {
+    await connected(page);
+    if (unsent) {
+      await until(page, (sel) => document.querySelector(sel).value === 'typed before the restart', unsent);
+      await page.fill(unsent, '');
+    }
+    await checkFresh(page, base, `${name}: after restart`);
+  } catch (e) {
+    // The caller stops the server it knows of; this one would keep the
+    // run alive.
+    await stopServer(again);
+    throw e;
   }
-  await checkFresh(page, base, `${name}: after restart`);
   return again;
 }
 
