@@ -565,6 +565,18 @@
     }, 15000);
   };
 
+  /* Fires input and change on the fields of `list` ([key, value] from
+   * typed()) that still hold the user's value. */
+  Client.prototype.refire = function (list) {
+    for (var i = 0; i < list.length; i++) {
+      var key = list[i][0], f = key.charAt(0) === '#' ? document.getElementById(key.slice(1)) : null, j = key.indexOf('|');
+      if (!f && j > 0) { var form = document.getElementById(key.slice(0, j)); f = form && form.elements.namedItem(key.slice(j + 1)); }
+      if (!f || !this.el.contains(f) || f.value !== list[i][1]) continue;
+      f.dispatchEvent(new Event('input', { bubbles: true }));
+      f.dispatchEvent(new Event('change', { bubbles: true }));
+    }
+  };
+
   Client.prototype.reload = function () {
     setState('reconnecting');
     try { sessionStorage.setItem(RECOVER + location.pathname, JSON.stringify(typed(this.el))); } catch (x) { /* storage off */ }
@@ -681,6 +693,9 @@
       ae = document.activeElement;
       try { sel = ae && [ae.selectionStart, ae.selectionEnd, ae.selectionDirection]; } catch (x) { sel = null; }
       if (!Array.isArray(f)) this.joins = (this.joins || 0) + 1;
+      // A join after a reconnect: the session may be fresh or restored, so
+      // what the user typed and it does not show is fired again below.
+      var refire = !Array.isArray(f) && this.hellos > 1 ? typed(this.el) : null;
       acts = this.model.apply(f);
       this.last = Array.isArray(f) ? text : null;
       for (i = 0; i < acts.length; i++) this.dom.act(acts[i], this.model);
@@ -688,6 +703,7 @@
         ae.focus();
         if (sel && sel[0] != null) try { ae.setSelectionRange(sel[0], sel[1], sel[2]); } catch (x) { /* not a text field */ }
       }
+      if (refire) this.refire(refire);
       this.el.dispatchEvent(new CustomEvent('st:update', { detail: { seq: this.model.seq }, bubbles: true }));
       this.ack();
     } catch (err) {

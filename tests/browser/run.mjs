@@ -689,6 +689,18 @@ const examples = {
     await typingKeepsFocus(page, base, 'chat');
     await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'chat.png') });
     await other.close();
+    // A rename typed but not yet sent (st-change fires on blur), then a
+    // reconnect that cannot resume (another epoch: as after a restart with
+    // a kept session): the join keeps the typed name and fires change, so
+    // the server gets it.
+    await page.fill('#name', 'Renamed offline');
+    await page.evaluate(() => {
+      const c = window.statetemplate.clients[0];
+      c.epoch = '0000000000000000';
+      c.ws.close();
+    });
+    await untilServer(page, base, '#name', 'Renamed offline', 'chat: the typed name after a resync');
+    assert((await page.inputValue('#name')) === 'Renamed offline', 'chat: the typed name kept');
     return page;
   },
 };
