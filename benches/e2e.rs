@@ -30,12 +30,9 @@ use serde_json::Value as Json;
 use statetemplate::token::KeyRing;
 use statetemplate::transport::{ServeOptions, serve_axum};
 use statetemplate::{Live, StateTemplate};
+use support::{COUNTER, Row, TABLE, make_row};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-
-const COUNTER: &str = r#"<main class="counter"><h1>Live counter</h1><p class="count">{{ count }}</p><p class="status status-{{ status }}">The count is {{ status }}</p><button st-click="inc">+1</button><button st-click="dec">-1</button><footer>Last rendered at {{ ts }}</footer></main>"#;
-
-const TABLE: &str = r#"<main class="table"><h1>Accounts</h1><div class="controls"><button st-click="update">update</button><button st-click="append">append</button><button st-click="remove">remove</button></div><p class="rowcount">{{ rows|length }} rows</p><table><thead><tr><th>id</th><th>name</th><th>amount</th><th>status</th></tr></thead><tbody>{% for r in rows %}{% set status = "paid" if r.amount % 2 == 0 else "pending" %}<tr><td>{{ r.id }}</td><td>{{ r.name }}</td><td>{{ r.amount }}</td><td class="st-{{ status }}">{{ status }}</td></tr>{% endfor %}</tbody></table></main>"#;
 
 const WARMUP: usize = 10;
 const SETTLE: Duration = Duration::from_millis(30);
@@ -65,21 +62,6 @@ impl Counter {
         }
         .into();
         self.ts = timestamp();
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Row {
-    id: u64,
-    name: String,
-    amount: i64,
-}
-
-fn make_row(id: u64) -> Row {
-    Row {
-        id,
-        name: format!("Customer {id:05}"),
-        amount: ((id * 7919) % 10_000) as i64,
     }
 }
 

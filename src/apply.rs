@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::fragment::counter;
 use crate::fragment::tree::CLOSE;
 use crate::protocol::{Action, Update};
 
@@ -554,7 +555,7 @@ impl WireClient {
                     };
                     for (slot, c) in body.slots.iter_mut().zip(&s.counters) {
                         if *c != 0 {
-                            *slot = Dyn::Text(counter_value(*c, i).to_string());
+                            *slot = Dyn::Text(counter::value(*c, i).to_string());
                         }
                     }
                 }
@@ -611,12 +612,6 @@ impl WireClient {
 
 /// The op codes of wire v2; every other first element is an address.
 const OP_CODES: [&str; 7] = ["+", "-", "~", "*", "/", "!", "#"];
-
-/// A loop counter's value at position `i` (as the server's
-/// `compile::counter`, which this mirrors): 1 `loop.index`, 2 `loop.index0`.
-fn counter_value(c: u8, i: usize) -> usize {
-    if c == 1 { i + 1 } else { i }
-}
 
 /// A non-negative integer a JavaScript number holds exactly (as the JS
 /// client requires of ids, keys and seqs).

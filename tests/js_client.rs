@@ -6,32 +6,15 @@ mod common;
 use std::io::Write;
 
 use serde_json::{Value as Json, json};
-use statetemplate::FragmentEngine;
 use statetemplate::apply::WireClient;
 use statetemplate::transport::client;
 
-/// Every corpus case, in its own order and reversed, as frames; with the
-/// HTML the reference applier holds after each frame.
+/// Every corpus case, both orders, as frames, with the reference HTML.
 fn cases() -> Vec<(String, Vec<String>, Vec<String>)> {
-    let mut out = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    for p in &paths {
-        let case = common::load_case(p);
-        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-        let mut rev = case.steps.clone();
-        rev.reverse();
-        for (label, steps) in [("", &case.steps), ("/reversed", &rev)] {
-            let engine = FragmentEngine::new(common::env_for(&case));
-            let (frames, html) = common::frames(&engine, steps);
-            out.push((format!("{name}{label}"), frames, html));
-        }
-    }
-    assert!(paths.len() >= 20, "{} corpus cases", paths.len());
-    assert_eq!(out.len(), 2 * paths.len());
+    let out = common::corpus_frames();
+    let files = std::fs::read_dir("tests/corpus").unwrap().count();
+    assert!(files >= 20, "{files} corpus cases");
+    assert_eq!(out.len(), 2 * files);
     out
 }
 

@@ -132,18 +132,7 @@ async fn connect_from(
 
 /// The next text frame (pings are answered by the client library).
 async fn text(ws: &mut Ws) -> Json {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("socket open")
-            .unwrap();
-        match m {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(c) => panic!("closed: {c:?}"),
-            _ => {}
-        }
-    }
+    serde_json::from_str(&raw(ws).await).unwrap()
 }
 
 /// Waits for the server's close and returns its code.

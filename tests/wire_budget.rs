@@ -17,7 +17,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value as Json;
-use statetemplate::FragmentEngine;
 
 const CODES: [&str; 7] = ["+", "-", "~", "*", "/", "!", "#"];
 
@@ -25,24 +24,10 @@ const CODES: [&str; 7] = ["+", "-", "~", "*", "/", "!", "#"];
 type Held = HashMap<String, Json>;
 
 fn all_frames() -> Vec<(String, Vec<String>)> {
-    let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    let mut out = Vec::new();
-    for p in &paths {
-        let case = common::load_case(p);
-        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-        let mut rev = case.steps.clone();
-        rev.reverse();
-        for (label, steps) in [("", &case.steps), ("/reversed", &rev)] {
-            let engine = FragmentEngine::new(common::env_for(&case));
-            let (frames, _) = common::frames(&engine, steps);
-            out.push((format!("{name}{label}"), frames));
-        }
-    }
-    out
+    common::corpus_frames()
+        .into_iter()
+        .map(|(name, frames, _)| (name, frames))
+        .collect()
 }
 
 fn len(j: &Json) -> usize {

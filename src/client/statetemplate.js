@@ -521,14 +521,20 @@
     return out;
   }
 
+  /* The field fieldKey() named, if it is in root. */
+  function byKey(root, key) {
+    var f = null, j = key.indexOf('|'), form;
+    if (key.charAt(0) === '#') f = document.getElementById(key.slice(1));
+    else if (j > 0) { form = document.getElementById(key.slice(0, j)); f = form && form.elements.namedItem(key.slice(j + 1)); }
+    return f && root.contains(f) && isField(f) ? f : null;
+  }
+
   function recover(root) {
     var k = RECOVER + location.pathname, saved, out = [];
     try { saved = JSON.parse(sessionStorage.getItem(k) || '[]'); sessionStorage.removeItem(k); } catch (x) { return out; }
     for (var i = 0; i < saved.length; i++) {
-      var key = saved[i][0], f = null, j = key.indexOf('|');
-      if (key.charAt(0) === '#') f = document.getElementById(key.slice(1));
-      else if (j > 0) { var form = document.getElementById(key.slice(0, j)); f = form && form.elements.namedItem(key.slice(j + 1)); }
-      if (!f || !root.contains(f) || !isField(f)) continue;
+      var f = byKey(root, saved[i][0]);
+      if (!f) continue;
       f.value = saved[i][1];
       out.push(f);
     }
@@ -569,9 +575,8 @@
    * typed()) that still hold the user's value. */
   Client.prototype.refire = function (list) {
     for (var i = 0; i < list.length; i++) {
-      var key = list[i][0], f = key.charAt(0) === '#' ? document.getElementById(key.slice(1)) : null, j = key.indexOf('|');
-      if (!f && j > 0) { var form = document.getElementById(key.slice(0, j)); f = form && form.elements.namedItem(key.slice(j + 1)); }
-      if (!f || !this.el.contains(f) || f.value !== list[i][1]) continue;
+      var f = byKey(this.el, list[i][0]);
+      if (!f || f.value !== list[i][1]) continue;
       f.dispatchEvent(new Event('input', { bubbles: true }));
       f.dispatchEvent(new Event('change', { bubbles: true }));
     }

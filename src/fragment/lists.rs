@@ -238,39 +238,46 @@ impl Walk<'_> {
     /// left to one renumbering of the list from the first such change, which
     /// the client computes from positions: a shift costs one operation.
     fn emit_slots(&mut self, anchor: &str, list: &ListOut, updates: Vec<(usize, Vec<usize>)>) {
-        // Each update's slots less those a renumbering would set.
-        let mut kept: Vec<(usize, Vec<usize>, Vec<usize>)> = Vec::with_capacity(updates.len());
+        // Each update's slots less those a renumbering would set (`None`:
+        // all of them, the body shows no loop counter).
+        let mut kept: Vec<(usize, Vec<usize>, Option<Vec<usize>>)> =
+            Vec::with_capacity(updates.len());
         let mut renumbered: Vec<(Arc<str>, Arc<BodyOut>)> = Vec::new();
         let mut from = usize::MAX;
         for (i, slots) in updates {
             let item = &list.items[i];
             let counters = &item.body.statics.counters;
+            if counters.is_empty() {
+                kept.push((i, slots, None));
+                continue;
+            }
             let mut rest = slots.clone();
-            if !counters.is_empty() {
-                rest.retain(|s| {
-                    let c = counters[*s];
-                    // Only where the render is what the client will compute.
-                    let computed = c != 0
-                        && matches!(&item.body.slots[*s], super::tree::SlotOut::Text(t)
-                            if **t == *super::compile::counter::value(c, i).to_string());
-                    !computed
-                });
-                if rest.len() < slots.len() {
-                    from = from.min(i);
-                    if rest.is_empty() {
-                        // (An item with other changes gets its whole HTML
-                        // from its own patch in the seed-style updates.)
-                        renumbered.push((item.key.clone(), item.body.clone()));
-                    }
+            rest.retain(|s| {
+                let c = counters[*s];
+                // Only where the render is what the client will compute.
+                let computed = c != 0
+                    && matches!(&item.body.slots[*s], super::tree::SlotOut::Text(t)
+                        if **t == *super::compile::counter::value(c, i).to_string());
+                !computed
+            });
+            if rest.len() < slots.len() {
+                from = from.min(i);
+                if rest.is_empty() {
+                    // (An item with other changes gets its whole HTML
+                    // from its own patch in the seed-style updates.)
+                    renumbered.push((item.key.clone(), item.body.clone()));
                 }
             }
-            kept.push((i, slots, rest));
+            kept.push((i, slots, Some(rest)));
         }
         // When every item whose counters moved is patched anyway, its
         // counters ride along and no renumbering is sent.
         let renumber = !renumbered.is_empty();
         for (i, slots, rest) in kept {
-            let slots = if renumber { rest } else { slots };
+            let slots = match rest {
+                Some(rest) if renumber => rest,
+                _ => slots,
+            };
             if slots.is_empty() {
                 continue;
             }

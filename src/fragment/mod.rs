@@ -29,6 +29,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{Action, Update};
+pub(crate) use compile::counter;
 use compile::{Body, Compiler, Counters, Op, Program};
 pub use delta::{Delta, DeltaOp};
 pub use edit::{At, Edit};

@@ -206,6 +206,31 @@ want: {data}",
 /// The join frame and every update frame of `steps` on one page, with the
 /// reference applier's HTML after each frame. Steps that fail to render
 /// emit nothing (the page keeps its state).
+/// Every corpus case, in its own order and reversed (`NAME` and
+/// `NAME/reversed`), as frames, with the HTML the reference applier holds
+/// after each frame.
+#[allow(dead_code)]
+pub fn corpus_frames() -> Vec<(String, Vec<String>, Vec<String>)> {
+    let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in &paths {
+        let case = load_case(p);
+        let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+        let mut rev = case.steps.clone();
+        rev.reverse();
+        for (label, steps) in [("", &case.steps), ("/reversed", &rev)] {
+            let engine = FragmentEngine::new(env_for(&case));
+            let (frames, html) = frames(&engine, steps);
+            out.push((format!("{name}{label}"), frames, html));
+        }
+    }
+    out
+}
+
 pub fn frames(engine: &FragmentEngine, steps: &[Json]) -> (Vec<String>, Vec<String>) {
     let mut page = engine.render(MAIN, &steps[0]).unwrap();
     let mut wire = WireClient::new();
