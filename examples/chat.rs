@@ -97,7 +97,7 @@ async fn broadcast(engine: &StateTemplate, messages: &[Message]) {
 async fn main() -> Result<(), statetemplate::Error> {
     let mut env = Environment::new();
     env.add_template("chat.html", include_str!("../templates/chat.html"))?;
-    let engine = StateTemplate::builder(env).keys(common::keys()).build()?;
+    let engine = common::engine(env, "chat")?;
     let history: History = Arc::new(Mutex::new((0, Vec::new())));
     let h = history.clone();
     let live = common::live(&engine)

@@ -9,7 +9,6 @@ mod common;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use statetemplate::StateTemplate;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Counter {
@@ -22,7 +21,7 @@ struct Counter {
 async fn main() -> Result<(), statetemplate::Error> {
     let mut env = Environment::new();
     env.add_template("counter.html", include_str!("../templates/counter.html"))?;
-    let engine = StateTemplate::builder(env).keys(common::keys()).build()?;
+    let engine = common::engine(env, "counter")?;
     let live = common::live(&engine)
         .on_update("inc", |c: &mut Counter, _: Json| {
             c.count += 1;

@@ -103,7 +103,7 @@ async fn main() -> Result<(), statetemplate::Error> {
         "dashboard.html",
         include_str!("../templates/dashboard.html"),
     )?;
-    let engine = StateTemplate::builder(env).keys(common::keys()).build()?;
+    let engine = common::engine(env, "dashboard")?;
     let live = common::live(&engine).on_update("pause", |d: &mut Dash, _: Json| {
         d.paused = !d.paused;
         Ok(())

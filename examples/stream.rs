@@ -14,7 +14,7 @@ mod common;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use statetemplate::{EventCtx, StateTemplate, StreamAt};
+use statetemplate::{EventCtx, StreamAt};
 
 /// How many items the page keeps (the newest).
 const KEEP: i64 = 20;
@@ -55,7 +55,7 @@ async fn add(ctx: EventCtx, n: u64, at: StreamAt) -> statetemplate::Result<()> {
 async fn main() -> Result<(), statetemplate::Error> {
     let mut env = Environment::new();
     env.add_template("feed.html", include_str!("../templates/feed.html"))?;
-    let engine = StateTemplate::builder(env).keys(common::keys()).build()?;
+    let engine = common::engine(env, "stream")?;
     let live = common::live(&engine)
         .on("add", |ctx| add(ctx, 1, StreamAt::End))
         .on("prepend", |ctx| add(ctx, 1, StreamAt::Start))

@@ -9,7 +9,7 @@ mod common;
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use statetemplate::{Error, StateTemplate};
+use statetemplate::Error;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Todos {
@@ -45,7 +45,7 @@ impl Todos {
 async fn main() -> Result<(), statetemplate::Error> {
     let mut env = Environment::new();
     env.add_template("todos.html", include_str!("../templates/todos.html"))?;
-    let engine = StateTemplate::builder(env).keys(common::keys()).build()?;
+    let engine = common::engine(env, "todos")?;
     let live = common::live(&engine)
         .on_update("add", |d: &mut Todos, p: NewTodo| {
             let text = p.text.trim();

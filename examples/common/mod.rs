@@ -26,6 +26,69 @@ pub(crate) fn keys() -> KeyRing {
         .unwrap_or_else(|_| KeyRing::generate().expect("OS random source"))
 }
 
+/// The engine of example `name`, on the embedded default: sessions in an
+/// SQLite file (`STATETEMPLATE_DB`, else `target/demo/NAME.db`), so a
+/// restart, even a `kill -9`, loses nothing: the open pages resume. Keys
+/// come from `STATETEMPLATE_KEYS`, else from a key file beside the database
+/// (made on the first start, readable by its owner only), so tokens stay
+/// valid across restarts too. `STATETEMPLATE_STORE=memory` keeps sessions
+/// in memory instead (a restart then starts every page over).
+pub(crate) fn engine(
+    env: minijinja::Environment<'static>,
+    name: &str,
+) -> statetemplate::Result<StateTemplate> {
+    let builder = StateTemplate::builder(env);
+    if std::env::var("STATETEMPLATE_STORE").as_deref() == Ok("memory") {
+        println!("sessions are kept in memory (STATETEMPLATE_STORE=memory)");
+        return builder.keys(keys()).build();
+    }
+    let db = std::env::var("STATETEMPLATE_DB")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(format!("target/demo/{name}.db")));
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            statetemplate::Error::store(format!("cannot make {}", dir.display()), e)
+        })?;
+    }
+    let keys = match KeyRing::from_env("STATETEMPLATE_KEYS") {
+        Ok(k) => k,
+        Err(_) => key_file(&db.with_extension("key"))?,
+    };
+    let store = statetemplate::store::SqliteStore::open(&db)?;
+    println!(
+        "sessions are kept in {} (delete it to start over; STATETEMPLATE_DB moves it)",
+        db.display()
+    );
+    builder.keys(keys).store(store).build()
+}
+
+/// The key in `path`, made there (mode 0600) when the file is missing.
+fn key_file(path: &std::path::Path) -> statetemplate::Result<KeyRing> {
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(text) => return KeyRing::parse(&text),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(statetemplate::Error::store(
+                format!("cannot read the key file {}", path.display()),
+                e,
+            ));
+        }
+        Err(_) => {}
+    }
+    let key = statetemplate::token::Key::generate()?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| {
+        statetemplate::Error::store(format!("cannot write the key file {}", path.display()), e)
+    })?;
+    f.write_all(key.encode().as_bytes()).map_err(|e| {
+        statetemplate::Error::store(format!("cannot write the key file {}", path.display()), e)
+    })?;
+    Ok(KeyRing::new(key))
+}
+
 #[derive(serde::Deserialize)]
 struct Input {
     value: String,

@@ -484,6 +484,13 @@ impl LivePage {
     /// before. Statics go out once per page: this records which the client
     /// now holds. Returns `None` for an empty patch.
     pub fn encode(&mut self, patch: &Patch) -> Option<String> {
+        self.encode_sent(patch).map(|(f, _)| f)
+    }
+
+    /// [`LivePage::encode`], also giving the statics ids this frame sends
+    /// for the first time: [`LivePage::unsend`] them if the frame is never
+    /// sent (a store refused the change).
+    pub(crate) fn encode_sent(&mut self, patch: &Patch) -> Option<(String, Vec<u32>)> {
         if patch.ops.is_empty() {
             return None;
         }
@@ -506,7 +513,16 @@ impl LivePage {
         }
         out.push_str(&ops);
         out.push(']');
-        Some(out)
+        let first = w.new_statics.iter().map(|st| st.sid).collect();
+        Some((out, first))
+    }
+
+    /// Forgets that the client holds these statics (their frame was not
+    /// sent after all).
+    pub(crate) fn unsend(&mut self, sids: &[u32]) {
+        for sid in sids {
+            self.sent.remove(sid);
+        }
     }
 
     /// The frame a client that holds nothing needs: every statics table entry

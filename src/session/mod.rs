@@ -435,6 +435,7 @@ impl StateTemplate {
             now,
             now,
             0,
+            random_u64(),
         ));
         let span = tracing::debug_span!("session", sid = %id.short());
         async {
@@ -627,6 +628,14 @@ impl EngineInner {
             created_ms: s.created_ms,
             last_access_ms: last,
             expires_ms: last + self.timeout_ms(s),
+            epoch: s.epoch,
+            applied: s
+                .applied
+                .lock()
+                .expect("lock")
+                .as_deref()
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -675,9 +684,24 @@ impl EngineInner {
             rec.created_ms,
             rec.last_access_ms,
             rec.generation,
+            // The record's epoch names its history: kept, so a client that
+            // held this session before a restart can resume it.
+            if rec.epoch == 0 {
+                random_u64()
+            } else {
+                rec.epoch
+            },
         ));
         s.stored_expiry.store(rec.expires_ms, Ordering::Relaxed);
         s.version.store(rec.version, Ordering::Relaxed);
+        if !rec.applied.is_empty() {
+            *s.applied.lock().expect("lock") = Some(Box::new(rec.applied.clone()));
+        }
+        // A restore is a client coming back: keep frames from now on, so a
+        // render before it resumes does not cost it a resync.
+        if self.config.replay_frames > 0 {
+            s.outlet.lock().expect("lock").replay = Some(Default::default());
+        }
         // Two openers may race to restore: the first one in wins.
         let s = match self.live.entry(*id) {
             dashmap::mapref::entry::Entry::Occupied(o) => return Ok(o.get().clone()),
@@ -913,6 +937,7 @@ impl SessionInner {
         created_ms: u64,
         last_access_ms: u64,
         generation: u32,
+        epoch: u64,
     ) -> SessionInner {
         SessionInner {
             id,
@@ -920,7 +945,7 @@ impl SessionInner {
             created_ms,
             state: tokio::sync::Mutex::new(page),
             outlet: Mutex::new(Outlet::default()),
-            epoch: random_u64(),
+            epoch,
             groups: Mutex::new(None),
             closed: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -1093,8 +1118,24 @@ impl Session {
         // gets the delta, as the next version of the record.
         let mut record = e.record(s, &page);
         record.version += 1;
-        if let Err(err) = e.store.append(Append::new(&record, patch.delta())).await {
+        // The frame is made before the store write, so a store that keeps
+        // frames has it with the change (a client that reconnects after a
+        // restart gets it). Only a page somebody joined encodes frames.
+        let wanted = !patch.is_empty() && s.outlet.lock().expect("lock").wanted();
+        let (frame, first_sent): (Option<Arc<str>>, Vec<u32>) = match wanted {
+            true => match page.encode_sent(&patch) {
+                Some((f, first)) => (Some(f.into()), first),
+                None => (None, Vec::new()),
+            },
+            false => (None, Vec::new()),
+        };
+        let mut change = Append::new(&record, patch.delta());
+        if let Some(f) = &frame {
+            change = change.with_frame(f);
+        }
+        if let Err(err) = e.store.append(change).await {
             page.restore(checkpoint);
+            page.unsend(&first_sent);
             tracing::warn!(error = %err, "store append failed; render undone");
             return Err(err);
         }
@@ -1104,17 +1145,16 @@ impl Session {
             return Ok((patch.seq(), None));
         }
         let seq = patch.seq();
-        let mut outlet = s.outlet.lock().expect("lock");
-        if outlet.wanted() {
+        if let Some(frame) = frame {
             let rendered = Arc::new(Rendered {
                 seq,
                 timestamp_ms: now,
                 patch: patch.clone(),
-                frame: page.encode(&patch).unwrap_or_default().into(),
+                frame,
             });
+            let mut outlet = s.outlet.lock().expect("lock");
             outlet.publish(rendered, e.config.replay_frames);
         }
-        drop(outlet);
         tracing::trace!(seq, ops = patch.len(), "rendered");
         Ok((seq, Some(patch)))
     }
@@ -1190,14 +1230,16 @@ impl Session {
         let now = page.seq();
         let same_page = epoch == format!("{:016x}", self.inner.epoch);
         if same_page && seq <= now {
-            let outlet = self.inner.outlet.lock().expect("lock");
-            let frames: Vec<KeptFrame> = outlet
-                .replay
-                .iter()
-                .flat_map(|b| b.iter())
-                .filter(|r| r.seq > seq)
-                .cloned()
-                .collect();
+            let frames: Vec<KeptFrame> = {
+                let outlet = self.inner.outlet.lock().expect("lock");
+                outlet
+                    .replay
+                    .iter()
+                    .flat_map(|b| b.iter())
+                    .filter(|r| r.seq > seq)
+                    .cloned()
+                    .collect()
+            };
             // Complete only if it runs from right after `seq` to now, with
             // no gap (frames carry no seq: each is one more).
             let complete = frames
@@ -1205,8 +1247,12 @@ impl Session {
                 .enumerate()
                 .all(|(i, f)| f.seq == seq + 1 + i as u64)
                 && frames.last().map_or(seq == now, |f| f.seq == now);
-            let missed = complete.then_some(frames);
-            drop(outlet);
+            let mut missed = complete.then_some(frames);
+            if missed.is_none() {
+                // Not all in memory (this process restored the session after
+                // a restart): the frames the store kept, if it keeps them.
+                missed = self.stored_frames(seq, now).await;
+            }
             if let Some(frames) = missed {
                 let mut sub = self.updates();
                 sub.floor = now;
@@ -1217,6 +1263,32 @@ impl Session {
         drop(page);
         let (r, sub) = self.join().await?; // marks the session joined
         Ok((Catchup::Resync(r), sub))
+    }
+
+    /// The frames after `seq` up to `now` that the store kept, if they run
+    /// complete (a store error counts as none: the client gets a resync).
+    async fn stored_frames(&self, seq: u64, now: u64) -> Option<Vec<KeptFrame>> {
+        let kept = match self.engine.store.frames(&self.inner.id, seq).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading kept frames failed; resyncing");
+                return None;
+            }
+        };
+        let frames: Vec<KeptFrame> = kept
+            .into_iter()
+            .filter(|(q, _)| *q <= now)
+            .map(|(seq, frame)| KeptFrame {
+                seq,
+                frame: frame.into(),
+            })
+            .collect();
+        let complete = frames
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.seq == seq + 1 + i as u64)
+            && frames.last().map_or(seq == now, |f| f.seq == now);
+        complete.then_some(frames)
     }
 
     /// Reads the session's data as `T`, lets `f` change it, and renders the

@@ -44,6 +44,8 @@ pub fn sample_record(expires_ms: u64) -> SessionRecord {
         created_ms: 1_700_000_000_000,
         last_access_ms: 1_700_000_000_500,
         expires_ms,
+        epoch: 0x5eed_0000_0000_0001,
+        applied: vec![(3, 9)],
     }
 }
 

@@ -36,6 +36,8 @@ struct Kept {
     created_ms: u64,
     last_access_ms: u64,
     expires_ms: u64,
+    epoch: u64,
+    applied: Box<[(u64, u64)]>,
     generation: u32,
 }
 
@@ -49,6 +51,8 @@ impl Kept {
             created_ms: r.created_ms,
             last_access_ms: r.last_access_ms,
             expires_ms: r.expires_ms,
+            epoch: r.epoch,
+            applied: r.applied.as_slice().into(),
             generation: r.generation,
         }
     }
@@ -64,6 +68,8 @@ impl Kept {
             created_ms: self.created_ms,
             last_access_ms: self.last_access_ms,
             expires_ms: self.expires_ms,
+            epoch: self.epoch,
+            applied: self.applied.to_vec(),
         }
     }
 }

@@ -74,8 +74,12 @@ use crate::{Error, Result};
 
 pub mod conformance;
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SessionLog, SqliteOptions, SqliteStats, SqliteStore};
 
 /// One session as a store keeps it. Serializable (times are unix
 /// milliseconds), so any backend can write it as JSON or columns.
@@ -104,6 +108,20 @@ pub struct SessionRecord {
     pub last_access_ms: u64,
     /// When the session expires unless there is activity before.
     pub expires_ms: u64,
+    /// Names this session's history: set once when the session is created
+    /// and kept by the store, so a client that reconnects after a restart
+    /// can tell that the session it held is the one the store brought back
+    /// (its kept frames still apply). A store that loses a session's history
+    /// loses the record with it; a new record gets a new epoch. Records
+    /// written before epochs existed read as 0 (the engine then picks one).
+    #[serde(default)]
+    pub epoch: u64,
+    /// The client events already applied to this session: for each client
+    /// instance that numbers its events (the most recent few), the highest
+    /// event number applied. Kept with the data it produced, so an event a
+    /// client resends after a restart is not applied twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<(u64, u64)>,
 }
 
 /// One render's change to a session's record, as the engine hands it to
@@ -114,13 +132,36 @@ pub struct SessionRecord {
 pub struct Append<'a> {
     record: &'a SessionRecord,
     delta: &'a Delta,
+    frame: Option<&'a str>,
 }
 
 impl<'a> Append<'a> {
     /// A change: `record` at version `n + 1` and the delta that turns the
     /// data of version `n` into `record.data`.
     pub fn new(record: &'a SessionRecord, delta: &'a Delta) -> Append<'a> {
-        Append { record, delta }
+        Append {
+            record,
+            delta,
+            frame: None,
+        }
+    }
+
+    /// The same change with the wire frame the render sends as
+    /// `record.seq` (a render that changed the page). A store that keeps
+    /// frames ([`SessionStore::frames`]) stores it with the change, so a
+    /// client that reconnects after a restart gets the frames it missed.
+    pub fn with_frame(self, frame: &'a str) -> Append<'a> {
+        Append {
+            frame: Some(frame),
+            ..self
+        }
+    }
+
+    /// The frame sent as [`SessionRecord::seq`] of [`Append::record`], when
+    /// the render changed the page (`None`: it changed only data the page
+    /// does not show, and no frame is sent).
+    pub fn frame(&self) -> Option<&'a str> {
+        self.frame
     }
 
     /// The record as it is after the render (its `data` is the new
@@ -210,6 +251,18 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
 
     /// How many records the store holds.
     async fn count(&self) -> Result<usize>;
+
+    /// The frames kept for session `id` with a seq above `after_seq`, in
+    /// seq order, as `(seq, frame)`: what a client that reconnects holding
+    /// the page at `after_seq` missed, when the session is not live in this
+    /// process (a restart). A store that keeps the frames handed to it by
+    /// [`Append::frame`] returns the newest it kept (a run may start above
+    /// `after_seq + 1` when older ones were dropped: the engine then sends a
+    /// resync). The default keeps none and returns an empty list.
+    async fn frames(&self, id: &SessionId, after_seq: u64) -> Result<Vec<(u64, String)>> {
+        let _ = (id, after_seq);
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]
@@ -237,5 +290,8 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     }
     async fn count(&self) -> Result<usize> {
         (**self).count().await
+    }
+    async fn frames(&self, id: &SessionId, after_seq: u64) -> Result<Vec<(u64, String)>> {
+        (**self).frames(id, after_seq).await
     }
 }
