@@ -5,7 +5,7 @@
 //! escaping behave exactly as minijinja renders them.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use minijinja::machinery::ast::{self, CallArg, Expr, Stmt};
@@ -227,13 +227,83 @@ pub(crate) struct Program {
     /// The one-pass plan for fresh renders (`fresh.rs`), when the program
     /// has one.
     pub fresh: Option<Arc<super::fresh::Plan>>,
+    /// A fingerprint of what a client holds of this program: the same for
+    /// the same template sources in any process (see [`Layout`]).
+    pub layout: u64,
 }
 
-/// Hands out statics ids and synthetic template names, engine-wide.
+/// Hands out synthetic template names, engine-wide: they must be unique in
+/// the environment. Statics ids and fragment ids are per program (see
+/// [`Compiler`]), so a program's ids do not depend on what else the
+/// process compiled before it.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub sid: AtomicU32,
     pub synth: AtomicU64,
+}
+
+/// A program's layout fingerprint: 64-bit FNV-1a over every statics it
+/// creates (id, parts, anchors, counters) in creation order, the source of
+/// every synthetic template it makes, and the root template's name. No
+/// random seed, so it is the same in every process for the same sources: a
+/// session restored into a new process may keep a client that holds the old
+/// page exactly when the fingerprint matches.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout(u64);
+
+impl Layout {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    pub(crate) fn new() -> Layout {
+        Layout(Self::OFFSET)
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn tag(&mut self, t: u8) {
+        self.bytes(&[t]);
+    }
+
+    fn u64(&mut self, n: u64) {
+        self.bytes(&n.to_le_bytes());
+    }
+
+    /// A string, length first, so that consecutive strings cannot run into
+    /// each other.
+    fn str(&mut self, s: &str) {
+        self.u64(s.len() as u64);
+        self.bytes(s.as_bytes());
+    }
+
+    fn statics(&mut self, s: &Statics) {
+        self.tag(b'S');
+        self.u64(u64::from(s.sid));
+        self.u64(s.parts.len() as u64);
+        for p in &s.parts {
+            self.str(p);
+        }
+        self.u64(s.anchors.len() as u64);
+        for a in &s.anchors {
+            match a {
+                Some(a) => {
+                    self.tag(1);
+                    self.str(a);
+                }
+                None => self.tag(0),
+            }
+        }
+        self.u64(s.counters.len() as u64);
+        self.bytes(&s.counters);
+    }
+
+    pub(crate) fn finish(self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -400,6 +470,10 @@ pub(crate) struct Compiler<'e> {
     /// Synthetic templates to add to the environment.
     pub synths: Vec<(String, String)>,
     next_node: u32,
+    /// The next statics id to hand out (per program, like `next_node`).
+    next_sid: u32,
+    /// The fingerprint of the statics created so far.
+    layout: Layout,
     scope: Vec<(String, Local)>,
     depth: usize,
     /// The escaping of the template whose execution is being compiled.
@@ -437,6 +511,8 @@ impl<'e> Compiler<'e> {
             counters,
             synths: Vec::new(),
             next_node: 0,
+            next_sid: 0,
+            layout: Layout::new(),
             scope: Vec::new(),
             depth: 0,
             escape: AutoEscape::None,
@@ -460,7 +536,26 @@ impl<'e> Compiler<'e> {
                 "statements rendered as single fragments"
             );
         }
-        Ok(Program { root, fresh: None })
+        Ok(Program {
+            root,
+            fresh: None,
+            layout: self.layout(name),
+        })
+    }
+
+    /// The layout fingerprint of what this compiler made for template
+    /// `name`: its statics so far, then its synthetic templates' sources,
+    /// then the name.
+    fn layout(&self, name: &str) -> u64 {
+        let mut l = self.layout;
+        l.tag(b'T');
+        l.u64(self.synths.len() as u64);
+        for (_, source) in &self.synths {
+            l.str(source);
+        }
+        l.tag(b'R');
+        l.str(name);
+        l.finish()
     }
 
     /// A program that renders the whole template as one leaf: used when a
@@ -490,6 +585,7 @@ impl<'e> Compiler<'e> {
                 },
             },
             fresh: None,
+            layout: self.layout(name),
         })
     }
 
@@ -613,12 +709,12 @@ impl<'e> Compiler<'e> {
         Ok(out)
     }
 
-    fn statics(&self, parts: Vec<Box<str>>, anchors: Vec<Option<Arc<str>>>) -> Arc<Statics> {
+    fn statics(&mut self, parts: Vec<Box<str>>, anchors: Vec<Option<Arc<str>>>) -> Arc<Statics> {
         self.statics_with(parts, anchors, Vec::new())
     }
 
     fn statics_with(
-        &self,
+        &mut self,
         parts: Vec<Box<str>>,
         anchors: Vec<Option<Arc<str>>>,
         mut counters: Vec<u8>,
@@ -626,12 +722,15 @@ impl<'e> Compiler<'e> {
         if counters.iter().all(|c| *c == 0) {
             counters = Vec::new();
         }
-        Arc::new(Statics {
-            sid: self.counters.sid.fetch_add(1, Ordering::Relaxed),
+        let statics = Statics {
+            sid: self.next_sid,
             parts,
             anchors,
             counters,
-        })
+        };
+        self.next_sid += 1;
+        self.layout.statics(&statics);
+        Arc::new(statics)
     }
 
     /// Which loop counter `{{ e }}` outputs as it is, if it is one of the

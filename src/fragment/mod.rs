@@ -103,12 +103,12 @@ impl FragmentEngine {
             return Ok(p.clone());
         }
         let mut c = Compiler::new(&env, &self.inner.counters);
-        let program = match c.compile(name) {
-            Ok(p) => p,
+        let (program, whole) = match c.compile(name) {
+            Ok(p) => (p, false),
             Err(e) if e.kind() == ErrorKind::Unsupported => {
                 tracing::warn!(template = name, reason = %e, "rendering the template as one fragment");
                 c = Compiler::new(&env, &self.inner.counters);
-                c.whole(name)?
+                (c.whole(name)?, true)
             }
             Err(e) => return Err(e),
         };
@@ -117,7 +117,12 @@ impl FragmentEngine {
             env.add_template_owned(n, s).map_err(Error::from_template)?;
         }
         let mut program = program;
-        program.fresh = fresh::plan(name, &program, &mut env).map(Arc::new);
+        // A program of one leaf gains nothing from a one-pass plan, and its
+        // leaf is the whole template: inlined in a skeleton, an `extends` in
+        // it would swallow the markers after it.
+        if !whole {
+            program.fresh = fresh::plan(name, &program, &mut env).map(Arc::new);
+        }
         let p = Arc::new(program);
         self.inner
             .programs
@@ -147,6 +152,21 @@ impl FragmentEngine {
             seq: 0,
             typed: None,
         })
+    }
+
+    /// The layout fingerprint of `template` (compiling it if it is not yet):
+    /// a hash of everything that decides what a client holds of its pages
+    /// (the statics, with their ids, anchors and loop counters, and the
+    /// pieces the template is split into). It is the same for the same
+    /// template sources in any process, whatever else that process compiled
+    /// first; it differs when a template's source changes (the template or
+    /// any template it extends, includes or imports by a constant name),
+    /// unless the change leaves all of that as it was (a `{# comment #}`).
+    /// A page restored in another process can keep a client that holds the
+    /// old page when the two fingerprints are equal: its statics ids and
+    /// fragment ids mean the same there.
+    pub fn layout(&self, template: &str) -> Result<u64> {
+        Ok(self.program(template)?.layout)
     }
 
     /// The annotated HTML of a fresh render: what [`LivePage::html`] gives
