@@ -285,3 +285,46 @@ async fn stored_sessions_count_and_expire_through_the_store() {
     assert_eq!(e.store().count().await.unwrap(), 5);
     e.shutdown().await;
 }
+
+/// A deploy that changed the template: the kept frames were made for the
+/// old page, so a client that held it gets a resync of its session (with
+/// its data), never frames for another layout.
+#[tokio::test]
+async fn a_changed_template_after_a_restart_gives_a_resync_not_old_frames() {
+    let path = temp("deploy");
+    let keys = KeyRing::generate().unwrap();
+    let a = engine(&path, &keys);
+    let initial = a.new_session("page.html", &data("t0", 3)).await.unwrap();
+    let sid = initial.session_id.to_string();
+    let s = a.get_session(&sid, &initial.token).await.unwrap();
+    let (resync, sub) = s.join().await.unwrap();
+    s.render(&data("t1", 4)).await.unwrap();
+    drop(sub);
+    a.shutdown().await;
+    drop((s, a));
+
+    let mut env = Environment::new();
+    env.add_template(
+        "page.html",
+        "<h2>{{ title }}</h2><p>{{ rows|length }} rows</p>",
+    )
+    .unwrap();
+    let b = StateTemplate::builder(env)
+        .keys(keys.clone())
+        .store(SqliteStore::open(&path).unwrap())
+        .build()
+        .unwrap();
+    let s = b.get_session(&sid, &initial.token).await.unwrap();
+    assert_ne!(
+        s.epoch(),
+        resync.epoch(),
+        "another layout, another page epoch"
+    );
+    let (catchup, _sub) = s.resume(resync.seq(), resync.epoch()).await.unwrap();
+    let Catchup::Resync(r) = catchup else {
+        panic!("the old frames must not be replayed into a new layout")
+    };
+    let plain = statetemplate::apply::strip_anchors(r.html());
+    assert_eq!(plain, "<h2>t1</h2><p>4 rows</p>");
+    b.shutdown().await;
+}

@@ -428,15 +428,18 @@ impl StateTemplate {
         let html = page.html();
         let id = SessionId::generate()?;
         let now = e.clock.now_ms();
-        let s = Arc::new(SessionInner::new(
-            id,
-            e.template_name(template),
-            page,
-            now,
-            now,
-            0,
-            random_u64(),
-        ));
+        let s = Arc::new(
+            SessionInner::new(
+                id,
+                e.template_name(template),
+                page,
+                now,
+                now,
+                0,
+                random_u64(),
+            )
+            .with_layout(e.fragments.layout(template).unwrap_or(0)),
+        );
         let span = tracing::debug_span!("session", sid = %id.short());
         async {
             // Room first: a page load may only push out unjoined sessions.
@@ -677,21 +680,24 @@ impl EngineInner {
         }
         let mut page = self.fragments.render(&rec.template, &rec.data)?;
         page.set_seq(rec.seq);
-        let s = Arc::new(SessionInner::new(
-            rec.id,
-            self.template_name(&rec.template),
-            page,
-            rec.created_ms,
-            rec.last_access_ms,
-            rec.generation,
-            // The record's epoch names its history: kept, so a client that
-            // held this session before a restart can resume it.
-            if rec.epoch == 0 {
-                random_u64()
-            } else {
-                rec.epoch
-            },
-        ));
+        let s = Arc::new(
+            SessionInner::new(
+                rec.id,
+                self.template_name(&rec.template),
+                page,
+                rec.created_ms,
+                rec.last_access_ms,
+                rec.generation,
+                // The record's epoch names its history: kept, so a client that
+                // held this session before a restart can resume it.
+                if rec.epoch == 0 {
+                    random_u64()
+                } else {
+                    rec.epoch
+                },
+            )
+            .with_layout(self.fragments.layout(&rec.template).unwrap_or(0)),
+        );
         s.stored_expiry.store(rec.expires_ms, Ordering::Relaxed);
         s.version.store(rec.version, Ordering::Relaxed);
         if !rec.applied.is_empty() {
@@ -836,9 +842,14 @@ struct SessionInner {
     created_ms: u64,
     state: tokio::sync::Mutex<LivePage>,
     outlet: Mutex<Outlet>,
-    /// Identifies this incarnation of the page: frames of another epoch
-    /// (another process, a restored session) cannot be replayed.
+    /// Names the session's history (kept in the store's record: the same
+    /// after a restart with a persistent store).
     epoch: u64,
+    /// What clients see as the epoch: the history's mixed with the layout
+    /// of the template's compiled program, so frames are replayed only to
+    /// a client that holds the same history *and* the same page layout (a
+    /// deploy that changed the template gives a resync instead).
+    page_epoch: u64,
     /// The groups the session is in. Boxed so that a session in none (most
     /// are) pays 8 bytes for it, not 24.
     #[allow(clippy::box_collection)]
@@ -946,6 +957,7 @@ impl SessionInner {
             state: tokio::sync::Mutex::new(page),
             outlet: Mutex::new(Outlet::default()),
             epoch,
+            page_epoch: epoch,
             groups: Mutex::new(None),
             closed: AtomicBool::new(false),
             joined: AtomicBool::new(false),
@@ -957,6 +969,13 @@ impl SessionInner {
             version: AtomicU64::new(0),
             generation: AtomicU32::new(generation),
         }
+    }
+
+    /// Mixes the layout of the session's compiled program into the epoch
+    /// clients see (see `page_epoch`).
+    fn with_layout(mut self, layout: u64) -> SessionInner {
+        self.page_epoch = self.epoch ^ layout.rotate_left(17);
+        self
     }
 
     fn end_subscribers(&self) {
@@ -1011,7 +1030,7 @@ impl Session {
 
     /// The page incarnation (see [`Resync::epoch`]).
     pub fn epoch(&self) -> String {
-        format!("{:016x}", self.inner.epoch)
+        format!("{:016x}", self.inner.page_epoch)
     }
 
     /// Whether the session was closed, expired or evicted.
@@ -1188,7 +1207,7 @@ impl Session {
             return Err(Session::closed_error());
         }
         let mut sub = self.updates();
-        let resync = snapshot(&mut page, self.inner.epoch);
+        let resync = snapshot(&mut page, self.inner.page_epoch);
         sub.floor = resync.seq;
         if self.engine.config.replay_frames > 0 {
             let mut outlet = self.inner.outlet.lock().expect("lock");
@@ -1228,7 +1247,7 @@ impl Session {
             return Err(Session::closed_error());
         }
         let now = page.seq();
-        let same_page = epoch == format!("{:016x}", self.inner.epoch);
+        let same_page = epoch == format!("{:016x}", self.inner.page_epoch);
         if same_page && seq <= now {
             let frames: Vec<KeptFrame> = {
                 let outlet = self.inner.outlet.lock().expect("lock");
@@ -1732,7 +1751,7 @@ impl Subscriber {
                     self.rx = None;
                     return None;
                 }
-                let r = snapshot(&mut page, s.epoch);
+                let r = snapshot(&mut page, s.page_epoch);
                 // Renders send while holding the page lock: a receiver
                 // made now starts exactly after `r`, and the missed
                 // backlog is dropped (it would lag again).
