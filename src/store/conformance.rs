@@ -59,6 +59,8 @@ pub async fn run(store: Arc<dyn SessionStore>) {
     append_in_order(&*store).await;
     append_refuses_stale_and_out_of_order(&*store).await;
     append_race(store.clone()).await;
+    frames_kept(&*store).await;
+    two_engines(store.clone()).await;
 }
 
 fn json(v: &Value) -> serde_json::Value {
@@ -496,4 +498,97 @@ async fn concurrent(store: Arc<dyn SessionStore>) {
     for r in &kept {
         store.delete(&r.id).await.expect("delete");
     }
+}
+
+/// Frames handed over with appends: a store that keeps them returns a run
+/// that ends at the newest seq, each frame as given; one that keeps none
+/// returns nothing.
+async fn frames_kept(store: &dyn SessionStore) {
+    let first = sample_record(u64::MAX / 2);
+    store.create(&first).await.expect("create");
+    let mut cur = first.clone();
+    let mut frames = Vec::new();
+    for i in 0..5 {
+        let d = Delta::new([DeltaOp::Set {
+            path: path(&[serde_json::json!("n")]),
+            value: v(serde_json::json!(100 + i)),
+        }]);
+        let next = next_of(&cur, &d, 1);
+        let frame = format!("[[1,\"{}\"]]", 100 + i);
+        store
+            .append(Append::new(&next, &d).with_frame(&frame))
+            .await
+            .expect("append with a frame");
+        frames.push((next.seq, frame));
+        cur = next;
+    }
+    let got = store.frames(&first.id, first.seq).await.expect("frames");
+    if !got.is_empty() {
+        let tail = &frames[frames.len() - got.len()..];
+        assert_eq!(
+            got.as_slice(),
+            tail,
+            "kept frames: the newest, in order, as given"
+        );
+        let after = store.frames(&first.id, cur.seq - 2).await.expect("frames");
+        assert_eq!(after.as_slice(), &frames[3..], "frames after a seq");
+    }
+    store.delete(&first.id).await.expect("delete");
+    assert!(
+        store.frames(&first.id, 0).await.expect("frames").is_empty(),
+        "a deleted session keeps no frames"
+    );
+}
+
+/// Two engines on one store (two processes behind a load balancer, or an
+/// old process not yet gone): both open one session; the one that renders
+/// second from a stale version is refused (its render undone), so it cannot
+/// overwrite the newer state; the first one's data is what is stored.
+async fn two_engines(store: Arc<dyn SessionStore>) {
+    use crate::StateTemplate;
+    use crate::token::KeyRing;
+    let env = || {
+        let mut env = minijinja::Environment::new();
+        env.add_template("n.html", "<p>{{ n }}</p>")
+            .expect("template");
+        env
+    };
+    let keys = KeyRing::generate().expect("keys");
+    let engine = || {
+        StateTemplate::builder(env())
+            .keys(keys.clone())
+            .store(store.clone())
+            .build()
+            .expect("engine")
+    };
+    let (a, b) = (engine(), engine());
+    let init = a
+        .new_session("n.html", &serde_json::json!({"n": 0}))
+        .await
+        .expect("new session");
+    let sid = init.session_id.to_string();
+    let on_a = a.get_session(&sid, &init.token).await.expect("open on a");
+    let on_b = b.get_session(&sid, &init.token).await.expect("open on b");
+    on_a.render(&serde_json::json!({"n": 1}))
+        .await
+        .expect("a renders");
+    let err = on_b
+        .render(&serde_json::json!({"n": 2}))
+        .await
+        .expect_err("b renders from a stale version");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "a stale writer is refused");
+    assert!(on_b.html().await.contains(">0<"), "b's render was undone");
+    let got = store
+        .load(&init.session_id)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(
+        json(&got.data),
+        serde_json::json!({"n": 1}),
+        "a's data is stored"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    store.delete(&init.session_id).await.expect("delete");
 }
