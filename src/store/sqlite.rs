@@ -56,10 +56,11 @@ pub enum Durability {
     /// FULL`) before the call returns. Survives a crash of the process and
     /// of the machine. The slowest: one sync per change.
     Full,
-    /// Changes that arrive within `max_delay` of each other share one
-    /// transaction and one sync; each call returns once its transaction is
-    /// synced. As durable as [`Durability::Full`]; a lone change waits up
-    /// to `max_delay`, many concurrent changes share the sync.
+    /// Changes that arrive together share one transaction and one sync;
+    /// each call returns once its transaction is synced. As durable as
+    /// [`Durability::Full`]. While changes come from several writers at
+    /// once, the writer waits up to `max_delay` for more before it commits,
+    /// so they share the sync; a lone writer's change commits at once.
     Grouped {
         /// How long the writer waits for more changes before it commits.
         max_delay: Duration,
@@ -469,19 +470,31 @@ impl SqliteStore {
 
 impl Writer {
     fn run(self, rx: mpsc::Receiver<Job>) {
+        // Whether the last batch had company: only then is waiting for more
+        // worth its delay (a lone writer commits at once).
+        let mut busy = false;
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             match self.opts.durability {
                 Durability::Full => {}
                 Durability::Grouped { max_delay } => {
-                    let until = Instant::now() + max_delay;
                     while batch.len() < MAX_BATCH {
-                        let left = until.saturating_duration_since(Instant::now());
-                        match rx.recv_timeout(left) {
+                        match rx.try_recv() {
                             Ok(j) => batch.push(j),
                             Err(_) => break,
                         }
                     }
+                    if busy || batch.len() > 1 {
+                        let until = Instant::now() + max_delay;
+                        while batch.len() < MAX_BATCH {
+                            let left = until.saturating_duration_since(Instant::now());
+                            match rx.recv_timeout(left) {
+                                Ok(j) => batch.push(j),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    busy = batch.len() > 1;
                 }
                 Durability::Async => {
                     while batch.len() < MAX_BATCH {
