@@ -594,8 +594,12 @@
     if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(m));
   };
 
-  /* An event from element t: queued until answered, shown as loading. */
+  /* An event from element t: numbered when sent (the server takes a ref at
+   * or below the highest it applied as a resend, so refs follow the send
+   * order, debounced events included), queued until answered, shown as
+   * loading. */
   Client.prototype.emit = function (m, t) {
+    m.r = ++this.ref;
     if (this.out.length >= OUTBOX) {
       this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions are waiting for the server. Try again in a moment.', r: m.r });
       return;
@@ -769,7 +773,7 @@
         if (type === 'submit' || type === 'click' && (t.tagName === 'A' || t.type === 'submit')) e.preventDefault();
         // A form already being submitted is not submitted again (a double click).
         if (type === 'submit' && self.out.some(function (o) { return o.t === t; })) return;
-        var m = { t: 'ev', n: t.getAttribute('st-' + type), d: payload(type, t, e), r: ++self.ref };
+        var m = { t: 'ev', n: t.getAttribute('st-' + type), d: payload(type, t, e) };
         if (type === 'submit' && t.hasAttribute('st-reset')) HTMLFormElement.prototype.reset.call(t);
         var wait = +t.getAttribute('st-debounce');
         if (!wait) return self.emit(m, t);
