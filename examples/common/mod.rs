@@ -100,12 +100,27 @@ struct Input {
 /// test oracle route.
 pub(crate) fn live(engine: &StateTemplate) -> Live {
     spawn_clock(engine.clone(), Duration::from_millis(500));
-    Live::new(engine.clone())
-        .debug_oracle(std::env::var("STATETEMPLATE_DEBUG").is_ok())
-        .on_update("note", |d: &mut serde_json::Value, p: Input| {
+    let debug = std::env::var("STATETEMPLATE_DEBUG").is_ok();
+    let live = Live::new(engine.clone()).debug_oracle(debug).on_update(
+        "note",
+        |d: &mut serde_json::Value, p: Input| {
             d["note"] = p.value.into();
             Ok(())
-        })
+        },
+    );
+    if !debug {
+        return live;
+    }
+    // For the browser tests: a handler with a bug (it panics after changing
+    // the data, which must not stick), so they can check what the user sees
+    // and that the session goes on.
+    live.on_update(
+        "debug_panic",
+        |d: &mut serde_json::Value, _: serde_json::Value| {
+            d["note"] = "changed by a handler that then panicked".into();
+            panic!("a bug in a handler (debug_panic)")
+        },
+    )
 }
 
 /// The app: `GET /` serves this browser's page (see [`page`]) of `template`

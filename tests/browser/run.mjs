@@ -511,6 +511,29 @@ const examples = {
       `counter: the user error shown: ${JSON.stringify(shown)}`);
     await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter-error.png') });
     await checkFresh(page, base, 'counter: after a refused event');
+    // A handler that panics (the debug server's debug_panic): the user sees
+    // the generic message, nothing internal; the session goes on.
+    await page.evaluate(() => {
+      window.__errors = [];
+      const b = document.createElement('button');
+      b.id = 'boom';
+      b.setAttribute('st-click', 'debug_panic');
+      b.textContent = 'boom';
+      document.getElementById('inc').after(b);
+    });
+    await page.click('#boom');
+    await until(page, () => window.__errors.length > 0);
+    const panicked = await page.evaluate(() => [document.querySelector('[st-flash]').textContent, window.__errors]);
+    assert(panicked[0] === 'Something went wrong. Please try again.' && panicked[1].length === 1 && !/panic|bug/.test(panicked[0] + panicked[1][0]),
+      `counter: a panicking handler shows the generic message only: ${JSON.stringify(panicked)}`);
+    await page.evaluate(() => document.getElementById('boom').remove());
+    const echo = await serverValue(page, base, '#echo', 'textContent');
+    assert(!echo.includes('panicked'), `counter: the panicking handler's change did not stick: ${echo}`);
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter-panic.png') });
+    const atPanic = Number(await text(page, '#count'));
+    await page.click('#inc');
+    await until(page, (c) => document.getElementById('count').textContent === String(c + 1), atPanic);
+    await checkFresh(page, base, 'counter: the session goes on after a panic');
     // A server that speaks another protocol version closes with 4003: the
     // client reloads the page (which brings the server's client).
     await page.evaluate(() => {
@@ -1062,7 +1085,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 11, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { counter: 12, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
