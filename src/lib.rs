@@ -193,6 +193,7 @@
 pub mod apply;
 mod error;
 mod fragment;
+mod id;
 pub mod protocol;
 pub mod rate;
 mod session;
@@ -216,7 +217,7 @@ pub mod fuzzing {
     /// Seals a token for the session id `sid`, valid from `now_ms` for a minute.
     pub fn seal_token(ring: &KeyRing, sid: [u8; 16], now_ms: u64) -> String {
         ring.seal(&crate::token::Claims {
-            session: crate::session::SessionId::from_bytes(sid),
+            session: crate::id::SessionId::from_bytes(sid),
             issued_ms: now_ms,
             expires_ms: now_ms + 60_000,
             generation: 0,
@@ -240,9 +241,10 @@ pub use fragment::{
     At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps, WIRE_VERSION,
     register_filters,
 };
+pub use id::SessionId;
 pub use protocol::{Action, Update};
 pub use session::{
     Builder, Catchup, Connection, EvictReason, InitialRender, KeptFrame, Rendered, Renderer,
-    Resync, Session, SessionEvent, SessionId, StateTemplate, Subscriber, UpdateReceiver,
+    Resync, Session, SessionEvent, StateTemplate, Subscriber, UpdateReceiver,
 };
 pub use transport::{Event, EventCtx, Live};

@@ -27,7 +27,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
 
-use crate::session::SessionId;
+use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
 /// The token format version.

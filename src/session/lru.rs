@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::SessionId;
+use crate::id::SessionId;
 
 /// Every live session with the tick of its last activity. Bumping and
 /// evicting are O(log n).

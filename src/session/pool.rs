@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 
-use super::SessionId;
 use super::lru::Lru;
+use crate::id::SessionId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pool {

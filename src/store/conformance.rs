@@ -20,7 +20,7 @@ use minijinja::Value;
 use super::{Append, SessionRecord, SessionStore};
 use crate::ErrorKind;
 use crate::fragment::{Delta, DeltaOp};
-use crate::session::SessionId;
+use crate::id::SessionId;
 
 /// A record with fresh id, distinctive data and the given expiry.
 pub fn sample_record(expires_ms: u64) -> SessionRecord {

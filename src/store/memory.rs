@@ -8,7 +8,7 @@ use dashmap::mapref::entry::Entry;
 use minijinja::Value;
 
 use super::{Append, SessionRecord, SessionStore};
-use crate::session::SessionId;
+use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
 /// Keeps records in memory (a sharded concurrent map). Nothing survives the

@@ -69,7 +69,7 @@ use minijinja::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::fragment::Delta;
-use crate::session::SessionId;
+use crate::id::SessionId;
 use crate::{Error, Result};
 
 pub mod conformance;

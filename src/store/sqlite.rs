@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 
 use super::{Append, SessionRecord, SessionStore};
 use crate::fragment::Delta;
-use crate::session::SessionId;
+use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
 /// The schema this version writes and reads (`PRAGMA user_version`).
@@ -1014,7 +1014,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!(
             "st-sqlite-{}-{name}-{}",
             std::process::id(),
-            crate::session::SessionId::generate().expect("rng")
+            crate::id::SessionId::generate().expect("rng")
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir.join("sessions.db")

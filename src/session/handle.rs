@@ -1,0 +1,557 @@
+//! The [`Session`] handle: renders, joins and resumes, groups, activity,
+//! tokens.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use super::engine::EngineInner;
+use super::events::{Catchup, Connection, KeptFrame, Rendered, Resync, Subscriber, snapshot};
+use super::pool::Pool;
+use super::state::SessionInner;
+#[cfg(doc)]
+use super::{Builder, SessionEvent, StateTemplate};
+use crate::fragment::{Edit, LivePage, Patch};
+use crate::id::SessionId;
+use crate::rate::Bucket;
+use crate::store::{Append, SessionStore};
+use crate::{Error, ErrorKind, Result};
+
+/// A handle on one session. Cheap to clone; all clones act on the same
+/// session, and renders from any of them are applied one at a time.
+#[derive(Clone)]
+pub struct Session {
+    pub(super) inner: Arc<SessionInner>,
+    pub(super) engine: Arc<EngineInner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// The template the session renders.
+    pub fn template(&self) -> &str {
+        &self.inner.template
+    }
+
+    /// The session's seq and a *fresh* full render of its current data
+    /// (not the incrementally maintained page): the oracle a test compares
+    /// a client's DOM with.
+    pub async fn fresh_render(&self) -> Result<(u64, String)> {
+        let page = self.inner.state.lock().await;
+        let (seq, data) = (page.seq(), page.data().clone());
+        drop(page);
+        let html = self
+            .engine
+            .fragments
+            .render_html(&self.inner.template, &data)?;
+        Ok((seq, html))
+    }
+
+    /// The page incarnation (see [`Resync::epoch`]).
+    pub fn epoch(&self) -> String {
+        format!("{:016x}", self.inner.page_epoch)
+    }
+
+    /// Whether the session was closed, expired or evicted.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn closed_error() -> Error {
+        Error::new(
+            ErrorKind::SessionClosed,
+            "the session was closed, expired or evicted",
+        )
+    }
+
+    /// Diffs `data` against the session's last data and sends what changed
+    /// to every subscriber. Renders are applied one at a time in the order
+    /// they are called; none is lost. Returns the session's `seq` after this
+    /// render (unchanged when the data changed nothing).
+    ///
+    /// When the data changed, the store is handed the render's delta
+    /// ([`SessionStore::append`]), also when the page shows none of the
+    /// change (the seq then stays). On error (a template error, data that
+    /// cannot be rendered, a store failure or a refused append) nothing
+    /// changes: not the page, not the store, and nothing is sent.
+    pub async fn render<S: Serialize + ?Sized>(&self, data: &S) -> Result<u64> {
+        Ok(self.render_patch(data).await?.0)
+    }
+
+    pub(crate) async fn render_patch<S: Serialize + ?Sized>(
+        &self,
+        data: &S,
+    ) -> Result<(u64, Option<Patch>)> {
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        async {
+            let page = self.inner.state.lock().await;
+            self.render_locked(page, |p| p.update(data)).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Applies what the app says changed (see [`Edit`]) and
+    /// renders it: the same frames as [`Session::render`] of the whole data
+    /// would send, at a cost that follows the change. Ordered with the
+    /// session's other renders; on error nothing changes. Returns the seq.
+    pub async fn edit(&self, edit: impl FnOnce(&mut Edit)) -> Result<u64> {
+        let mut e = Edit::default();
+        edit(&mut e);
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        async {
+            let page = self.inner.state.lock().await;
+            Ok(self.render_locked(page, |p| p.edit(&e)).await?.0)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Renders with the page lock already held (and releases it): `change`
+    /// updates the page.
+    pub(super) async fn render_locked(
+        &self,
+        mut page: tokio::sync::MutexGuard<'_, LivePage>,
+        change: impl FnOnce(&mut LivePage) -> Result<Patch>,
+    ) -> Result<(u64, Option<Patch>)> {
+        let changed = self.change_page(&mut page, change)?;
+        self.commit(page, changed).await
+    }
+
+    /// The synchronous half of a render: changes the page, keeping what
+    /// undoes it.
+    fn change_page(
+        &self,
+        page: &mut LivePage,
+        change: impl FnOnce(&mut LivePage) -> Result<Patch>,
+    ) -> Result<(Patch, crate::fragment::Checkpoint)> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Session::closed_error());
+        }
+        let checkpoint = page.checkpoint();
+        match change(page) {
+            Ok(p) => Ok((p, checkpoint)),
+            Err(err) => {
+                tracing::debug!(error = %err, "render failed; session unchanged");
+                Err(err)
+            }
+        }
+    }
+
+    /// The second half: saves and publishes a changed page (or undoes the
+    /// change when the store fails).
+    async fn commit(
+        &self,
+        mut page: tokio::sync::MutexGuard<'_, LivePage>,
+        (patch, checkpoint): (Patch, crate::fragment::Checkpoint),
+    ) -> Result<(u64, Option<Patch>)> {
+        let (s, e) = (&self.inner, &self.engine);
+        let now = e.clock.now_ms();
+        // A render is not client activity: it moves neither the idle clock
+        // nor the session's place in the eviction order.
+        if patch.is_empty() && patch.delta().is_empty() {
+            return Ok((patch.seq(), None));
+        }
+        // The data changed (even if the page shows none of it): the store
+        // gets the delta, as the next version of the record.
+        let mut record = e.record(s, &page);
+        record.version += 1;
+        // The frame is made before the store write, so a store that keeps
+        // frames has it with the change (a client that reconnects after a
+        // restart gets it). Only a page somebody joined encodes frames.
+        let wanted = !patch.is_empty() && s.outlet.lock().expect("lock").wanted();
+        let (frame, first_sent): (Option<Arc<str>>, Vec<u32>) = match wanted {
+            true => match page.encode_sent(&patch) {
+                Some((f, first)) => (Some(f.into()), first),
+                None => (None, Vec::new()),
+            },
+            false => (None, Vec::new()),
+        };
+        let mut change = Append::new(&record, patch.delta());
+        if let Some(f) = &frame {
+            change = change.with_frame(f);
+        }
+        if let Err(err) = e.store.append(change).await {
+            page.restore(checkpoint);
+            page.unsend(&first_sent);
+            tracing::warn!(error = %err, "store append failed; render undone");
+            return Err(err);
+        }
+        s.version.store(record.version, Ordering::Relaxed);
+        s.stored_expiry.store(record.expires_ms, Ordering::Relaxed);
+        if patch.is_empty() {
+            return Ok((patch.seq(), None));
+        }
+        let seq = patch.seq();
+        if let Some(frame) = frame {
+            let rendered = Arc::new(Rendered {
+                seq,
+                timestamp_ms: now,
+                patch: patch.clone(),
+                frame,
+            });
+            let mut outlet = s.outlet.lock().expect("lock");
+            outlet.publish(rendered, e.config.replay_frames);
+        }
+        tracing::trace!(seq, ops = patch.len(), "rendered");
+        Ok((seq, Some(patch)))
+    }
+
+    /// A new subscriber: it receives every render from now on (each tab of
+    /// a browser takes its own). A subscriber that falls more than
+    /// `subscriber_capacity` updates behind gets one
+    /// [`SessionEvent::Resync`] with the whole page instead of what it
+    /// missed; it never slows the renderer or other subscribers. It ends
+    /// (`recv` gives `None`) when the session closes, expires or is evicted.
+    pub fn updates(&self) -> Subscriber {
+        Subscriber {
+            rx: self
+                .inner
+                .outlet
+                .lock()
+                .expect("lock")
+                .subscribe(self.engine.config.subscriber_capacity),
+            session: Arc::downgrade(&self.inner),
+            floor: 0,
+            lagged: false,
+        }
+    }
+
+    /// The page as it is now, and a subscriber that continues exactly after
+    /// it (no update missed, none twice). What a client that holds nothing
+    /// (a new tab, a reconnect) needs; [`Resync::frame`] gives the wire form.
+    pub async fn join(&self) -> Result<(Resync, Subscriber)> {
+        let mut page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let mut sub = self.updates();
+        let resync = snapshot(&mut page, self.inner.page_epoch);
+        sub.floor = resync.seq;
+        if self.engine.config.replay_frames > 0 {
+            let mut outlet = self.inner.outlet.lock().expect("lock");
+            outlet.replay.get_or_insert_with(Default::default);
+        }
+        drop(page);
+        self.mark_joined();
+        Ok((resync, sub))
+    }
+
+    /// Whether a client that acks `seq` with `hash` (of the frame it applied
+    /// as `seq`) is in step: `false` when `seq` is beyond the page's, or the
+    /// frame kept as `seq` hashes otherwise. A frame no longer kept, or an
+    /// ack without a hash, is taken as in step.
+    pub(crate) fn holds(&self, seq: u64, hash: Option<u32>) -> bool {
+        let outlet = self.inner.outlet.lock().expect("lock");
+        let Some(buf) = &outlet.replay else {
+            return true;
+        };
+        if buf.back().is_some_and(|f| seq > f.seq) {
+            return false;
+        }
+        match (hash, buf.iter().find(|f| f.seq == seq)) {
+            (Some(h), Some(f)) => crate::transport::frame_hash(&f.frame) == h,
+            _ => true,
+        }
+    }
+
+    /// Reconnects a client that holds the page at `seq` of page incarnation
+    /// `epoch` (both from its last join): it gets the frames it missed from
+    /// the session's recent-frame buffer, or a resync when they are gone (or
+    /// the page is another incarnation: a restart, a restore). The
+    /// subscriber continues exactly after what is returned.
+    pub async fn resume(&self, seq: u64, epoch: &str) -> Result<(Catchup, Subscriber)> {
+        let page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let now = page.seq();
+        let same_page = epoch == format!("{:016x}", self.inner.page_epoch);
+        if same_page && seq <= now {
+            let frames: Vec<KeptFrame> = {
+                let outlet = self.inner.outlet.lock().expect("lock");
+                outlet
+                    .replay
+                    .iter()
+                    .flat_map(|b| b.iter())
+                    .filter(|r| r.seq > seq)
+                    .cloned()
+                    .collect()
+            };
+            // Complete only if it runs from right after `seq` to now, with
+            // no gap (frames carry no seq: each is one more).
+            let complete = frames
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.seq == seq + 1 + i as u64)
+                && frames.last().map_or(seq == now, |f| f.seq == now);
+            let mut missed = complete.then_some(frames);
+            if missed.is_none() {
+                // Not all in memory (this process restored the session after
+                // a restart): the frames the store kept, if it keeps them.
+                missed = self.stored_frames(seq, now).await;
+            }
+            if let Some(frames) = missed {
+                let mut sub = self.updates();
+                sub.floor = now;
+                self.mark_joined();
+                return Ok((Catchup::Frames(frames), sub));
+            }
+        }
+        drop(page);
+        let (r, sub) = self.join().await?; // marks the session joined
+        Ok((Catchup::Resync(r), sub))
+    }
+
+    /// The frames after `seq` up to `now` that the store kept, if they run
+    /// complete (a store error counts as none: the client gets a resync).
+    async fn stored_frames(&self, seq: u64, now: u64) -> Option<Vec<KeptFrame>> {
+        let kept = match self.engine.store.frames(&self.inner.id, seq).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading kept frames failed; resyncing");
+                return None;
+            }
+        };
+        let frames: Vec<KeptFrame> = kept
+            .into_iter()
+            .filter(|(q, _)| *q <= now)
+            .map(|(seq, frame)| KeptFrame {
+                seq,
+                frame: frame.into(),
+            })
+            .collect();
+        let complete = frames
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.seq == seq + 1 + i as u64)
+            && frames.last().map_or(seq == now, |f| f.seq == now);
+        complete.then_some(frames)
+    }
+
+    /// Reads the session's data as `T`, lets `f` change it, and renders the
+    /// result, all under the session's lock: concurrent `update`s (two tabs
+    /// clicking at once) never lose each other's changes. If `f` or the
+    /// render fails, nothing changes.
+    ///
+    /// The first `update` reads the data as `T` from the snapshot; the `T`
+    /// it leaves is kept with the page, so the next `update` with the same
+    /// type starts from it instead of reading the whole snapshot again (any
+    /// other change to the data, a failure, or a restore drops it). So the
+    /// cost of an update is `f` plus one comparing pass over the data. One
+    /// consequence: a field that `T` does not serialize keeps its value from
+    /// one `update` to the next while the session stays in this process.
+    pub async fn update<T, F>(&self, f: F) -> Result<u64>
+    where
+        T: serde::de::DeserializeOwned + Serialize + Send + 'static,
+        F: FnOnce(&mut T) -> Result<()>,
+    {
+        let mut page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let mut data = match page.take_typed::<T>() {
+            Some(t) => t,
+            None => Box::new(T::deserialize(page.data().clone()).map_err(Error::data)?),
+        };
+        f(&mut data)?;
+        let changed = self.change_page(&mut page, |p| p.update(&*data));
+        if changed.is_ok() {
+            // Kept until the data changes another way; a failed store
+            // write below restores the page and drops it.
+            page.keep_typed(data);
+        }
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        Ok(self.commit(page, changed?).instrument(span).await?.0)
+    }
+
+    /// The session's data (the snapshot of its last render) as `T`.
+    pub async fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let page = self.inner.state.lock().await;
+        T::deserialize(page.data().clone()).map_err(Error::data)
+    }
+
+    /// Adds the session to a named group (see [`StateTemplate::group`]).
+    pub fn join_group(&self, group: &str) {
+        let g: Arc<str> = Arc::from(group);
+        let mut mine = self.inner.groups.lock().expect("lock");
+        if self.is_closed() || mine.iter().flat_map(|v| v.iter()).any(|x| **x == *group) {
+            return;
+        }
+        mine.get_or_insert_with(Default::default).push(g.clone());
+        self.engine
+            .groups
+            .entry(g)
+            .or_default()
+            .insert(self.inner.id);
+    }
+
+    /// Removes the session from a group.
+    pub fn leave_group(&self, group: &str) {
+        let mut mine = self.inner.groups.lock().expect("lock");
+        if let Some(v) = mine.as_mut() {
+            v.retain(|g| **g != *group);
+            if v.is_empty() {
+                *mine = None;
+            }
+        }
+        drop(mine);
+        self.engine.groups.remove_if_mut(group, |_, members| {
+            members.remove(&self.inner.id);
+            members.is_empty()
+        });
+    }
+
+    /// The annotated HTML of the page as it is now.
+    pub async fn html(&self) -> String {
+        self.inner.state.lock().await.html()
+    }
+
+    /// The sequence number of the last render that changed the page.
+    pub async fn seq(&self) -> u64 {
+        self.inner.state.lock().await.seq()
+    }
+
+    /// Records client activity (a transport calls this on every client
+    /// frame): the idle clock restarts and the session becomes the most
+    /// recent of its pool. Renders do not do this.
+    pub async fn touch(&self) -> Result<()> {
+        let (s, e) = (&self.inner, &self.engine);
+        if s.closed.load(Ordering::SeqCst) {
+            return Err(Session::closed_error());
+        }
+        let now = e.clock.now_ms();
+        s.last_access.fetch_max(now, Ordering::SeqCst);
+        e.pools.lock().expect("lock").bump(s.id);
+        if s.closed.load(Ordering::SeqCst) {
+            e.pools.lock().expect("lock").remove(&s.id);
+            return Err(Session::closed_error());
+        }
+        // Store writes are skipped while the stored expiry is within 1/64 of
+        // the timeout (at least a second) of the true one; the sweep checks
+        // live sessions before removing them.
+        let timeout = e.timeout_ms(s);
+        let exp = now + timeout;
+        let slack = (timeout / 64).max(1000);
+        if exp.saturating_sub(s.stored_expiry.load(Ordering::Relaxed)) >= slack {
+            e.store.touch(&s.id, now, exp).await?;
+            s.stored_expiry.store(exp, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A client joined: the session leaves the unjoined pool for good.
+    fn mark_joined(&self) {
+        let s = &self.inner;
+        if s.joined.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut pools = self.engine.pools.lock().expect("lock");
+        if !s.joined.swap(true, Ordering::SeqCst) {
+            let to = if s.connections.load(Ordering::SeqCst) > 0 {
+                Pool::Connected
+            } else {
+                Pool::Detached
+            };
+            pools.set(s.id, to);
+        }
+    }
+
+    /// Whether a client has joined this session (a socket, or
+    /// [`Session::join`] / [`Session::resume`]).
+    pub fn is_joined(&self) -> bool {
+        self.inner.joined.load(Ordering::SeqCst)
+    }
+
+    /// Counts an open client connection for as long as the guard lives. A
+    /// session with an open connection is evicted last (see
+    /// [`Builder::max_sessions`]). The WebSocket transport holds one per
+    /// socket; a transport of your own should too.
+    pub fn connection(&self) -> Connection {
+        let s = &self.inner;
+        let mut pools = self.engine.pools.lock().expect("lock");
+        s.joined.store(true, Ordering::SeqCst);
+        if s.connections.fetch_add(1, Ordering::SeqCst) == 0 {
+            pools.set(s.id, Pool::Connected);
+        }
+        drop(pools);
+        Connection {
+            session: self.clone(),
+        }
+    }
+
+    /// Reserves one event from the session's budget (`rate` a second,
+    /// `burst` at once, shared by all its connections); how long the caller
+    /// must wait before handling it.
+    pub(crate) fn reserve_event(&self, rate: f64, burst: f64) -> Duration {
+        self.inner
+            .event_budget
+            .lock()
+            .expect("lock")
+            .get_or_insert_with(|| Box::new(Bucket::new(rate, burst)))
+            .reserve()
+    }
+
+    /// How many client connections are open (see [`Session::connection`]).
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst) as usize
+    }
+
+    /// A fresh token for this session (for example, to hand a long-lived
+    /// tab a token that outlives the first one).
+    pub fn token(&self) -> Result<String> {
+        let e = &self.engine;
+        e.mint(
+            self.inner.id,
+            self.inner.generation.load(Ordering::SeqCst),
+            e.clock.now_ms(),
+        )
+    }
+
+    /// Revokes every token issued so far for this session and returns a new
+    /// one. Connected subscribers are not affected.
+    pub async fn revoke_tokens(&self) -> Result<String> {
+        let (s, e) = (&self.inner, &self.engine);
+        let page = s.state.lock().await;
+        if s.closed.load(Ordering::SeqCst) {
+            return Err(Session::closed_error());
+        }
+        let old = s.generation.fetch_add(1, Ordering::SeqCst);
+        if let Err(err) = e.store.save(&e.record(s, &page)).await {
+            s.generation.store(old, Ordering::SeqCst);
+            return Err(err);
+        }
+        drop(page);
+        self.token()
+    }
+
+    /// Closes the session: subscribers end, the store forgets it, and its
+    /// tokens open nothing. Closing twice is not an error.
+    pub async fn close(&self) -> Result<()> {
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        async {
+            if self.engine.remove(&self.inner, None).await {
+                tracing::debug!("session closed");
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+}
