@@ -96,6 +96,21 @@ impl Kind {
     }
 }
 
+/// A new session of the table page with `data`, joined by a client (so its
+/// frames are made and kept).
+async fn joined(
+    engine: &StateTemplate,
+    data: &Table,
+) -> (statetemplate::Session, statetemplate::Subscriber) {
+    let init = engine.new_session("table.html", data).await.unwrap();
+    let s = engine
+        .get_session(&init.session_id.to_string(), &init.token)
+        .await
+        .unwrap();
+    let (_r, sub) = s.join().await.unwrap();
+    (s, sub)
+}
+
 /// One session of a 1,000-row table, joined (so frames are made and kept):
 /// `n` renders each changing one row's amount, one after the other. Then
 /// 8 such sessions rendering at once. Per-render latency and renders/s.
@@ -103,12 +118,7 @@ async fn durability(kind: Kind, i: usize) -> (f64, f64, f64) {
     let path = dir().join(format!("dur{i}.db"));
     let (engine, _store) = kind.engine(&path);
     let mut data = table(1000);
-    let init = engine.new_session("table.html", &data).await.unwrap();
-    let s = engine
-        .get_session(&init.session_id.to_string(), &init.token)
-        .await
-        .unwrap();
-    let (_r, _sub) = s.join().await.unwrap();
+    let (s, _sub) = joined(&engine, &data).await;
     let mut lat = Vec::new();
     for k in 0..300usize {
         data.rows[(k * 37) % 1000].amount += 1;
@@ -125,12 +135,7 @@ async fn durability(kind: Kind, i: usize) -> (f64, f64, f64) {
         let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
             let mut data = table(1000);
-            let init = engine.new_session("table.html", &data).await.unwrap();
-            let s = engine
-                .get_session(&init.session_id.to_string(), &init.token)
-                .await
-                .unwrap();
-            let (_r, _sub) = s.join().await.unwrap();
+            let (s, _sub) = joined(&engine, &data).await;
             for k in 0..100usize {
                 data.rows[(k * 31 + w as usize) % 1000].amount += 1;
                 s.render(&data).await.unwrap();
@@ -155,12 +160,7 @@ async fn bytes_per_change(n: u64) -> (f64, f64, usize) {
     let store = store.unwrap();
     let mut data = table(n);
     let snapshot = serde_json::to_vec(&data).unwrap().len();
-    let init = engine.new_session("table.html", &data).await.unwrap();
-    let s = engine
-        .get_session(&init.session_id.to_string(), &init.token)
-        .await
-        .unwrap();
-    let (_r, _sub) = s.join().await.unwrap();
+    let (s, _sub) = joined(&engine, &data).await;
     // Warm up (the first snapshot by size may come later for big pages).
     let renders = 400;
     let (b0, w0) = (store.stats().bytes, wchar());

@@ -26,6 +26,14 @@ fn main() {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 const PAGE: &str =
     "<ul>{% for n in items %}<li>{{ n }}</li>{% endfor %}</ul><p>{{ items|length }} events</p>";
 
@@ -52,11 +60,7 @@ mod child {
     }
 
     pub(super) fn run() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = super::runtime();
         rt.block_on(serve());
     }
 
@@ -150,11 +154,7 @@ mod parent {
     }
 
     pub(super) fn run() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = super::runtime();
         let started = Instant::now();
         match rt
             .block_on(async { tokio::time::timeout(Duration::from_secs(240), crash_loop()).await })
