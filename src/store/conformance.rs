@@ -379,6 +379,20 @@ async fn save_replaces(store: &dyn SessionStore) {
         Some(&r),
         "save replaces data, seq, version and generation"
     );
+    // A stale writer (an older version) cannot overwrite it.
+    let mut stale = r.clone();
+    stale.version = 4;
+    stale.data = Value::from(minijinja::value::Serde(serde_json::json!({"stale": true})));
+    let err = store
+        .save(&stale)
+        .await
+        .expect_err("a stale save is refused");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "a stale save: {err}");
+    assert_eq!(
+        store.load(&r.id).await.expect("load").as_ref(),
+        Some(&r),
+        "a refused save changes nothing"
+    );
     store.delete(&r.id).await.expect("delete");
 }
 

@@ -97,8 +97,23 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, record: &SessionRecord) -> Result<()> {
-        self.records.insert(record.id, Kept::of(record));
-        Ok(())
+        match self.records.entry(record.id) {
+            Entry::Occupied(o) if o.get().version > record.version => {
+                Err(Error::conflict(format!(
+                    "save of version {} refused: the store holds version {}",
+                    record.version,
+                    o.get().version
+                )))
+            }
+            Entry::Occupied(mut o) => {
+                o.insert(Kept::of(record));
+                Ok(())
+            }
+            Entry::Vacant(v) => {
+                v.insert(Kept::of(record));
+                Ok(())
+            }
+        }
     }
 
     async fn append(&self, change: Append<'_>) -> Result<()> {

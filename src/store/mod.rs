@@ -54,10 +54,12 @@
 //!   `[{"op":"set","path":["rows",3,"done"],"value":true}]` (see [`Delta`]
 //!   for the semantics of paths and positions). Values go through serde as
 //!   plain data, as the record's `data` does.
-//! - [`save`](SessionStore::save) replaces the whole record (version
-//!   included, unchecked); the engine calls it for changes that are not
-//!   renders (a token revocation) with the current version. A log store may
-//!   take it as a snapshot.
+//! - [`save`](SessionStore::save) replaces the whole record, unless the
+//!   store holds a higher version (then
+//!   [`ErrorKind::Conflict`](crate::ErrorKind::Conflict): a stale writer
+//!   cannot overwrite a newer state); the engine calls it for changes that
+//!   are not renders (a token revocation) with the current version. A log
+//!   store may take it as a snapshot.
 //!
 //! [`StateTemplate::get_session`]: crate::StateTemplate::get_session
 
@@ -210,8 +212,10 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Stores a new record. Fails if a record with this id exists.
     async fn create(&self, record: &SessionRecord) -> Result<()>;
 
-    /// Stores `record`, replacing any record with its id (its version
-    /// included, unchecked).
+    /// Stores `record`, replacing any record with its id, unless the stored
+    /// record has a higher version (a stale writer: refused with
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict), nothing
+    /// changed). The check and the write are one atomic step for that id.
     async fn save(&self, record: &SessionRecord) -> Result<()>;
 
     /// Records one render's change: the record at version `n + 1` and the

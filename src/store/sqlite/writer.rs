@@ -313,6 +313,19 @@ impl Writer {
         let applied =
             serde_json::to_string(&r.applied).map_err(|e| Error::store("sqlite: applied", e))?;
         let id = &r.id.as_bytes()[..];
+        if replace {
+            let stored: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT version FROM st_sessions WHERE id = ?1")
+                .and_then(|mut s| s.query_row(params![id], |row| row.get(0)).optional())
+                .map_err(|e| sql_error("reading a version", e))?;
+            if let Some(v) = stored.map(u).filter(|v| *v > r.version) {
+                return Err(Error::conflict(format!(
+                    "save of version {} refused: the store holds version {v}",
+                    r.version
+                )));
+            }
+        }
         let verb = if replace {
             "INSERT OR REPLACE"
         } else {
