@@ -553,7 +553,12 @@
     var self = this, ws = new WebSocket(this.url());
     this.ws = ws;
     ws.onopen = function () { self.heard = Date.now(); };
-    ws.onmessage = function (m) { self.heard = Date.now(); self.frame(m.data); };
+    ws.onmessage = function (m) {
+      self.heard = Date.now();
+      // Frames of a socket that closed meanwhile are dropped: the resume
+      // asks for them again.
+      later(function () { if (self.ws === ws) self.frame(m.data); });
+    };
     ws.onclose = function (e) {
       if (self.ws !== ws) return;
       self.ws = null;
@@ -590,8 +595,20 @@
     setTimeout(function () { location.reload(); }, Math.min(10000, n ? 500 * Math.pow(2, n) : 0));
   };
 
+  /* Latency simulation, for seeing loading states on a fast machine:
+   * statetemplate.latencySim(ms) delays every message each way by ms in
+   * this tab (kept in sessionStorage, so it survives reloads);
+   * latencySim(0) turns it off. */
+  var LAT = 'st-latency';
+  function lat() { try { return +sessionStorage.getItem(LAT) || 0; } catch (x) { return 0; } }
+  function later(f) { var d = lat(); if (d) setTimeout(f, d); else f(); }
+  function latencySim(ms) {
+    try { ms ? sessionStorage.setItem(LAT, ms) : sessionStorage.removeItem(LAT); } catch (x) { /* storage off */ }
+  }
+
   Client.prototype.send = function (m) {
-    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(m));
+    var ws = this.ws, s = JSON.stringify(m);
+    if (ws && ws.readyState === 1) later(function () { if (ws.readyState === 1) ws.send(s); });
   };
 
   /* An event from element t: numbered when sent (the server takes a ref at
@@ -786,7 +803,8 @@
   function start() {
     var els = document.querySelectorAll('[data-st-root]'), out = [];
     for (var i = 0; i < els.length; i++) out.push(new Client(els[i]));
-    window.statetemplate = { clients: out, Model: Model, Dom: Dom, payload: payload, remember: remember };
+    window.statetemplate = { clients: out, Model: Model, Dom: Dom, payload: payload, remember: remember, latencySim: latencySim };
+    if (lat()) console.info('statetemplate: ' + lat() + ' ms simulated latency');
   }
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();

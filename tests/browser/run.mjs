@@ -534,6 +534,26 @@ const examples = {
     await page.click('#inc');
     await until(page, (c) => document.getElementById('count').textContent === String(c + 1), atPanic);
     await checkFresh(page, base, 'counter: the session goes on after a panic');
+    // Latency simulation: 300 ms each way, so the loading state shows for
+    // the round trip; off again, the next click is quick.
+    await page.evaluate(() => window.statetemplate.latencySim(300));
+    const slow0 = Number(await text(page, '#count'));
+    const t0 = Date.now();
+    await page.click('#inc');
+    await page.waitForTimeout(150);
+    assert(await page.evaluate((c) => document.getElementById('count').textContent === String(c) && document.getElementById('inc').classList.contains('st-loading'), slow0),
+      'counter: with simulated latency the click is still loading after 150 ms');
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter-latency.png') });
+    await until(page, (c) => document.getElementById('count').textContent === String(c + 1), slow0);
+    const slow = Date.now() - t0;
+    assert(slow >= 550, `counter: a simulated round trip took ${slow} ms, expected at least 600`);
+    await page.evaluate(() => window.statetemplate.latencySim(0));
+    const t1 = Date.now();
+    await page.click('#inc');
+    await until(page, (c) => document.getElementById('count').textContent === String(c + 2), slow0);
+    const fast = Date.now() - t1;
+    assert(fast < slow, `counter: without the simulation a click took ${fast} ms (with it: ${slow} ms)`);
+    await checkFresh(page, base, 'counter: after the latency simulation');
     // A server that speaks another protocol version closes with 4003: the
     // client reloads the page (which brings the server's client).
     await page.evaluate(() => {
@@ -1085,7 +1105,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 12, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { counter: 13, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
