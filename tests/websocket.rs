@@ -646,3 +646,68 @@ async fn a_resent_event_is_applied_once() {
     }
     assert_eq!(s.seq().await, 5);
 }
+
+/// `GET path` with optional `Authorization: Bearer auth`: (status, body).
+async fn http_get(addr: &str, path: &str, auth: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: Bearer {a}\r\n"));
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, body.to_owned())
+}
+
+/// The debug listing: only with the token (401 without it, with another
+/// one, or with a prefix of it), and then every live session with its
+/// seq, epoch, connections and recent frames.
+#[tokio::test]
+async fn the_debug_listing_needs_its_token_and_shows_each_session() {
+    let engine = engine(8);
+    let token = "0123456789abcdef0123456789abcdef-debug";
+    assert_eq!(
+        live(&engine).debug_sessions("short").unwrap_err().kind(),
+        ErrorKind::Config,
+        "a short token is refused"
+    );
+    let addr = serve_axum(&live(&engine).debug_sessions(token).unwrap()).await;
+    let i = new_counter(&engine).await;
+    let mut ws = connect(&url(&addr, &i, &i.token, None)).await;
+    let (mut wire, epoch) = join(&mut ws).await;
+    send(&mut ws, json!({"t":"ev","n":"inc","d":{},"r":1})).await;
+    apply(&mut wire, &text(&mut ws).await);
+    assert_eq!(text(&mut ws).await, json!(1));
+    let path = "/statetemplate/debug/sessions";
+    for bad in [
+        None,
+        Some("wrong-token-wrong-token-wrong-token!!"),
+        Some(&token[..20]),
+    ] {
+        let (status, body) = http_get(&addr, path, bad).await;
+        assert_eq!(status, 401, "{bad:?}: {body}");
+        assert!(!body.contains(&i.session_id.to_string()));
+    }
+    let (status, body) = http_get(&addr, path, Some(token)).await;
+    assert_eq!(status, 200, "{body}");
+    let listing: Json = serde_json::from_str(body.trim()).unwrap_or_else(|e| {
+        // A chunked body: take the JSON between the chunk lines.
+        let start = body.find('{').unwrap();
+        let end = body.rfind('}').unwrap();
+        serde_json::from_str(&body[start..=end]).unwrap_or_else(|_| panic!("{e}: {body}"))
+    });
+    assert_eq!(listing["live"], 1);
+    let s = &listing["sessions"][0];
+    assert_eq!(s["id"], i.session_id.to_string());
+    assert_eq!(s["seq"], 1);
+    assert_eq!(s["epoch"], epoch);
+    assert_eq!(s["connections"], 1);
+    assert_eq!(s["frames"][0]["seq"], 1, "{s}");
+    assert!(s["frames"][0]["bytes"].as_u64().unwrap() > 0);
+}

@@ -108,6 +108,15 @@ pub(crate) fn live(engine: &StateTemplate) -> Live {
             Ok(())
         },
     );
+    // `STATETEMPLATE_DEBUG_TOKEN` (32 characters or more) serves the
+    // session listing at /statetemplate/debug/sessions to whoever sends it
+    // as `Authorization: Bearer …`.
+    let live = match std::env::var("STATETEMPLATE_DEBUG_TOKEN") {
+        Ok(t) => live
+            .debug_sessions(t)
+            .expect("STATETEMPLATE_DEBUG_TOKEN: 32 characters or more"),
+        Err(_) => live,
+    };
     if !debug {
         return live;
     }

@@ -418,6 +418,44 @@ impl Session {
         });
     }
 
+    /// What the debug listing shows of this session (see
+    /// `Live::debug_sessions`): seq, epoch, groups, connections, idle time
+    /// and the recent frames kept for resume (newest last).
+    pub(crate) async fn debug_info(&self) -> serde_json::Value {
+        let seq = self.seq().await;
+        let now = self.engine.clock.now_ms();
+        let last = self.inner.last_access.load(Ordering::Relaxed);
+        let groups: Vec<String> = self
+            .inner
+            .groups
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|v| v.iter().map(|g| g.to_string()))
+            .collect();
+        let frames: Vec<serde_json::Value> = {
+            let outlet = self.inner.outlet.lock().expect("lock");
+            outlet
+                .replay
+                .iter()
+                .flat_map(|b| b.iter())
+                .map(|f| serde_json::json!({"seq": f.seq(), "bytes": f.frame().len(), "frame": f.frame()}))
+                .collect()
+        };
+        serde_json::json!({
+            "id": self.inner.id.to_string(),
+            "template": &*self.inner.template,
+            "seq": seq,
+            "epoch": self.epoch(),
+            "version": self.inner.version.load(Ordering::Relaxed),
+            "joined": self.is_joined(),
+            "connections": self.connections(),
+            "groups": groups,
+            "idle_ms": now.saturating_sub(last),
+            "frames": frames,
+        })
+    }
+
     /// The annotated HTML of the page as it is now.
     pub async fn html(&self) -> String {
         self.inner.state.lock().await.html()

@@ -29,6 +29,28 @@ impl Live {
                 }),
             );
         }
+        if self.config.debug_token.is_some() {
+            let live = self.clone();
+            router = router.route(
+                &format!("{}/debug/sessions", self.config.prefix),
+                get(move |headers: HeaderMap, RawQuery(q): RawQuery| {
+                    let live = live.clone();
+                    async move {
+                        let auth = headers
+                            .get(header::AUTHORIZATION)
+                            .and_then(|v| v.to_str().ok());
+                        if !live.debug_allowed(auth) {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        (
+                            [(header::CONTENT_TYPE, "application/json")],
+                            live.debug_listing(q.as_deref().unwrap_or("")).await,
+                        )
+                            .into_response()
+                    }
+                }),
+            );
+        }
         router
             .route(
                 &self.ws_path(),

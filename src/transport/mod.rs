@@ -191,10 +191,21 @@ struct Config {
     write_timeout: Duration,
     max_message: usize,
     debug_oracle: bool,
+    debug_token: Option<DebugToken>,
     origins: Option<Vec<String>>,
     rate_per_sec: f64,
     rate_burst: f64,
     handshake_timeout: Duration,
+}
+
+/// The debug listing's token: never shown by `Debug`.
+#[derive(Clone)]
+struct DebugToken(Arc<str>);
+
+impl fmt::Debug for DebugToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DebugToken(<redacted>)")
+    }
 }
 
 /// The live layer: an engine, its event handlers and the connection
@@ -235,6 +246,7 @@ impl Live {
                 write_timeout: Duration::from_secs(10),
                 max_message: 64 << 10,
                 debug_oracle: false,
+                debug_token: None,
                 origins: None,
                 rate_per_sec: 100.0,
                 rate_burst: 200.0,
@@ -390,6 +402,65 @@ impl Live {
     pub fn debug_oracle(mut self, on: bool) -> Live {
         self.config_mut().debug_oracle = on;
         self
+    }
+
+    /// Serves `GET {prefix}/debug/sessions` to a caller that sends
+    /// `Authorization: Bearer TOKEN`: the live sessions of this process as
+    /// JSON, the most recently active first (at most `?limit=N`, default
+    /// 100, at most 10,000), each with its id, template, seq, epoch, data
+    /// version, whether a client joined, open connections, groups, idle
+    /// time and the recent frames kept for resume. Other callers get 401.
+    /// The token must be at least 32 characters (refused with a
+    /// [`crate::ErrorKind::Config`] error otherwise); it is compared in
+    /// constant time and never logged. The listing holds session ids:
+    /// keep the token secret, and the route off where nobody debugs. Off
+    /// by default.
+    pub fn debug_sessions(mut self, token: impl Into<String>) -> crate::Result<Live> {
+        let token = token.into();
+        if token.len() < 32 {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Config,
+                "the debug sessions token must be at least 32 characters",
+            ));
+        }
+        self.config_mut().debug_token = Some(DebugToken(Arc::from(token)));
+        Ok(self)
+    }
+
+    /// Whether `authorization` (the header's value) carries the debug token.
+    pub(crate) fn debug_allowed(&self, authorization: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        let (Some(want), Some(got)) = (
+            &self.config.debug_token,
+            authorization.and_then(|a| a.strip_prefix("Bearer ")),
+        ) else {
+            return false;
+        };
+        want.0.as_bytes().ct_eq(got.trim().as_bytes()).into()
+    }
+
+    /// The debug listing (see [`Live::debug_sessions`]).
+    pub(crate) async fn debug_listing(&self, query: &str) -> String {
+        let limit = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("limit="))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(100)
+            .min(10_000);
+        let mut sessions = Vec::new();
+        for s in self.engine.sessions() {
+            sessions.push(s.debug_info().await);
+        }
+        sessions.sort_by_key(|s| s["idle_ms"].as_u64().unwrap_or(u64::MAX));
+        let total = sessions.len();
+        sessions.truncate(limit);
+        serde_json::json!({
+            "instance": format!("pid {}", std::process::id()),
+            "live": total,
+            "connected": self.engine.connected_sessions().len(),
+            "sessions": sessions,
+        })
+        .to_string()
     }
 
     /// The path of the WebSocket endpoint.
