@@ -77,9 +77,13 @@ use crate::{Error, Result};
 pub mod conformance;
 mod log;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisOptions, RedisStats, RedisStore};
 pub use log::SessionLog;
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
