@@ -47,6 +47,10 @@
 //! the data. A snapshot that fails to be written leaves a longer log and
 //! the append stands.
 //!
+//! A save (the whole record: a new snapshot, the log dropped) is a script
+//! too, refused ([`ErrorKind::Conflict`]) when the stored record has a
+//! higher version, in the same step as the write.
+//!
 //! # Expiry
 //!
 //! Every key of a session carries a `PEXPIREAT`, set on create, save,
@@ -407,7 +411,7 @@ impl RedisStore {
             .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    async fn put(&self, script: &Script, r: &SessionRecord) -> Result<i64> {
+    async fn put(&self, script: &Script, r: &SessionRecord) -> Result<::redis::Value> {
         let data = serde_json::to_string(&r.data).map_err(|e| Error::store("redis: data", e))?;
         let applied =
             serde_json::to_string(&r.applied).map_err(|e| Error::store("redis: applied", e))?;
@@ -502,7 +506,7 @@ fn number<T: std::str::FromStr>(
 impl SessionStore for RedisStore {
     async fn create(&self, record: &SessionRecord) -> Result<()> {
         match self.put(&self.inner.create, record).await? {
-            1 => Ok(()),
+            ::redis::Value::Int(1) => Ok(()),
             _ => Err(Error::new(
                 ErrorKind::Store,
                 "a session with this id already exists",
@@ -511,7 +515,21 @@ impl SessionStore for RedisStore {
     }
 
     async fn save(&self, record: &SessionRecord) -> Result<()> {
-        self.put(&self.inner.save, record).await.map(|_| ())
+        match self.put(&self.inner.save, record).await? {
+            ::redis::Value::Int(1) => Ok(()),
+            other => {
+                let stored = match &other {
+                    ::redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    ::redis::Value::SimpleString(s) => s.clone(),
+                    v => format!("{v:?}"),
+                };
+                let stored = stored.strip_prefix("conflict ").unwrap_or(&stored);
+                Err(Error::conflict(format!(
+                    "save of version {} refused: the store holds version {stored}",
+                    record.version
+                )))
+            }
+        }
     }
 
     async fn append(&self, change: Append<'_>) -> Result<()> {

@@ -54,9 +54,21 @@ return 1
     )
 }
 
-/// Replaces the record (a new snapshot, no deltas), version unchecked.
+/// Replaces the record (a new snapshot, no deltas) unless the stored one
+/// has a higher version: returns 1, or `conflict <stored version>`.
+/// Versions are decimal strings without leading zeros, so the longer is
+/// the higher, and of equal length the later in byte order.
 pub(super) fn save() -> String {
-    format!("{PUT}\nput()\nreturn 1\n")
+    format!(
+        "{PUT}
+local stored = redis.call('HGET', KEYS[1], 'version')
+if stored and (#stored > #ARGV[3] or (#stored == #ARGV[3] and stored > ARGV[3])) then
+  return 'conflict ' .. stored
+end
+put()
+return 1
+"
+    )
 }
 
 /// The append: compare-and-set on the version, then the small fields, the
