@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, installing what it needs when missing:
-# Debian's chromium and Node.js (apt), and playwright-core (npm, no browser
-# download). Every suite runs; a missing tool is installed or the run fails.
+# Debian's chromium, Node.js and redis-server (apt), and playwright-core
+# (npm, no browser download). Every suite runs; a missing tool is installed
+# or the run fails. A redis-server of its own runs for the length of the
+# script (stopped on exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,10 +25,56 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# A Redis of this run's own for the RedisStore tests (tests/redis_store.rs
+# and the crash loop on Redis): on a free loopback port, no RDB snapshots,
+# an append-only file in a temporary directory with `appendfsync everysec`.
+# Why not `always`: the crash loop SIGKILLs the app server, not Redis, and
+# Redis writes each change to its AOF before it answers (everysec only
+# delays the fsync), so what was acknowledged survives even a kill of
+# Redis; `always` would add an fsync per write and guard only against a
+# machine crash, which no test here makes. Stopped by its PID on exit.
+command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || apt_install redis-server
+REDIS_DIR=$(mktemp -d)
+REDIS_PID=""
+stop_redis() {
+  if [ -n "$REDIS_PID" ]; then
+    kill "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+  fi
+  rm -rf "$REDIS_DIR"
+}
+trap stop_redis EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+REDIS_PORT=""
+base=$((16379 + RANDOM % 1000))
+for p in $(seq "$base" $((base + 50))); do
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then REDIS_PORT=$p; break; fi
+done
+[ -n "$REDIS_PORT" ] || { echo "no free loopback port for redis-server" >&2; exit 1; }
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes \
+  --appendfsync everysec --dir "$REDIS_DIR" --logfile "$REDIS_DIR/redis.log" --daemonize no &
+REDIS_PID=$!
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+  kill -0 "$REDIS_PID" 2>/dev/null || break
+  sleep 0.1
+done
+if [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" != PONG ]; then
+  echo "redis-server did not answer on 127.0.0.1:$REDIS_PORT within 10 s:" >&2
+  cat "$REDIS_DIR/redis.log" >&2 || true
+  exit 1
+fi
+export STATETEMPLATE_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+echo "redis-server $REDIS_PID on $STATETEMPLATE_REDIS_URL"
+
 # One tungstenite in the tree (axum's): `cargo tree -i` fails if two are.
 cargo tree -q -i tungstenite --all-features >/dev/null
-# Unit, corpus (insta), session, WebSocket, JS-model-mirror, error and doc tests.
+# Unit, corpus (insta), session, WebSocket, JS-model-mirror, error and doc
+# tests; the RedisStore tests against the Redis above; the crash loop on SQLite.
 cargo test --all-features
+# The crash loop again with the sessions in Redis.
+CRASH_STORE=redis cargo test --all-features --test crash_loop
 # Property tests again in release mode with many more cases.
 PROPTEST_CASES=${PROPTEST_CASES:-20000} cargo test --release --all-features --test proptest --test escape
 # The wire decoders (Rust and JS) over frames an attacker could send (capped at 5000 sequences).

@@ -17,6 +17,12 @@
 //! when started with `--child` by the loop. Bounded: 50 kills, each life at
 //! most a few hundred milliseconds; the whole run takes well under a
 //! minute. `CRASH_LOOPS` changes the count.
+//!
+//! `CRASH_STORE=redis` (with the `redis` feature) keeps the sessions in
+//! Redis instead, at `STATETEMPLATE_REDIS_URL`, under a key prefix of its
+//! own for the run: the server is killed, Redis keeps running (as when an
+//! app instance dies), and the same properties must hold. SQLite is the
+//! default.
 
 fn main() {
     if std::env::args().any(|a| a == "--child") {
@@ -64,20 +70,36 @@ mod child {
         rt.block_on(serve());
     }
 
+    #[cfg(feature = "redis")]
+    fn redis_store() -> statetemplate::store::RedisStore {
+        use statetemplate::store::{RedisOptions, RedisStore};
+        let url = std::env::var("STATETEMPLATE_REDIS_URL")
+            .expect("CRASH_STORE=redis needs STATETEMPLATE_REDIS_URL (scripts/test.sh sets it)");
+        let prefix = std::env::var("CRASH_PREFIX").expect("CRASH_PREFIX");
+        RedisStore::open_with(&url, RedisOptions::default().prefix(prefix)).expect("store")
+    }
+
+    #[cfg(not(feature = "redis"))]
+    fn redis_store() -> statetemplate::store::MemoryStore {
+        panic!("CRASH_STORE=redis needs the redis feature (cargo test --features redis)")
+    }
+
     async fn serve() {
         let db = std::env::var("CRASH_DB").expect("CRASH_DB");
         let addr = std::env::var("CRASH_ADDR").expect("CRASH_ADDR");
         let keys = KeyRing::parse(&std::env::var("CRASH_KEY").expect("CRASH_KEY")).expect("key");
         let mut env = Environment::new();
         env.add_template("log.html", PAGE).expect("template");
-        let store =
-            SqliteStore::open_with(&db, SqliteOptions::default().durability(Durability::Full))
-                .expect("store");
-        let engine = StateTemplate::builder(env)
-            .keys(keys)
-            .store(store)
-            .build()
-            .expect("engine");
+        let builder = StateTemplate::builder(env).keys(keys);
+        let builder = match std::env::var("CRASH_STORE").as_deref() {
+            Ok("redis") => builder.store(redis_store()),
+            Ok("sqlite") | Err(_) => builder.store(
+                SqliteStore::open_with(&db, SqliteOptions::default().durability(Durability::Full))
+                    .expect("store"),
+            ),
+            Ok(other) => panic!("CRASH_STORE={other}: expected sqlite or redis"),
+        };
+        let engine = builder.build().expect("engine");
         let live = Live::new(engine.clone()).on_update("push", |d: &mut Log, n: u64| {
             d.items.push(n);
             Ok(())
@@ -172,6 +194,10 @@ mod parent {
         let mut child = Command::new(exe)
             .arg("--child")
             .env("CRASH_DB", db)
+            .env(
+                "CRASH_PREFIX",
+                format!("st-crash:{}:", db.rsplit('/').nth(1).unwrap_or("run")),
+            )
             .env("CRASH_ADDR", addr)
             .env("CRASH_KEY", key)
             .stdout(Stdio::piped())
@@ -246,7 +272,8 @@ mod parent {
             .expect("time")
             .as_nanos() as u64
             | 1;
-        println!("crash loop: {loops} kills, seed {seed}");
+        let store = std::env::var("CRASH_STORE").unwrap_or_else(|_| "sqlite".into());
+        println!("crash loop: {loops} kills, seed {seed}, store {store}");
         let mut rng = Rng(seed);
         let dir = std::env::temp_dir().join(format!("st-crash-{}-{seed:x}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

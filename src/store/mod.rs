@@ -75,13 +75,19 @@ use crate::id::SessionId;
 use crate::{Error, Result};
 
 pub mod conformance;
+mod log;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisOptions, RedisStats, RedisStore};
+pub use log::SessionLog;
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
-pub use sqlite::{Durability, SessionLog, SqliteOptions, SqliteStats, SqliteStore};
+pub use sqlite::{Durability, SqliteOptions, SqliteStats, SqliteStore};
 
 /// One session as a store keeps it. Serializable (times are unix
 /// milliseconds), so any backend can write it as JSON or columns.

@@ -33,14 +33,14 @@ use std::sync::mpsc;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
-use super::{Append, SessionRecord, SessionStore};
+use super::{Append, SessionLog, SessionRecord, SessionStore};
 use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
 mod options;
 mod writer;
 
-pub use options::{Durability, SessionLog, SqliteOptions, SqliteStats};
+pub use options::{Durability, SqliteOptions, SqliteStats};
 use writer::{Counters, Job, Writer};
 
 /// Sessions in an SQLite file: they survive a restart and a crash of the

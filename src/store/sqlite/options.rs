@@ -1,12 +1,6 @@
-//! How a [`SqliteStore`](super::SqliteStore) writes, what it wrote, and a
-//! session's log.
+//! How a [`SqliteStore`](super::SqliteStore) writes, and what it wrote.
 
 use std::time::Duration;
-
-use minijinja::Value;
-
-use crate::fragment::Delta;
-use crate::{Error, ErrorKind, Result};
 
 /// When an acknowledged change is on disk. A render (and the answer to the
 /// event that made it) returns only after [`SessionStore::append`] returned,
@@ -98,7 +92,7 @@ impl SqliteOptions {
 
     /// Caps the database file at about `bytes` (0, the default: no cap
     /// beyond the disk's). A change that would grow the file past it fails
-    /// with a "database or disk is full" [`ErrorKind::Store`] error, like a
+    /// with a "database or disk is full" [`ErrorKind::Store`](crate::ErrorKind::Store) error, like a
     /// full disk: the render is undone and the session goes on.
     pub fn max_size(mut self, bytes: u64) -> SqliteOptions {
         self.max_size = bytes;
@@ -128,41 +122,4 @@ pub struct SqliteStats {
     /// small fields of each row written (SQLite itself writes whole pages;
     /// `docs/benchmarks.md` measures the file growth too).
     pub bytes: u64,
-}
-
-/// One session's log as the store keeps it: the snapshot and the deltas
-/// after it. [`SessionLog::replay`] rebuilds the session's data; that is
-/// what [`SessionStore::load`] returns as the record's data.
-#[derive(Debug, Clone)]
-pub struct SessionLog {
-    /// The version of the snapshot.
-    pub snapshot_version: u64,
-    /// The data at [`SessionLog::snapshot_version`].
-    pub snapshot: Value,
-    /// The deltas after the snapshot, as (version, delta), in order.
-    pub deltas: Vec<(u64, Delta)>,
-}
-
-impl SessionLog {
-    /// The data after every delta: the snapshot with each delta applied in
-    /// version order. Fails if the versions have a gap or a delta does not
-    /// apply (a damaged log).
-    pub fn replay(&self) -> Result<Value> {
-        let mut data = self.snapshot.clone();
-        for (want, (v, d)) in (self.snapshot_version + 1..).zip(&self.deltas) {
-            if *v != want {
-                return Err(Error::new(
-                    ErrorKind::Store,
-                    format!("the session log has a gap: version {v} where {want} was expected"),
-                ));
-            }
-            data = d.apply(&data).map_err(|e| {
-                Error::new(
-                    ErrorKind::Store,
-                    format!("the session log's delta of version {v} does not apply: {e}"),
-                )
-            })?;
-        }
-        Ok(data)
-    }
 }

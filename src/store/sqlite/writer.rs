@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use minijinja::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Durability, SessionLog, SqliteOptions};
+use super::{Durability, SqliteOptions};
 use crate::fragment::Delta;
 use crate::id::SessionId;
-use crate::store::{Append, SessionRecord};
+use crate::store::{Append, SessionLog, SessionRecord};
 use crate::{Error, ErrorKind, Result};
 
 /// The schema this version writes and reads (`PRAGMA user_version`).

@@ -1,0 +1,464 @@
+//! `RedisStore` against a real `redis-server` (scripts/test.sh starts one
+//! and exports `STATETEMPLATE_REDIS_URL`): the conformance suite, two
+//! engines one after the other on one Redis (a client resumes with exactly
+//! the frames it missed), appends that write the change and not the
+//! snapshot, key deadlines and the expiry set, prefixes that keep apps
+//! apart, and a Redis that is down (a clear `Store` error, a render undone,
+//! the session going on once Redis is back).
+//!
+//! Each test uses its own key prefix, so tests running at once (and other
+//! users of the same Redis) do not see each other's sessions.
+#![cfg(feature = "redis")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use minijinja::Environment;
+use serde_json::{Value as Json, json};
+use statetemplate::apply::WireClient;
+use statetemplate::store::{RedisOptions, RedisStore, SessionStore, conformance};
+use statetemplate::token::KeyRing;
+use statetemplate::{Catchup, ErrorKind, SessionEvent, StateTemplate};
+
+const PAGE: &str = "<h1>{{ title }}</h1>\
+<ul>{% for r in rows %}<li id=\"r{{ r.id }}\">{{ loop.index }}. {{ r.text }}</li>{% endfor %}</ul>";
+
+/// The Redis the tests use. No server, no test: fails, never skips.
+fn url() -> String {
+    std::env::var("STATETEMPLATE_REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "STATETEMPLATE_REDIS_URL is not set: these tests need a real redis-server. \
+             scripts/test.sh starts one on a free loopback port and sets it; by hand: \
+             `redis-server --port 6390 --save '' &` and \
+             `STATETEMPLATE_REDIS_URL=redis://127.0.0.1:6390 cargo test --features redis --test redis_store`"
+        )
+    })
+}
+
+/// A prefix no other test (or earlier run) uses.
+fn prefix(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "st-test:{name}:{}:{nanos:x}:{}:",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn store(name: &str) -> RedisStore {
+    store_with(name, RedisOptions::default())
+}
+
+fn store_with(name: &str, opts: RedisOptions) -> RedisStore {
+    RedisStore::open_with(&url(), opts.prefix(prefix(name))).expect("open")
+}
+
+/// A plain connection to the same Redis, to look at the keys.
+async fn raw() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url().as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test Redis")
+}
+
+fn env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.add_template("page.html", PAGE).unwrap();
+    env
+}
+
+fn engine(store: RedisStore, keys: &KeyRing) -> StateTemplate {
+    StateTemplate::builder(env())
+        .keys(keys.clone())
+        .store(store)
+        .build()
+        .unwrap()
+}
+
+fn data(title: &str, n: usize) -> Json {
+    json!({
+        "title": title,
+        "rows": (0..n).map(|i| json!({"id": i, "text": format!("row {i}")})).collect::<Vec<_>>(),
+    })
+}
+
+async fn next_frame(sub: &mut statetemplate::Subscriber) -> String {
+    match sub.recv().await {
+        Some(SessionEvent::Patch(p)) => p.frame().to_owned(),
+        other => panic!("expected a patch, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_conformance_suite() {
+    let s = store("conf");
+    s.ping().await.expect("the test Redis answers");
+    conformance::run(Arc::new(s)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_conformance_suite_with_frequent_snapshots() {
+    let s = store_with("snap", RedisOptions::default().snapshot_every_deltas(2));
+    conformance::run(Arc::new(s.clone())).await;
+    assert!(s.stats().snapshots > 0, "{:?}", s.stats());
+}
+
+/// A client joins, misses the last two frames of the first engine, the
+/// engine goes away; a second engine (a new store, a new connection) on the
+/// same Redis and prefix gives the client exactly those two frames, then
+/// its own live frames, and the client's page equals a fresh render.
+#[tokio::test]
+async fn a_client_resumes_across_a_restart_with_the_frames_it_missed() {
+    let p = prefix("resume");
+    let open = || RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+    let keys = KeyRing::generate().unwrap();
+    let a = engine(open(), &keys);
+    let initial = a.new_session("page.html", &data("t0", 3)).await.unwrap();
+    let sid = initial.session_id.to_string();
+    let s = a.get_session(&sid, &initial.token).await.unwrap();
+    let (resync, mut sub) = s.join().await.unwrap();
+    let epoch = resync.epoch().to_owned();
+    let mut client = WireClient::new();
+    client.apply(resync.frame()).unwrap();
+    s.render(&data("t1", 4)).await.unwrap();
+    client.apply(&next_frame(&mut sub).await).unwrap();
+    let held = client.seq();
+    // Two renders the client does not see.
+    s.render(&data("t2", 5)).await.unwrap();
+    s.render(&data("t3", 2)).await.unwrap();
+    let seq_a = s.seq().await;
+    drop(sub);
+    a.shutdown().await;
+    drop((s, a));
+
+    let b = engine(open(), &keys);
+    let s = b.get_session(&sid, &initial.token).await.unwrap();
+    assert_eq!(s.seq().await, seq_a, "the seq survives");
+    assert_eq!(s.epoch(), epoch, "the epoch survives: same history");
+    let (catchup, mut sub) = s.resume(held, &epoch).await.unwrap();
+    let Catchup::Frames(frames) = catchup else {
+        panic!("expected the missed frames, got a resync")
+    };
+    assert_eq!(frames.len(), 2, "exactly the frames it missed");
+    for f in &frames {
+        client.apply(f.frame()).unwrap();
+    }
+    let want = b
+        .fragments()
+        .render_html("page.html", &data("t3", 2))
+        .unwrap();
+    assert_eq!(client.html(), want, "caught up == a fresh render");
+    for (i, d) in [data("t4", 6), data("t5", 1), data("t5", 7)]
+        .iter()
+        .enumerate()
+    {
+        s.render(d).await.unwrap();
+        client.apply(&next_frame(&mut sub).await).unwrap();
+        let want = b.fragments().render_html("page.html", d).unwrap();
+        assert_eq!(client.html(), want, "live frame {i} after the restart");
+    }
+    b.shutdown().await;
+}
+
+/// A session with about 40 KB of data: each render that changes one row
+/// sends Redis its delta and frame (tens of bytes), the snapshot key stays
+/// as written until the log reaches the snapshot's size, and the frames
+/// list stays at its cap.
+#[tokio::test]
+async fn appends_write_the_change_not_the_snapshot() {
+    let s = store_with("bytes", RedisOptions::default().frames_kept(8));
+    let keys = KeyRing::generate().unwrap();
+    let e = engine(s.clone(), &keys);
+    let mut d = data("big", 1500);
+    let initial = e.new_session("page.html", &d).await.unwrap();
+    let snapshot_bytes = serde_json::to_string(&d).unwrap().len() as u64;
+    assert!(snapshot_bytes > 30_000, "{snapshot_bytes}");
+    let sess = e
+        .get_session(&initial.session_id.to_string(), &initial.token)
+        .await
+        .unwrap();
+    // Only a page somebody joined makes frames.
+    let (_resync, _sub) = sess.join().await.unwrap();
+    let key = format!("{}{}", s.prefix(), initial.session_id);
+    let mut c = raw().await;
+    let strlen = |c: &mut redis::aio::MultiplexedConnection| {
+        let k = format!("{key}:snap");
+        let mut c = c.clone();
+        async move {
+            redis::cmd("STRLEN")
+                .arg(k)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let snap_len = strlen(&mut c).await;
+    let before = s.stats();
+    for i in 0..50usize {
+        d["rows"][i]["text"] = json!(format!("changed {i}"));
+        sess.render(&d).await.unwrap();
+    }
+    let after = s.stats();
+    assert_eq!(after.appends - before.appends, 50);
+    assert_eq!(after.snapshots, 0, "50 small deltas are far below 40 KB");
+    let per_append = (after.bytes - before.bytes) / 50;
+    assert!(
+        per_append < 600,
+        "{per_append} bytes per one-row append (snapshot: {snapshot_bytes})"
+    );
+    assert_eq!(
+        strlen(&mut c).await,
+        snap_len,
+        "the snapshot is not rewritten"
+    );
+    let log = s.log(&initial.session_id).await.unwrap().unwrap();
+    assert_eq!((log.snapshot_version, log.deltas.len()), (0, 50));
+    assert_eq!(
+        serde_json::to_value(log.replay().unwrap()).unwrap(),
+        d,
+        "snapshot + deltas = the data"
+    );
+    let frames: u64 = redis::cmd("LLEN")
+        .arg(format!("{key}:frames"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(frames, 8, "frames trimmed to frames_kept");
+    e.shutdown().await;
+}
+
+/// Every key of a session carries a deadline of expires_ms + the grace; a
+/// delete removes the keys and the expiry entry; a record whose keys Redis
+/// dropped reads as absent while the expiry set still lists it, and the
+/// engine's delete clears it.
+#[tokio::test]
+async fn keys_expire_with_the_session_and_the_expiry_set_follows() {
+    let grace = Duration::from_secs(60);
+    let s = store_with("ttl", RedisOptions::default().key_grace(grace));
+    let mut c = raw().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut r = conformance::sample_record(now + 600_000);
+    s.create(&r).await.unwrap();
+    // An append makes the log and frames keys.
+    let d = statetemplate::Delta::default();
+    r.version = 1;
+    r.seq += 1;
+    s.append(statetemplate::store::Append::new(&r, &d).with_frame("[]"))
+        .await
+        .unwrap();
+    let key = format!("{}{}", s.prefix(), r.id);
+    let want = now + 600_000 + 60_000;
+    for k in [
+        key.clone(),
+        format!("{key}:snap"),
+        format!("{key}:log"),
+        format!("{key}:frames"),
+    ] {
+        let at: i64 = redis::cmd("PEXPIRETIME")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(at as u64, want, "{k}: PEXPIREAT expires_ms + grace");
+    }
+    assert!(s.touch(&r.id, now, now + 900_000).await.unwrap());
+    let at: i64 = redis::cmd("PEXPIRETIME")
+        .arg(format!("{key}:log"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        at as u64,
+        now + 900_000 + 60_000,
+        "touch moves the deadline"
+    );
+    assert_eq!(s.count().await.unwrap(), 1);
+    assert!(s.delete(&r.id).await.unwrap());
+    let left: u64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .arg(format!("{key}:snap"))
+        .arg(format!("{key}:log"))
+        .arg(format!("{key}:frames"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "delete removes every key");
+    assert_eq!(s.count().await.unwrap(), 0, "and the expiry entry");
+
+    // No grace: Redis drops the keys at expires_ms.
+    let s = store_with("ttl0", RedisOptions::default().key_grace(Duration::ZERO));
+    let r = conformance::sample_record(now_ms() + 300);
+    s.create(&r).await.unwrap();
+    assert!(s.load(&r.id).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        s.load(&r.id).await.unwrap(),
+        None,
+        "a record whose keys expired reads as absent"
+    );
+    assert_eq!(
+        s.list_expired(now_ms(), 10).await.unwrap(),
+        vec![r.id],
+        "the expiry set still lists it for the sweep"
+    );
+    assert!(!s.delete(&r.id).await.unwrap(), "its keys are gone already");
+    assert_eq!(s.count().await.unwrap(), 0, "the delete clears the entry");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test]
+async fn prefixes_keep_apps_apart() {
+    let (a, b) = (store("app-a"), store("app-b"));
+    let r = conformance::sample_record(u64::MAX / 2);
+    a.create(&r).await.unwrap();
+    assert_eq!(b.load(&r.id).await.unwrap(), None);
+    assert_eq!((a.count().await.unwrap(), b.count().await.unwrap()), (1, 0));
+    b.create(&r)
+        .await
+        .expect("the same id under another prefix");
+    assert!(a.delete(&r.id).await.unwrap());
+    assert!(b.load(&r.id).await.unwrap().is_some());
+    assert!(b.delete(&r.id).await.unwrap());
+}
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Nothing listens: create fails with a Store error that names the server
+/// and not the password, quickly; so does a new session on an engine.
+#[tokio::test]
+async fn a_redis_that_is_down_gives_a_clear_store_error() {
+    let port = closed_port();
+    let s = RedisStore::open(&format!("redis://:hunter2@127.0.0.1:{port}/0")).unwrap();
+    let r = conformance::sample_record(u64::MAX / 2);
+    let t = std::time::Instant::now();
+    let err = s.create(&r).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    assert!(msg.contains("cannot connect"), "{msg}");
+    assert!(!msg.contains("hunter2"), "no password in messages: {msg}");
+    assert!(!format!("{s:?}").contains("hunter2"), "{s:?}");
+    assert_eq!(s.ping().await.unwrap_err().kind(), ErrorKind::Store);
+    let e = engine(s, &KeyRing::generate().unwrap());
+    let err = e.new_session("page.html", &data("t", 1)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    e.shutdown().await;
+    let bad = RedisStore::open("http://nope").unwrap_err();
+    assert_eq!(bad.kind(), ErrorKind::Config, "{bad}");
+}
+
+/// A TCP relay to the real Redis that can be cut (every connection dropped,
+/// nothing listening) and restored on the same port: Redis going away and
+/// coming back, as the store sees it.
+struct Relay {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(port: u16) -> Relay {
+        let target = url()
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let target = target.rsplit('@').next().unwrap().to_owned();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                conns.spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Relay {
+            port,
+            task: Some(task),
+        }
+    }
+
+    /// Drops the listener and every relayed connection (the JoinSet).
+    async fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Redis goes away under a live session: the render fails with a Store
+/// error and is undone (page and seq as before), and once Redis is back
+/// the session goes on with its data intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_render_while_redis_is_down_fails_cleanly_and_the_session_goes_on() {
+    let mut relay = Relay::start(0).await;
+    let port = relay.port;
+    let p = prefix("down");
+    let s = RedisStore::open_with(
+        &format!("redis://127.0.0.1:{port}"),
+        RedisOptions::default().prefix(p.clone()),
+    )
+    .unwrap();
+    let e = engine(s, &KeyRing::generate().unwrap());
+    let initial = e.new_session("page.html", &data("t0", 3)).await.unwrap();
+    let sess = e
+        .get_session(&initial.session_id.to_string(), &initial.token)
+        .await
+        .unwrap();
+    sess.render(&data("t1", 3)).await.unwrap();
+    let (seq, html) = (sess.seq().await, sess.html().await);
+
+    relay.cut().await;
+    let err = sess.render(&data("lost", 9)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(sess.seq().await, seq, "the render was undone");
+    assert_eq!(sess.html().await, html, "the page is as before");
+
+    let mut relay = Relay::start(port).await;
+    // The connection manager reconnects on the next call.
+    let mut ok = false;
+    for _ in 0..50 {
+        if sess.render(&data("t2", 4)).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "renders work again once Redis is back");
+    let direct = RedisStore::open_with(&url(), RedisOptions::default().prefix(p)).unwrap();
+    let rec = direct.load(&initial.session_id).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_value(&rec.data).unwrap(), data("t2", 4));
+    e.shutdown().await;
+    relay.cut().await;
+}
