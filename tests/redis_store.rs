@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
-use statetemplate::apply::WireClient;
 use statetemplate::store::{RedisOptions, RedisStore, SessionStore, conformance};
 use statetemplate::token::KeyRing;
-use statetemplate::{Catchup, ErrorKind, SessionEvent, StateTemplate};
+use statetemplate::{ErrorKind, StateTemplate};
 
 const PAGE: &str = "<h1>{{ title }}</h1>\
 <ul>{% for r in rows %}<li id=\"r{{ r.id }}\">{{ loop.index }}. {{ r.text }}</li>{% endfor %}</ul>";
@@ -88,13 +87,6 @@ fn data(title: &str, n: usize) -> Json {
     })
 }
 
-async fn next_frame(sub: &mut statetemplate::Subscriber) -> String {
-    match sub.recv().await {
-        Some(SessionEvent::Patch(p)) => p.frame().to_owned(),
-        other => panic!("expected a patch, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passes_the_conformance_suite() {
     let s = store("conf");
@@ -116,54 +108,10 @@ async fn passes_the_conformance_suite_with_frequent_snapshots() {
 #[tokio::test]
 async fn a_client_resumes_across_a_restart_with_the_frames_it_missed() {
     let p = prefix("resume");
-    let open = || RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
-    let keys = KeyRing::generate().unwrap();
-    let a = engine(open(), &keys);
-    let initial = a.new_session("page.html", &data("t0", 3)).await.unwrap();
-    let sid = initial.session_id.to_string();
-    let s = a.get_session(&sid, &initial.token).await.unwrap();
-    let (resync, mut sub) = s.join().await.unwrap();
-    let epoch = resync.epoch().to_owned();
-    let mut client = WireClient::new();
-    client.apply(resync.frame()).unwrap();
-    s.render(&data("t1", 4)).await.unwrap();
-    client.apply(&next_frame(&mut sub).await).unwrap();
-    let held = client.seq();
-    // Two renders the client does not see.
-    s.render(&data("t2", 5)).await.unwrap();
-    s.render(&data("t3", 2)).await.unwrap();
-    let seq_a = s.seq().await;
-    drop(sub);
-    a.shutdown().await;
-    drop((s, a));
-
-    let b = engine(open(), &keys);
-    let s = b.get_session(&sid, &initial.token).await.unwrap();
-    assert_eq!(s.seq().await, seq_a, "the seq survives");
-    assert_eq!(s.epoch(), epoch, "the epoch survives: same history");
-    let (catchup, mut sub) = s.resume(held, &epoch).await.unwrap();
-    let Catchup::Frames(frames) = catchup else {
-        panic!("expected the missed frames, got a resync")
-    };
-    assert_eq!(frames.len(), 2, "exactly the frames it missed");
-    for f in &frames {
-        client.apply(f.frame()).unwrap();
-    }
-    let want = b
-        .fragments()
-        .render_html("page.html", &data("t3", 2))
-        .unwrap();
-    assert_eq!(client.html(), want, "caught up == a fresh render");
-    for (i, d) in [data("t4", 6), data("t5", 1), data("t5", 7)]
-        .iter()
-        .enumerate()
-    {
-        s.render(d).await.unwrap();
-        client.apply(&next_frame(&mut sub).await).unwrap();
-        let want = b.fragments().render_html("page.html", d).unwrap();
-        assert_eq!(client.html(), want, "live frame {i} after the restart");
-    }
-    b.shutdown().await;
+    conformance::resume_after_restart(|| {
+        RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap()
+    })
+    .await;
 }
 
 /// A session with about 40 KB of data: each render that changes one row

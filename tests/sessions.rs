@@ -713,3 +713,13 @@ async fn groups_and_broadcast() {
     assert_eq!(e.kind(), ErrorKind::Protocol);
     assert_eq!(members[2].html().await, before);
 }
+
+/// A second engine on the same memory store (a "restart" that kept the
+/// store, as a process would with a persistent one): the session comes
+/// back with its epoch; the memory store keeps no frames, so the client
+/// gets a resync of the same session, then live frames.
+#[tokio::test]
+async fn a_second_engine_on_the_same_store_resumes_the_session() {
+    let store = Arc::new(MemoryStore::new());
+    conformance::resume_after_restart(|| store.clone()).await;
+}

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
 use statetemplate::apply::WireClient;
-use statetemplate::store::{SessionStore, SqliteOptions, SqliteStore};
+use statetemplate::store::{SessionStore, SqliteOptions, SqliteStore, conformance};
 use statetemplate::token::KeyRing;
-use statetemplate::{Catchup, ErrorKind, SessionEvent, StateTemplate};
+use statetemplate::{Catchup, ErrorKind, StateTemplate};
 
 const PAGE: &str = "<h1>{{ title }}</h1>\
 <ul>{% for r in rows %}<li id=\"r{{ r.id }}\">{{ loop.index }}. {{ r.text }}</li>{% endfor %}</ul>";
@@ -51,13 +51,6 @@ fn data(title: &str, n: usize) -> Json {
     })
 }
 
-async fn next_frame(sub: &mut statetemplate::Subscriber) -> String {
-    match sub.recv().await {
-        Some(SessionEvent::Patch(p)) => p.frame().to_owned(),
-        other => panic!("expected a patch, got {other:?}"),
-    }
-}
-
 /// A client joins, misses the last two frames of the first engine (it is
 /// "disconnected"), the engine goes away; a second engine on the same file
 /// gives the client exactly those two frames, then its own live frames,
@@ -65,54 +58,7 @@ async fn next_frame(sub: &mut statetemplate::Subscriber) -> String {
 #[tokio::test]
 async fn a_client_resumes_across_a_restart_with_the_frames_it_missed() {
     let path = temp("resume");
-    let keys = KeyRing::generate().unwrap();
-    let a = engine(&path, &keys);
-    let initial = a.new_session("page.html", &data("t0", 3)).await.unwrap();
-    let sid = initial.session_id.to_string();
-    let s = a.get_session(&sid, &initial.token).await.unwrap();
-    let (resync, mut sub) = s.join().await.unwrap();
-    let epoch = resync.epoch().to_owned();
-    let mut client = WireClient::new();
-    client.apply(resync.frame()).unwrap();
-    s.render(&data("t1", 4)).await.unwrap();
-    client.apply(&next_frame(&mut sub).await).unwrap();
-    let held = client.seq();
-    // Two renders the client does not see.
-    s.render(&data("t2", 5)).await.unwrap();
-    s.render(&data("t3", 2)).await.unwrap();
-    let seq_a = s.seq().await;
-    drop(sub);
-    a.shutdown().await;
-    drop((s, a));
-
-    let b = engine(&path, &keys);
-    let s = b.get_session(&sid, &initial.token).await.unwrap();
-    assert_eq!(s.seq().await, seq_a, "the seq survives");
-    assert_eq!(s.epoch(), epoch, "the epoch survives: same history");
-    let (catchup, mut sub) = s.resume(held, &epoch).await.unwrap();
-    let Catchup::Frames(frames) = catchup else {
-        panic!("expected the missed frames, got a resync")
-    };
-    assert_eq!(frames.len(), 2, "exactly the frames it missed");
-    for f in &frames {
-        client.apply(f.frame()).unwrap();
-    }
-    let want = b
-        .fragments()
-        .render_html("page.html", &data("t3", 2))
-        .unwrap();
-    assert_eq!(client.html(), want, "caught up == a fresh render");
-    // Live frames from the new engine continue the same page.
-    for (i, d) in [data("t4", 6), data("t5", 1), data("t5", 7)]
-        .iter()
-        .enumerate()
-    {
-        s.render(d).await.unwrap();
-        client.apply(&next_frame(&mut sub).await).unwrap();
-        let want = b.fragments().render_html("page.html", d).unwrap();
-        assert_eq!(client.html(), want, "live frame {i} after the restart");
-    }
-    b.shutdown().await;
+    conformance::resume_after_restart(|| SqliteStore::open(&path).unwrap()).await;
 }
 
 /// The first engine's frames are gone (a store that keeps none): the client

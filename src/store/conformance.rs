@@ -606,3 +606,113 @@ async fn two_engines(store: Arc<dyn SessionStore>) {
     b.shutdown().await;
     store.delete(&init.session_id).await.expect("delete");
 }
+
+/// A restart, for stores that persist: `open` makes a *new* handle on the
+/// same stored state (a new connection, as a restarted process makes). A
+/// client joins, misses the last two frames of a first engine, the engine
+/// goes away; a second engine on a fresh handle gives the client exactly
+/// those two frames (or, for a store that keeps no frames, a resync of the
+/// same session), then its own live frames, and the client's page equals a
+/// fresh render all along.
+pub async fn resume_after_restart<S: SessionStore>(open: impl Fn() -> S) {
+    use crate::apply::WireClient;
+    use crate::token::KeyRing;
+    use crate::{Catchup, SessionEvent, StateTemplate};
+    let env = || {
+        let mut env = minijinja::Environment::new();
+        env.add_template(
+            "page.html",
+            "<h1>{{ title }}</h1><ul>{% for r in rows %}<li id=\"r{{ r.id }}\">{{ loop.index }}. {{ r.text }}</li>{% endfor %}</ul>",
+        )
+        .expect("template");
+        env
+    };
+    let data = |title: &str, n: usize| {
+        serde_json::json!({
+            "title": title,
+            "rows": (0..n).map(|i| serde_json::json!({"id": i, "text": format!("row {i}")})).collect::<Vec<_>>(),
+        })
+    };
+    async fn next_frame(sub: &mut crate::Subscriber) -> String {
+        match sub.recv().await {
+            Some(SessionEvent::Patch(p)) => p.frame().to_owned(),
+            other => panic!("expected a patch, got {other:?}"),
+        }
+    }
+    let keys = KeyRing::generate().expect("keys");
+    let engine = |store: S| {
+        StateTemplate::builder(env())
+            .keys(keys.clone())
+            .store(store)
+            .build()
+            .expect("engine")
+    };
+    let a = engine(open());
+    let initial = a
+        .new_session("page.html", &data("t0", 3))
+        .await
+        .expect("new");
+    let sid = initial.session_id.to_string();
+    let s = a.get_session(&sid, &initial.token).await.expect("open");
+    let (resync, mut sub) = s.join().await.expect("join");
+    let epoch = resync.epoch().to_owned();
+    let mut client = WireClient::new();
+    client.apply(resync.frame()).expect("join frame");
+    s.render(&data("t1", 4)).await.expect("render");
+    client.apply(&next_frame(&mut sub).await).expect("frame");
+    let held = client.seq();
+    // Two renders the client does not see.
+    s.render(&data("t2", 5)).await.expect("render");
+    s.render(&data("t3", 2)).await.expect("render");
+    let seq_a = s.seq().await;
+    drop(sub);
+    a.shutdown().await;
+    drop((s, a));
+
+    let b = engine(open());
+    let s = b.get_session(&sid, &initial.token).await.expect("restored");
+    assert_eq!(s.seq().await, seq_a, "the seq survives");
+    assert_eq!(s.epoch(), epoch, "the epoch survives: same history");
+    let keeps_frames = !b
+        .store()
+        .frames(&initial.session_id, 0)
+        .await
+        .expect("frames")
+        .is_empty();
+    let (catchup, mut sub) = s.resume(held, &epoch).await.expect("resume");
+    let want = b
+        .fragments()
+        .render_html("page.html", &data("t3", 2))
+        .expect("render");
+    match catchup {
+        Catchup::Frames(frames) => {
+            assert!(keeps_frames, "frames from a store that keeps none?");
+            assert_eq!(frames.len(), 2, "exactly the frames it missed");
+            for f in &frames {
+                client.apply(f.frame()).expect("missed frame");
+            }
+        }
+        Catchup::Resync(r) => {
+            assert!(
+                !keeps_frames,
+                "the store kept the frames: expected them, got a resync"
+            );
+            client = WireClient::new();
+            client.apply(r.frame()).expect("resync");
+        }
+    }
+    assert_eq!(client.html(), want, "caught up == a fresh render");
+    // Live frames from the new engine continue the same page.
+    for (i, d) in [data("t4", 6), data("t5", 1), data("t5", 7)]
+        .iter()
+        .enumerate()
+    {
+        s.render(d).await.expect("render");
+        client
+            .apply(&next_frame(&mut sub).await)
+            .expect("live frame");
+        let want = b.fragments().render_html("page.html", d).expect("render");
+        assert_eq!(client.html(), want, "live frame {i} after the restart");
+    }
+    b.shutdown().await;
+}
