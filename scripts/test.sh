@@ -36,7 +36,12 @@ fi
 command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || apt_install redis-server
 REDIS_DIR=$(mktemp -d)
 REDIS_PID=""
+LOAD_PID=""
 stop_redis() {
+  if [ -n "$LOAD_PID" ]; then
+    kill "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true
+  fi
   if [ -n "$REDIS_PID" ]; then
     kill "$REDIS_PID" 2>/dev/null || true
     wait "$REDIS_PID" 2>/dev/null || true
@@ -88,6 +93,36 @@ cargo run --quiet --example edits >/dev/null
 [ "$(cargo run --quiet --example keygen 2>/dev/null | wc -c)" = 44 ]
 # Real-browser tests of every browser example in headless Chromium.
 cargo build --quiet --examples
+# The load client (examples/load.rs) against the todos demo on a free
+# loopback port with a temp DB: 20 sessions, 10 sockets, 5 s of events; the
+# report must say no errors and every event answered. Bounded; the server
+# is stopped by its PID (also on exit, with Redis).
+LOAD_DIR=$(mktemp -d)
+LOAD_PORT=""
+base=$((23000 + RANDOM % 1000))
+for p in $(seq "$base" $((base + 50))); do
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then LOAD_PORT=$p; break; fi
+done
+[ -n "$LOAD_PORT" ] || { echo "no free loopback port for the load test" >&2; exit 1; }
+STATETEMPLATE_DB="$LOAD_DIR/todos.db" ADDR="127.0.0.1:$LOAD_PORT" \
+  cargo run --quiet --example todos >"$LOAD_DIR/server.log" 2>&1 &
+LOAD_PID=$!
+for _ in $(seq 1 100); do
+  grep -q "^listening on" "$LOAD_DIR/server.log" && break
+  kill -0 "$LOAD_PID" 2>/dev/null || break
+  sleep 0.1
+done
+timeout 60 cargo run --quiet --example load -- --url "http://127.0.0.1:$LOAD_PORT/" \
+  --sessions 20 --sockets 10 --events-per-sec 20 --duration 5s --server-pid "$LOAD_PID" \
+  >"$LOAD_DIR/report.txt" 2>&1 || { cat "$LOAD_DIR/report.txt" "$LOAD_DIR/server.log" >&2; exit 1; }
+grep -q '^errors: 0$' "$LOAD_DIR/report.txt" &&
+  grep -q 'sockets: 10 connected' "$LOAD_DIR/report.txt" &&
+  grep -Eq 'events: sent [1-9][0-9]*, answered [0-9]+, unanswered 0,' "$LOAD_DIR/report.txt" ||
+  { echo "load test: the report shows errors or unanswered events:" >&2; cat "$LOAD_DIR/report.txt" >&2; exit 1; }
+kill "$LOAD_PID"; wait "$LOAD_PID" 2>/dev/null || true
+LOAD_PID=""
+rm -rf "$LOAD_DIR"
+echo "load test: ok (20 sessions, 10 sockets, every event answered)"
 # Bounded: a hung browser step fails the run instead of stalling it.
 timeout 900 node tests/browser/run.mjs
 # The Autobahn WebSocket conformance suite (fails without Python 2.7 unless
