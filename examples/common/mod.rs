@@ -298,6 +298,9 @@ pub(crate) fn clock_text() -> String {
 fn spawn_clock(engine: StateTemplate, every: Duration) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        // A tick that takes longer than `every` (many sessions on a synced
+        // store) is not followed by a burst of catch-up ticks.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
             let now = clock_text();
@@ -305,14 +308,22 @@ fn spawn_clock(engine: StateTemplate, every: Duration) {
             // activity, so pushing to the others would not keep them alive,
             // but would cost a render each; they catch up on the next push
             // after their client reconnects.
-            for s in engine.connected_sessions() {
-                let _ = s
-                    .update(|d: &mut serde_json::Value| {
-                        d["clock"] = now.clone().into();
-                        Ok(())
-                    })
-                    .await;
-            }
+            // 64 at a time: with a synced store, renders that run together
+            // share a commit (one by one, each would wait for its own sync).
+            use futures_util::StreamExt;
+            futures_util::stream::iter(engine.connected_sessions())
+                .for_each_concurrent(64, |s| {
+                    let now = now.clone();
+                    async move {
+                        let _ = s
+                            .update(|d: &mut serde_json::Value| {
+                                d["clock"] = now.into();
+                                Ok(())
+                            })
+                            .await;
+                    }
+                })
+                .await;
         }
     });
 }
