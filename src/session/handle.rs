@@ -176,12 +176,9 @@ impl Session {
         // frames has it with the change (a client that reconnects after a
         // restart gets it). Only a page somebody joined encodes frames.
         let wanted = !patch.is_empty() && s.outlet.lock().expect("lock").wanted();
-        let (frame, first_sent): (Option<Arc<str>>, Vec<u32>) = match wanted {
-            true => match page.encode_sent(&patch) {
-                Some((f, first)) => (Some(f.into()), first),
-                None => (None, Vec::new()),
-            },
-            false => (None, Vec::new()),
+        let (frame, first_sent) = match wanted.then(|| page.encode_sent(&patch)).flatten() {
+            Some((f, first)) => (Some(Arc::<str>::from(f)), first),
+            None => (None, Vec::new()),
         };
         let mut change = Append::new(&record, patch.delta());
         if let Some(f) = &frame {
@@ -294,14 +291,7 @@ impl Session {
                     .cloned()
                     .collect()
             };
-            // Complete only if it runs from right after `seq` to now, with
-            // no gap (frames carry no seq: each is one more).
-            let complete = frames
-                .iter()
-                .enumerate()
-                .all(|(i, f)| f.seq == seq + 1 + i as u64)
-                && frames.last().map_or(seq == now, |f| f.seq == now);
-            let mut missed = complete.then_some(frames);
+            let mut missed = complete_run(frames, seq, now);
             if missed.is_none() {
                 // Not all in memory (this process restored the session after
                 // a restart): the frames the store kept, if it keeps them.
@@ -337,12 +327,7 @@ impl Session {
                 frame: frame.into(),
             })
             .collect();
-        let complete = frames
-            .iter()
-            .enumerate()
-            .all(|(i, f)| f.seq == seq + 1 + i as u64)
-            && frames.last().map_or(seq == now, |f| f.seq == now);
-        complete.then_some(frames)
+        complete_run(frames, seq, now)
     }
 
     /// Reads the session's data as `T`, lets `f` change it, and renders the
@@ -592,4 +577,15 @@ impl Session {
         .instrument(span)
         .await
     }
+}
+
+/// `frames` if they run from right after `seq` to `now` with no gap (a
+/// client applies them without seq numbers: each is one more), else `None`.
+fn complete_run(frames: Vec<KeptFrame>, seq: u64, now: u64) -> Option<Vec<KeptFrame>> {
+    let complete = frames
+        .iter()
+        .enumerate()
+        .all(|(i, f)| f.seq == seq + 1 + i as u64)
+        && frames.last().map_or(seq == now, |f| f.seq == now);
+    complete.then_some(frames)
 }

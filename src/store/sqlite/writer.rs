@@ -384,50 +384,46 @@ impl Writer {
         let applied =
             serde_json::to_string(&r.applied).map_err(|e| Error::store("sqlite: applied", e))?;
         let base = r.version.checked_sub(1);
-        let changed = match base {
-            None => 0,
+        // The compare-and-set, returning where the log stands.
+        let updated: Option<(i64, i64, i64)> = match base {
+            None => None,
             Some(base) => c
                 .prepare_cached(
                     "UPDATE st_sessions SET version = ?1, seq = ?2, generation = ?3, epoch = ?4,
                      last_access_ms = ?5, expires_ms = ?6, applied = ?7,
                      log_bytes = log_bytes + ?8
-                     WHERE id = ?9 AND version = ?10",
+                     WHERE id = ?9 AND version = ?10
+                     RETURNING snap_version, snap_bytes, log_bytes",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![
-                        i(r.version),
-                        i(r.seq),
-                        r.generation,
-                        i(r.epoch),
-                        i(r.last_access_ms),
-                        i(r.expires_ms),
-                        applied,
-                        delta.len() as i64,
-                        id,
-                        i(base),
-                    ])
+                    s.query_row(
+                        params![
+                            i(r.version),
+                            i(r.seq),
+                            r.generation,
+                            i(r.epoch),
+                            i(r.last_access_ms),
+                            i(r.expires_ms),
+                            applied,
+                            delta.len() as i64,
+                            id,
+                            i(base),
+                        ],
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    )
+                    .optional()
                 })
                 .map_err(|e| sql_error("appending", e))?,
         };
-        if changed == 0 {
+        let Some((snap_version, snap_bytes, log_bytes)) = updated else {
             let stored: Option<i64> = c
                 .prepare_cached("SELECT version FROM st_sessions WHERE id = ?1")
                 .and_then(|mut s| s.query_row(params![id], |row| row.get(0)).optional())
                 .map_err(|e| sql_error("reading a version", e))?;
             Append::new(r, &Delta::default()).check(stored.map(u))?;
             return Err(Error::conflict("append refused"));
-        }
+        };
         self.add_bytes(applied.len() + 64);
-        let (snap_version, snap_bytes, log_bytes): (i64, i64, i64) = c
-            .prepare_cached(
-                "SELECT snap_version, snap_bytes, log_bytes FROM st_sessions WHERE id = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })
-            })
-            .map_err(|e| sql_error("reading the log state", e))?;
         let deltas = r.version - u(snap_version);
         let (k, b) = (self.opts.snapshot_deltas, self.opts.snapshot_bytes);
         let limit = if b > 0 { b } else { u(snap_bytes).max(4096) };
