@@ -274,3 +274,23 @@ async fn a_changed_template_after_a_restart_gives_a_resync_not_old_frames() {
     assert_eq!(plain, "<h2>t1</h2><p>4 rows</p>");
     b.shutdown().await;
 }
+
+/// A new database file, and its WAL, are readable by their owner only:
+/// they hold the sessions' data.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_database_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let path = temp("mode");
+    let keys = KeyRing::generate().unwrap();
+    let e = engine(&path, &keys);
+    e.new_session("page.html", &data("t0", 1)).await.unwrap();
+    for p in [
+        path.clone(),
+        PathBuf::from(format!("{}-wal", path.display())),
+    ] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{}: mode {mode:o}", p.display());
+    }
+    e.shutdown().await;
+}

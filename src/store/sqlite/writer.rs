@@ -63,6 +63,17 @@ pub(super) fn u(v: i64) -> u64 {
 pub(super) fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     let shown = path.display().to_string();
     let err = |what: &str, e: rusqlite::Error| sql_error(&format!("{shown}: {what}"), e);
+    // A new file is readable by its owner only (it holds the sessions'
+    // data); SQLite gives the WAL files the same mode.
+    let mut new_file = std::fs::OpenOptions::new();
+    new_file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut new_file, 0o600);
+    match new_file.open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::store(format!("sqlite: {shown}: cannot create"), e)),
+    }
     let conn = Connection::open(path).map_err(|e| err("cannot open", e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| err("busy timeout", e))?;
