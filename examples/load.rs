@@ -1,11 +1,38 @@
 //! Load: many simulated browsers against a running statetemplate page
-//! (issue 16, "Load and soak").
+//! (issue 16, "Load and soak"), on one server or on several instances.
 //!
 //! ```sh
 //! cargo run --release --example todos &                     # the server (port 3001)
 //! cargo run --release --example load -- --url http://127.0.0.1:3001/ \
 //!     --sessions 10000 --sockets 15000 --events-per-sec 200 --duration 60s
 //! ```
+//!
+//! Several instances (a scale-out deployment behind a load balancer; here
+//! the client picks the instance itself): give `--url` once per instance,
+//! or as a comma-separated list, and `--server-pid` once per instance for
+//! their RSS. Two todos servers sharing their sessions in one Redis (the
+//! binaries run directly, so that `$!` is the server's pid, not cargo's):
+//!
+//! ```sh
+//! cargo build --release --example todos --example load
+//! export STATETEMPLATE_STORE=redis STATETEMPLATE_REDIS_URL=redis://127.0.0.1:6379
+//! export STATETEMPLATE_KEYS=$(cargo run -q --example keygen)   # one key for both
+//! ADDR=127.0.0.1:3101 target/release/examples/todos & P1=$!
+//! ADDR=127.0.0.1:3102 target/release/examples/todos & P2=$!
+//! target/release/examples/load \
+//!     --url http://127.0.0.1:3101/,http://127.0.0.1:3102/ --spread-tabs \
+//!     --sessions 10000 --sockets 15000 --server-pid $P1 --server-pid $P2
+//! ```
+//!
+//! Session i loads its page from url i mod n (of the n URLs), and so do
+//! its other tabs, unless `--spread-tabs`: then tab k of session i (its
+//! GET and its WebSocket) goes to url (i + k) mod n, so a session's second
+//! tab is on another instance than its first, which works only when the
+//! instances share the session store (and keys). The WebSocket URL and the
+//! Origin are those of the tab's URL. The report adds a line per instance
+//! (sessions, sockets, events, latencies, errors), a broadcast line per
+//! instance (each has its own clock) and RSS lines per pid; each error is
+//! listed with the URL it happened at (none of this with one URL).
 //!
 //! Each simulated browser does what a browser with the JS client does:
 //! GET the page (a fresh session: the id and token from the root's
@@ -28,7 +55,7 @@
 //! text (not the clock's frame that may come first); for another `--event`
 //! it is the first update frame after the send. Then the tool stops sending,
 //! waits up to 5 s for the last answers, closes its sockets and prints a
-//! report. Every `--progress` it prints a line (and reads the server's RSS
+//! report. Every `--progress` it prints a line (and reads each server's RSS
 //! when `--server-pid` is given).
 //!
 //! The demos push their clock to every connected session twice a second;
@@ -66,7 +93,12 @@ load: many simulated browsers (GET, WebSocket, events) against a statetemplate p
 USAGE: cargo run --release --example load -- [OPTIONS]
 
 OPTIONS:
-  --url URL              the page (default http://127.0.0.1:3001/)
+  --url URL[,URL...]     the page (default http://127.0.0.1:3001/); repeat it or give a
+                         comma-separated list for several instances: session i loads
+                         its page from url i mod n, and so do its other tabs
+  --spread-tabs          socket j (tab k = j / N of session i = j mod N) does its GET and
+                         WebSocket on url (i + k) mod n instead: a second tab lands on
+                         another instance (which needs a store and keys they share)
   --sessions N           sessions to make, one GET each (default 100)
   --sockets M            WebSockets to open (default: --sessions); socket j joins
                          session j mod N, so M > N opens more tabs per session and
@@ -75,7 +107,8 @@ OPTIONS:
   --duration D           length of the steady phase: 60s, 5m, 500ms (default 10s)
   --progress D           a progress line every D (default 5s)
   --server-pid PID       read the server's VmRSS from /proc/PID/status at start,
-                         after setup, every --progress and at the end
+                         after setup, every --progress and at the end; repeat it (or
+                         a comma-separated list) for one line per instance
   --event NAME           the event to send (default note: {\"value\": a unique text})
   --payload JSON         its payload, for an event other than note (default {})
   --per-source K         sessions per source address 127.1.X.Y (default 20; 0: the OS's)
@@ -86,17 +119,29 @@ OPTIONS:
   -h, --help             this text
 
 The report ends with a line `errors: 0` when nothing failed, and
-`events: sent S, answered A, unanswered U` (U is 0 when every event was answered).";
+`events: sent S, answered A, unanswered U` (U is 0 when every event was answered).
+With several URLs it adds a line per URL and names the URL of each error.
+
+Two instances sharing sessions in Redis, with one key (STATETEMPLATE_KEYS):
+  export STATETEMPLATE_STORE=redis STATETEMPLATE_REDIS_URL=redis://127.0.0.1:6379
+  export STATETEMPLATE_KEYS=$(cargo run -q --example keygen)
+  ADDR=127.0.0.1:3101 target/release/examples/todos & P1=$!
+  ADDR=127.0.0.1:3102 target/release/examples/todos & P2=$!
+  cargo run --release --example load -- --url http://127.0.0.1:3101/,http://127.0.0.1:3102/ \
+    --spread-tabs --server-pid $P1 --server-pid $P2";
 
 #[derive(Debug, Clone)]
 struct Opts {
-    url: String,
+    /// The instances' page URLs (at least one).
+    urls: Vec<String>,
+    /// Tab k of session i on `urls[(i + k) % n]` instead of `urls[i % n]`.
+    spread_tabs: bool,
     sessions: usize,
     sockets: usize,
     rate: f64,
     duration: Duration,
     progress: Duration,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     event: String,
     payload: serde_json::Value,
     per_source: usize,
@@ -128,13 +173,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn parse_args() -> Result<Opts, String> {
     let mut o = Opts {
-        url: "http://127.0.0.1:3001/".into(),
+        urls: Vec::new(),
+        spread_tabs: false,
         sessions: 100,
         sockets: usize::MAX,
         rate: 10.0,
         duration: Duration::from_secs(10),
         progress: Duration::from_secs(5),
-        server_pid: None,
+        server_pids: Vec::new(),
         event: "note".into(),
         payload: serde_json::json!({}),
         per_source: 20,
@@ -153,6 +199,10 @@ fn parse_args() -> Result<Opts, String> {
             o.acks = false;
             continue;
         }
+        if a == "--spread-tabs" {
+            o.spread_tabs = true;
+            continue;
+        }
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
             _ => (a.clone(), None),
@@ -169,7 +219,11 @@ fn parse_args() -> Result<Opts, String> {
                 .map_err(|_| format!("{flag}: not a number: {v}"))
         };
         match flag.as_str() {
-            "--url" => o.url = v,
+            "--url" => {
+                for u in v.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    o.urls.push(u.to_owned());
+                }
+            }
             "--sessions" => o.sessions = num(&v)?,
             "--sockets" => o.sockets = num(&v)?,
             "--events-per-sec" => {
@@ -182,7 +236,11 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--duration" => o.duration = parse_duration(&v)?,
             "--progress" => o.progress = parse_duration(&v)?,
-            "--server-pid" => o.server_pid = Some(num(&v)? as u32),
+            "--server-pid" => {
+                for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    o.server_pids.push(num(p)? as u32);
+                }
+            }
             "--event" => o.event = v,
             "--payload" => {
                 o.payload =
@@ -194,6 +252,9 @@ fn parse_args() -> Result<Opts, String> {
             "--threads" => o.threads = num(&v)?.max(1),
             other => return Err(format!("unknown option {other} (see --help)")),
         }
+    }
+    if o.urls.is_empty() {
+        o.urls.push("http://127.0.0.1:3001/".into());
     }
     if o.sockets == usize::MAX {
         o.sockets = o.sessions;
@@ -260,17 +321,33 @@ struct Stats {
     setup_done: AtomicU64,
     /// Set once the steady phase runs: what is recorded before is setup.
     steady: AtomicBool,
-    errors: Mutex<BTreeMap<String, u64>>,
+    /// Per instance: `per[u]` counts what went to `urls[u]`.
+    per: Vec<PerUrl>,
+    /// By instance (None: the client's own errors) and kind.
+    errors: Mutex<BTreeMap<(Option<usize>, String), u64>>,
     lat: Mutex<Latencies>,
-    ticks: Mutex<HashMap<u32, Tick>>,
+    /// By instance and clock text (each instance has its own clock).
+    ticks: Mutex<HashMap<(usize, u32), Tick>>,
+}
+
+/// The counters of one instance (one `--url`).
+#[derive(Default)]
+struct PerUrl {
+    sessions: AtomicU64,
+    /// Sockets that tried this instance.
+    asked: AtomicU64,
+    connected: AtomicU64,
+    open: AtomicU64,
+    sent: AtomicU64,
+    answered: AtomicU64,
 }
 
 #[derive(Default)]
 struct Latencies {
-    /// Microseconds, the whole steady phase.
-    answer: Vec<u32>,
-    frame: Vec<u32>,
-    /// Since the last progress line.
+    /// Microseconds, the whole steady phase, per instance.
+    answer: Vec<Vec<u32>>,
+    frame: Vec<Vec<u32>>,
+    /// Since the last progress line, all instances.
     answer_now: Vec<u32>,
     frame_now: Vec<u32>,
 }
@@ -284,13 +361,39 @@ struct Tick {
 }
 
 impl Stats {
+    fn new(instances: usize) -> Self {
+        Stats {
+            per: (0..instances).map(|_| PerUrl::default()).collect(),
+            lat: Mutex::new(Latencies {
+                answer: vec![Vec::new(); instances],
+                frame: vec![Vec::new(); instances],
+                ..Latencies::default()
+            }),
+            ..Stats::default()
+        }
+    }
+
+    /// An error at instance `u` (`urls[u]`).
+    fn err(&self, u: usize, kind: impl Into<String>) {
+        self.count(Some(u), kind.into());
+    }
+
+    /// An error of the client's own, not of one instance.
     fn error(&self, kind: impl Into<String>) {
+        self.count(None, kind.into());
+    }
+
+    fn count(&self, u: Option<usize>, kind: String) {
         *self
             .errors
             .lock()
             .expect("errors")
-            .entry(kind.into())
+            .entry((u, kind))
             .or_default() += 1;
+    }
+
+    fn error_total(&self) -> u64 {
+        self.errors.lock().expect("errors").values().sum()
     }
 }
 
@@ -532,6 +635,8 @@ async fn connect(
 
 struct Conn {
     j: usize,
+    /// The instance (index into `urls`) this socket is connected to.
+    u: usize,
     ws: Ws,
     seq: u64,
     /// The last update frame applied (None right after a join).
@@ -560,10 +665,11 @@ impl Conn {
         let ev = serde_json::json!({"t": "ev", "n": o.event, "d": payload, "r": r});
         let at = Instant::now();
         if let Err(e) = self.ws.send(Message::Text(ev.to_string().into())).await {
-            s.error(format!("WS send: {}", ws_kind(&e)));
+            s.err(self.u, format!("WS send: {}", ws_kind(&e)));
             return Step::Closed;
         }
         s.sent.fetch_add(1, Ordering::Relaxed);
+        s.per[self.u].sent.fetch_add(1, Ordering::Relaxed);
         self.pending.push_back(Pending {
             r,
             at,
@@ -578,7 +684,7 @@ impl Conn {
         match t.as_bytes().first() {
             Some(b'0'..=b'9') => {
                 let Ok(r) = t.trim().parse::<u64>() else {
-                    s.error("a bad answer");
+                    s.err(self.u, "a bad answer");
                     return;
                 };
                 while let Some(p) = self.pending.front() {
@@ -587,17 +693,18 @@ impl Conn {
                     }
                     let p = self.pending.pop_front().expect("front");
                     if p.r < r {
-                        s.error("an event answered out of order or not at all");
+                        s.err(self.u, "an event answered out of order or not at all");
                         continue;
                     }
                     s.answered.fetch_add(1, Ordering::Relaxed);
+                    s.per[self.u].answered.fetch_add(1, Ordering::Relaxed);
                     if p.marker.is_some() && !p.framed {
-                        s.error("an answer before its frame");
+                        s.err(self.u, "an answer before its frame");
                     }
                     if s.steady.load(Ordering::Relaxed) {
                         let mut l = s.lat.lock().expect("lat");
                         let us = micros(now - p.at);
-                        l.answer.push(us);
+                        l.answer[self.u].push(us);
                         l.answer_now.push(us);
                     }
                 }
@@ -622,14 +729,14 @@ impl Conn {
                         if steady {
                             let mut l = s.lat.lock().expect("lat");
                             let us = micros(now - p.at);
-                            l.frame.push(us);
+                            l.frame[self.u].push(us);
                             l.frame_now.push(us);
                         }
                     }
                 }
                 if steady && let Some(c) = clock_in(t) {
                     let mut ticks = s.ticks.lock().expect("ticks");
-                    let e = ticks.entry(c).or_insert(Tick {
+                    let e = ticks.entry((self.u, c)).or_insert(Tick {
                         first: now,
                         last: now,
                         sockets: 0,
@@ -641,30 +748,30 @@ impl Conn {
             Some(b'{') => {
                 let v: serde_json::Value = match serde_json::from_str(t) {
                     Ok(v) => v,
-                    Err(_) => return s.error("a message that is not JSON"),
+                    Err(_) => return s.err(self.u, "a message that is not JSON"),
                 };
                 if let Some(q) = v.get("q").and_then(|q| q.as_u64()) {
                     // A join (a resync): the seq restarts from it.
                     self.seq = q;
                     self.last_hash = None;
                     s.joins_after_setup.fetch_add(1, Ordering::Relaxed);
-                    s.error("a join after setup (resync)");
+                    s.err(self.u, "a join after setup (resync)");
                     return;
                 }
                 match v.get("t").and_then(|t| t.as_str()) {
                     Some("pong") => {}
-                    Some("hello") => s.error("a hello after setup (resync)"),
+                    Some("hello") => s.err(self.u, "a hello after setup (resync)"),
                     Some("error") => {
                         let code = v.get("code").and_then(|c| c.as_str()).unwrap_or("?");
-                        s.error(format!("event error {code}"));
+                        s.err(self.u, format!("event error {code}"));
                         if let Some(r) = v.get("r").and_then(|r| r.as_u64()) {
                             self.pending.retain(|p| p.r != r);
                         }
                     }
-                    _ => s.error("an unknown message"),
+                    _ => s.err(self.u, "an unknown message"),
                 }
             }
-            _ => s.error("an unknown message"),
+            _ => s.err(self.u, "an unknown message"),
         }
     }
 
@@ -679,7 +786,7 @@ impl Conn {
         };
         self.acked = self.seq;
         if let Err(e) = self.ws.send(Message::Text(msg.into())).await {
-            s.error(format!("WS send: {}", ws_kind(&e)));
+            s.err(self.u, format!("WS send: {}", ws_kind(&e)));
             return Step::Closed;
         }
         s.acks.fetch_add(1, Ordering::Relaxed);
@@ -705,16 +812,16 @@ impl Conn {
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_str(), &s, &o),
                     Some(Ok(Message::Close(c))) => {
                         let code = c.map(|c| u16::from(c.code)).unwrap_or(1005);
-                        s.error(format!("closed by the server: {code}"));
+                        s.err(self.u, format!("closed by the server: {code}"));
                         break true;
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        s.error(format!("WS read: {}", ws_kind(&e)));
+                        s.err(self.u, format!("WS read: {}", ws_kind(&e)));
                         break true;
                     }
                     None => {
-                        s.error("WS ended by the server");
+                        s.err(self.u, "WS ended by the server");
                         break true;
                     }
                 },
@@ -726,7 +833,7 @@ impl Conn {
                 }
                 _ = ping.tick() => {
                     if let Err(e) = self.ws.send(Message::Text(r#"{"t":"ping"}"#.into())).await {
-                        s.error(format!("WS send: {}", ws_kind(&e)));
+                        s.err(self.u, format!("WS send: {}", ws_kind(&e)));
                         break true;
                     }
                 }
@@ -736,6 +843,7 @@ impl Conn {
             }
         };
         s.open.fetch_sub(1, Ordering::Relaxed);
+        s.per[self.u].open.fetch_sub(1, Ordering::Relaxed);
         if !closed {
             // Close as a browser leaving the page does, and read until the
             // server's close (bounded).
@@ -777,6 +885,18 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// `p50 X p99 Y ms` of sorted microseconds, or `none`.
+fn p50_p99(sorted: &[u32]) -> String {
+    if sorted.is_empty() {
+        return "none".into();
+    }
+    format!(
+        "p50 {:.2} p99 {:.2} ms",
+        pct(sorted, 0.5),
+        pct(sorted, 0.99)
+    )
+}
+
 fn summary(v: &mut [u32]) -> String {
     if v.is_empty() {
         return "none".into();
@@ -809,14 +929,51 @@ fn main() {
     std::process::exit(if ok { 0 } else { 1 });
 }
 
+/// The instance (index into `urls`) socket `j` uses: it is tab
+/// `k = j / sessions` of session `i = j % sessions`, on `urls[i % n]`, or on
+/// `urls[(i + k) % n]` with `--spread-tabs`. Session `i`'s first page load
+/// is `instance(o, i)`, that is `urls[i % n]`.
+fn instance(o: &Opts, j: usize) -> usize {
+    let i = j % o.sessions;
+    let k = if o.spread_tabs { j / o.sessions } else { 0 };
+    (i + k) % o.urls.len()
+}
+
+/// The RSS of each `--server-pid`.
+fn rss_all(pids: &[u32]) -> Vec<Option<u64>> {
+    pids.iter().map(|&p| vm_rss_kib(p)).collect()
+}
+
+/// RSS readings for a line: `236.0 MiB` for one server, `236.0, 240.1 MiB`
+/// for several; `missing` when there is no pid or the one was not read.
+fn rss_text(v: &[Option<u64>], missing: &str) -> String {
+    match v {
+        [] | [None] => missing.to_owned(),
+        [Some(k)] => mib(*k),
+        many => format!(
+            "{} MiB",
+            many.iter()
+                .map(|r| r.map(|k| format!("{:.1}", k as f64 / 1024.0)))
+                .map(|r| r.unwrap_or_else(|| "-".into()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 async fn run(o: Opts) -> bool {
-    let target = match parse_url(&o.url) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("load: {e}");
-            return false;
+    let mut targets = Vec::new();
+    for url in &o.urls {
+        match parse_url(url) {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("load: {e}");
+                return false;
+            }
         }
-    };
+    }
+    let targets = Arc::new(targets);
+    let n = targets.len();
     if let Some(limit) = fd_soft_limit()
         && (o.sockets as u64) + (o.concurrency as u64) + 64 > limit
     {
@@ -826,17 +983,30 @@ async fn run(o: Opts) -> bool {
         );
     }
     let o = Arc::new(o);
-    let s = Arc::new(Stats::default());
-    let rss_start = o.server_pid.and_then(vm_rss_kib);
-    let mut rss_samples: Vec<(f64, u64)> = Vec::new();
+    let s = Arc::new(Stats::new(n));
+    let pids = o.server_pids.clone();
+    let rss_start = rss_all(&pids);
+    let mut rss_samples: Vec<Vec<(f64, u64)>> = vec![Vec::new(); pids.len()];
+    let mut sample = |t: f64, v: &[Option<u64>]| {
+        for (samples, r) in rss_samples.iter_mut().zip(v) {
+            if let Some(r) = r {
+                samples.push((t, *r));
+            }
+        }
+    };
     println!(
-        "load: {} sessions, {} sockets, {} events/s for {:.0} s against {} (server RSS {})",
+        "load: {} sessions, {} sockets, {} events/s for {:.0} s against {}{} (server RSS {})",
         o.sessions,
         o.sockets,
         o.rate,
         o.duration.as_secs_f64(),
-        o.url,
-        rss_start.map(mib).unwrap_or_else(|| "not read".into())
+        o.urls.join(", "),
+        if n > 1 && o.spread_tabs {
+            " (tabs spread)"
+        } else {
+            ""
+        },
+        rss_text(&rss_start, "not read")
     );
     let t0 = Instant::now();
 
@@ -847,10 +1017,10 @@ async fn run(o: Opts) -> bool {
     let sem = Arc::new(Semaphore::new(o.concurrency));
     let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(usize, mpsc::Sender<()>)>();
     let setup = {
-        let (o, s, target, pages, sem) = (
+        let (o, s, targets, pages, sem) = (
             o.clone(),
             s.clone(),
-            target.clone(),
+            targets.clone(),
             pages.clone(),
             sem.clone(),
         );
@@ -859,18 +1029,21 @@ async fn run(o: Opts) -> bool {
             let mut tasks = Vec::new();
             for i in 0..o.sessions {
                 let permit = sem.clone().acquire_owned().await.expect("semaphore");
-                let (o, s, target, pages) = (o.clone(), s.clone(), target.clone(), pages.clone());
+                let (o, s, targets, pages) = (o.clone(), s.clone(), targets.clone(), pages.clone());
                 tasks.push(tokio::spawn(async move {
                     let _permit = permit;
-                    match get_page(&target, source(&target, o.per_source, i), None).await {
+                    let u = instance(&o, i);
+                    let target = &targets[u];
+                    match get_page(target, source(target, o.per_source, i), None).await {
                         Ok(p) => {
                             s.sessions.fetch_add(1, Ordering::Relaxed);
+                            s.per[u].sessions.fetch_add(1, Ordering::Relaxed);
                             if i >= o.sockets {
                                 s.get_only.fetch_add(1, Ordering::Relaxed);
                             }
                             pages.lock().expect("pages")[i] = Some(p);
                         }
-                        Err(e) => s.error(e),
+                        Err(e) => s.err(u, e),
                     }
                 }));
             }
@@ -879,45 +1052,58 @@ async fn run(o: Opts) -> bool {
             }
             for j in 0..o.sockets {
                 let i = j % o.sessions;
+                let u = instance(&o, j);
+                s.per[u].asked.fetch_add(1, Ordering::Relaxed);
                 let Some(page) = pages.lock().expect("pages")[i].clone() else {
-                    s.error("no socket: its session's page load failed");
+                    s.err(instance(&o, i), "no socket: its session's page load failed");
                     s.setup_done.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 let permit = sem.clone().acquire_owned().await.expect("semaphore");
-                let (o, s, target, conn_tx, phase_rx) = (
+                let (o, s, targets, conn_tx, phase_rx) = (
                     o.clone(),
                     s.clone(),
-                    target.clone(),
+                    targets.clone(),
                     conn_tx.clone(),
                     phase_rx.clone(),
                 );
                 tasks.push(tokio::spawn(async move {
-                    let src = source(&target, o.per_source, i);
+                    let target = &targets[u];
+                    let src = source(target, o.per_source, i);
                     let done = || s.setup_done.fetch_add(1, Ordering::Relaxed);
                     let page = if j < o.sessions {
                         page
                     } else {
-                        // Another tab: the page again, with the cookie.
+                        // Another tab: the page again, with the cookie, from
+                        // this tab's instance.
                         let cookie = page.cookie.clone().unwrap_or_default();
-                        match get_page(&target, src, Some(&cookie)).await {
+                        match get_page(target, src, Some(&cookie)).await {
                             Ok(p) if p.sid == page.sid => p,
+                            Ok(_) if u != instance(&o, i) => {
+                                drop(permit);
+                                done();
+                                return s.err(
+                                    u,
+                                    "a tab's GET with the cookie got another session (not the instance the session was made on: do the instances share the store and keys?)",
+                                );
+                            }
                             Ok(_) => {
                                 drop(permit);
                                 done();
-                                return s.error("a tab's GET with the cookie got another session");
+                                return s
+                                    .err(u, "a tab's GET with the cookie got another session");
                             }
                             Err(e) => {
                                 drop(permit);
                                 done();
-                                return s.error(e);
+                                return s.err(u, e);
                             }
                         }
                     };
                     let client = format!("{:012x}", 0x10ad_0000_0000u64 + j as u64);
                     let r = tokio::time::timeout(
                         Duration::from_secs(30),
-                        connect(&target, src, &page, &client),
+                        connect(target, src, &page, &client),
                     )
                     .await;
                     drop(permit);
@@ -925,20 +1111,23 @@ async fn run(o: Opts) -> bool {
                         Ok(Ok(c)) => c,
                         Ok(Err(e)) => {
                             done();
-                            return s.error(e);
+                            return s.err(u, e);
                         }
                         Err(_) => {
                             done();
-                            return s.error("WS: no hello and join within 30 s");
+                            return s.err(u, "WS: no hello and join within 30 s");
                         }
                     };
                     s.connected.fetch_add(1, Ordering::Relaxed);
                     s.open.fetch_add(1, Ordering::Relaxed);
+                    s.per[u].connected.fetch_add(1, Ordering::Relaxed);
+                    s.per[u].open.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = mpsc::channel(64);
                     let _ = conn_tx.send((j, tx));
                     done();
                     Conn {
                         j,
+                        u,
                         ws,
                         seq: q,
                         last_hash: None,
@@ -959,6 +1148,18 @@ async fn run(o: Opts) -> bool {
         })
     };
 
+    // `a, b` of a counter per instance, for progress lines (empty with one).
+    let split = |f: fn(&PerUrl) -> &AtomicU64| -> String {
+        if n == 1 {
+            return String::new();
+        }
+        let v: Vec<String> = s
+            .per
+            .iter()
+            .map(|p| f(p).load(Ordering::Relaxed).to_string())
+            .collect();
+        format!(" ({})", v.join(", "))
+    };
     let mut setup = std::pin::pin!(setup);
     let mut progress = tokio::time::interval(o.progress);
     progress.tick().await;
@@ -970,14 +1171,15 @@ async fn run(o: Opts) -> bool {
         tokio::select! {
             r = &mut setup => conn_tasks = Some(r.expect("setup task")),
             _ = progress.tick() => {
-                let rss = o.server_pid.and_then(vm_rss_kib);
                 println!(
-                    "[setup {:6.1}s] sessions {} | sockets {} | errors {} | server RSS {}",
+                    "[setup {:6.1}s] sessions {}{} | sockets {}{} | errors {} | server RSS {}",
                     t0.elapsed().as_secs_f64(),
                     s.sessions.load(Ordering::Relaxed),
+                    split(|p| &p.sessions),
                     s.connected.load(Ordering::Relaxed),
-                    s.errors.lock().expect("errors").values().sum::<u64>(),
-                    rss.map(mib).unwrap_or_else(|| "-".into()),
+                    split(|p| &p.connected),
+                    s.error_total(),
+                    rss_text(&rss_all(&pids), "-"),
                 );
             }
             _ = &mut setup_deadline => {
@@ -993,17 +1195,15 @@ async fn run(o: Opts) -> bool {
         senders.push(c);
     }
     senders.sort_by_key(|c| c.0);
-    let rss_setup = o.server_pid.and_then(vm_rss_kib);
+    let rss_setup = rss_all(&pids);
     println!(
         "setup: {} sessions, {} sockets in {:.1} s (server RSS {})",
         s.sessions.load(Ordering::Relaxed),
         s.connected.load(Ordering::Relaxed),
         setup_secs,
-        rss_setup.map(mib).unwrap_or_else(|| "not read".into())
+        rss_text(&rss_setup, "not read")
     );
-    if let Some(r) = rss_setup {
-        rss_samples.push((0.0, r));
-    }
+    sample(0.0, &rss_setup);
 
     // Steady phase: events at `rate`, round-robin.
     s.steady.store(true, Ordering::Relaxed);
@@ -1066,20 +1266,19 @@ async fn run(o: Opts) -> bool {
                 };
                 a.sort_unstable();
                 f.sort_unstable();
-                let rss = o.server_pid.and_then(vm_rss_kib);
-                if let Some(r) = rss {
-                    rss_samples.push((steady0.elapsed().as_secs_f64(), r));
-                }
+                let rss = rss_all(&pids);
+                sample(steady0.elapsed().as_secs_f64(), &rss);
                 println!(
-                    "[{:6.1}s] sockets {} open | events {:.1}/s, answered {:.1}/s | answer p50 {:.2} p99 {:.2} ms | frame p50 {:.2} p99 {:.2} ms | frames {:.0}/s | errors {} | server RSS {}",
+                    "[{:6.1}s] sockets {} open{} | events {:.1}/s, answered {:.1}/s | answer p50 {:.2} p99 {:.2} ms | frame p50 {:.2} p99 {:.2} ms | frames {:.0}/s | errors {} | server RSS {}",
                     steady0.elapsed().as_secs_f64(),
                     s.open.load(Ordering::Relaxed),
+                    split(|p| &p.open),
                     (sent - last.1) as f64 / dt,
                     (answered - last.2) as f64 / dt,
                     pct(&a, 0.5), pct(&a, 0.99), pct(&f, 0.5), pct(&f, 0.99),
                     (frames - last.3) as f64 / dt,
-                    s.errors.lock().expect("errors").values().sum::<u64>(),
-                    rss.map(mib).unwrap_or_else(|| "-".into()),
+                    s.error_total(),
+                    rss_text(&rss, "-"),
                 );
                 last = (now, sent, answered, frames);
             }
@@ -1099,11 +1298,14 @@ async fn run(o: Opts) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     s.steady.store(false, Ordering::Relaxed);
-    let rss_end = o.server_pid.and_then(vm_rss_kib);
-    if let Some(r) = rss_end {
-        rss_samples.push((steady0.elapsed().as_secs_f64(), r));
-    }
+    let rss_end = rss_all(&pids);
+    sample(steady0.elapsed().as_secs_f64(), &rss_end);
     let open_at_end = s.open.load(Ordering::Relaxed);
+    let open_at_end_per: Vec<u64> = s
+        .per
+        .iter()
+        .map(|p| p.open.load(Ordering::Relaxed))
+        .collect();
     let _ = phase_tx.send(2);
     if let Some(tasks) = conn_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -1117,12 +1319,27 @@ async fn run(o: Opts) -> bool {
     // The report.
     let sent = s.sent.load(Ordering::Relaxed);
     let answered = s.answered.load(Ordering::Relaxed);
-    let (mut a, mut f) = {
+    let (mut a_per, mut f_per) = {
         let mut l = s.lat.lock().expect("lat");
         (std::mem::take(&mut l.answer), std::mem::take(&mut l.frame))
     };
+    let mut a: Vec<u32> = a_per.concat();
+    let mut f: Vec<u32> = f_per.concat();
+    let errors = s.errors.lock().expect("errors").clone();
     println!("\nload report");
-    println!("  url: {}", o.url);
+    if n == 1 {
+        println!("  url: {}", o.urls[0]);
+    } else {
+        println!(
+            "  urls: {} instances, {}",
+            n,
+            if o.spread_tabs {
+                "tab k of session i on url (i + k) mod n (--spread-tabs)"
+            } else {
+                "every tab of session i on url i mod n"
+            }
+        );
+    }
     println!(
         "  sessions: {} made ({} asked), {} of them by GET only (no socket)",
         s.sessions.load(Ordering::Relaxed),
@@ -1135,6 +1352,33 @@ async fn run(o: Opts) -> bool {
         o.sockets,
         open_at_end
     );
+    if n > 1 {
+        for (u, url) in o.urls.iter().enumerate() {
+            let p = &s.per[u];
+            let errs: u64 = errors
+                .iter()
+                .filter(|((at, _), _)| *at == Some(u))
+                .map(|(_, c)| *c)
+                .sum();
+            let (a, f) = (&mut a_per[u], &mut f_per[u]);
+            a.sort_unstable();
+            f.sort_unstable();
+            let (ps, pa) = (
+                p.sent.load(Ordering::Relaxed),
+                p.answered.load(Ordering::Relaxed),
+            );
+            println!(
+                "  {url}: sessions {}, sockets {} connected ({} asked), {} open at the end; events sent {ps}, answered {pa}, unanswered {}; answer {}; frame {}; errors {errs}",
+                p.sessions.load(Ordering::Relaxed),
+                p.connected.load(Ordering::Relaxed),
+                p.asked.load(Ordering::Relaxed),
+                open_at_end_per[u],
+                ps.saturating_sub(pa),
+                p50_p99(a),
+                p50_p99(f),
+            );
+        }
+    }
     println!(
         "  setup: {setup_secs:.1} s{}; steady phase: {steady_secs:.1} s",
         if setup_timed_out { " (TIMED OUT)" } else { "" }
@@ -1162,26 +1406,39 @@ async fn run(o: Opts) -> bool {
         acks_steady as f64 / steady_secs,
         s.joins_after_setup.load(Ordering::Relaxed)
     );
-    broadcast_report(&s, s.connected.load(Ordering::Relaxed));
-    if o.server_pid.is_some() {
+    if n == 1 {
+        broadcast_report(&s, 0, "", s.connected.load(Ordering::Relaxed));
+    } else {
+        for (u, url) in o.urls.iter().enumerate() {
+            let label = format!(" at {url}");
+            broadcast_report(&s, u, &label, s.per[u].connected.load(Ordering::Relaxed));
+        }
+    }
+    for (k, pid) in pids.iter().enumerate() {
         let show = |v: Option<u64>| v.map(mib).unwrap_or_else(|| "-".into());
+        let of = if pids.len() > 1 {
+            format!(" (pid {pid})")
+        } else {
+            String::new()
+        };
         println!(
-            "  server RSS: start {}, after setup {}, end {}",
-            show(rss_start),
-            show(rss_setup),
-            show(rss_end)
+            "  server RSS{of}: start {}, after setup {}, end {}",
+            show(rss_start[k]),
+            show(rss_setup[k]),
+            show(rss_end[k])
         );
-        if rss_samples.len() >= 2 {
-            let first = rss_samples[0].1 as f64;
-            let lo = rss_samples.iter().map(|r| r.1).min().expect("min");
-            let hi = rss_samples.iter().map(|r| r.1).max().expect("max");
+        let samples = &rss_samples[k];
+        if samples.len() >= 2 {
+            let first = samples[0].1 as f64;
+            let lo = samples.iter().map(|r| r.1).min().expect("min");
+            let hi = samples.iter().map(|r| r.1).max().expect("max");
             println!(
-                "  server RSS over the steady phase: min {}, max {}, spread {:.1}% of the first ({} samples: {})",
+                "  server RSS{of} over the steady phase: min {}, max {}, spread {:.1}% of the first ({} samples: {})",
                 mib(lo),
                 mib(hi),
                 (hi - lo) as f64 / first * 100.0,
-                rss_samples.len(),
-                rss_samples
+                samples.len(),
+                samples
                     .iter()
                     .map(|(t, r)| format!("{t:.0}s {:.0}", *r as f64 / 1024.0))
                     .collect::<Vec<_>>()
@@ -1189,15 +1446,29 @@ async fn run(o: Opts) -> bool {
             );
         }
     }
-    let errors = s.errors.lock().expect("errors").clone();
     let total: u64 = errors.values().sum();
     println!(
         "  client RSS: {}",
         vm_rss_kib(std::process::id()).map(mib).unwrap_or_default()
     );
     println!("errors: {total}");
-    for (k, n) in &errors {
-        println!("  {n:>8}  {k}");
+    if n == 1 {
+        // By kind alone, as before there were several instances.
+        let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((_, k), c) in &errors {
+            *by_kind.entry(k.as_str()).or_default() += c;
+        }
+        for (k, c) in &by_kind {
+            println!("  {c:>8}  {k}");
+        }
+    } else {
+        // The client's own first, then by instance.
+        for ((at, k), c) in &errors {
+            match at {
+                Some(u) => println!("  {c:>8}  {}: {k}", o.urls[*u]),
+                None => println!("  {c:>8}  {k}"),
+            }
+        }
     }
     total == 0 && sent == answered
 }
@@ -1208,34 +1479,42 @@ fn error_answers(s: &Stats) -> u64 {
         .lock()
         .expect("errors")
         .iter()
-        .filter(|(k, _)| k.starts_with("event error"))
+        .filter(|((_, k), _)| k.starts_with("event error"))
         .map(|(_, n)| *n)
         .sum()
 }
 
-/// The demo clock's push to every connected session, as a broadcast: per
-/// tick (its clock text), the sockets that got it and the time from its
-/// first frame here to its last.
-fn broadcast_report(s: &Stats, sockets: u64) {
+/// The demo clock's push to every connected session of instance `u`, as a
+/// broadcast: per tick (its clock text), the sockets that got it and the
+/// time from its first frame here to its last. `at` names the instance in
+/// the line (empty with one).
+fn broadcast_report(s: &Stats, u: usize, at: &str, sockets: u64) {
     let ticks = s.ticks.lock().expect("ticks");
-    if ticks.is_empty() {
-        println!("  broadcast (clock ticks): none seen");
+    let mut keys: Vec<u32> = ticks
+        .keys()
+        .filter(|(tu, _)| *tu == u)
+        .map(|(_, c)| *c)
+        .collect();
+    if keys.is_empty() {
+        println!("  broadcast{at} (clock ticks): none seen");
         return;
     }
-    let mut keys: Vec<u32> = ticks.keys().copied().collect();
     keys.sort_unstable();
     // The first and last tick may be cut by the start and end of the phase.
     let inner: Vec<&Tick> = if keys.len() > 2 {
-        keys[1..keys.len() - 1].iter().map(|k| &ticks[k]).collect()
+        keys[1..keys.len() - 1]
+            .iter()
+            .map(|k| &ticks[&(u, *k)])
+            .collect()
     } else {
-        keys.iter().map(|k| &ticks[k]).collect()
+        keys.iter().map(|k| &ticks[&(u, *k)]).collect()
     };
     let mut spread: Vec<u32> = inner.iter().map(|t| micros(t.last - t.first)).collect();
     let mut reached: Vec<u32> = inner.iter().map(|t| t.sockets).collect();
     reached.sort_unstable();
     spread.sort_unstable();
     println!(
-        "  broadcast (clock ticks, {} whole): sockets reached per tick median {} of {} (min {}); first→last frame of a tick p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "  broadcast{at} (clock ticks, {} whole): sockets reached per tick median {} of {} (min {}); first→last frame of a tick p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         inner.len(),
         reached[reached.len() / 2],
         sockets,
