@@ -191,6 +191,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+pub mod cluster;
 mod error;
 mod fragment;
 mod id;

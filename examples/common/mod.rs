@@ -33,12 +33,17 @@ pub(crate) fn keys() -> KeyRing {
 /// (made on the first start, readable by its owner only), so tokens stay
 /// valid across restarts too. `STATETEMPLATE_STORE=memory` keeps sessions
 /// in memory instead (a restart then starts every page over).
+/// `STATETEMPLATE_STORE=redis` (feature `redis`) keeps them in the Redis at
+/// `STATETEMPLATE_REDIS_URL` and joins the instances that share it into a
+/// cluster (start several with different `ADDR`s; they share the key file,
+/// or `STATETEMPLATE_KEYS`); `STATETEMPLATE_LEASE_MS` sets the lease.
 pub(crate) fn engine(
     env: minijinja::Environment<'static>,
     name: &str,
 ) -> statetemplate::Result<StateTemplate> {
     let builder = StateTemplate::builder(env);
-    if std::env::var("STATETEMPLATE_STORE").as_deref() == Ok("memory") {
+    let store_kind = std::env::var("STATETEMPLATE_STORE").unwrap_or_default();
+    if store_kind == "memory" {
         println!("sessions are kept in memory (STATETEMPLATE_STORE=memory)");
         return builder.keys(keys()).build();
     }
@@ -54,12 +59,45 @@ pub(crate) fn engine(
         Ok(k) => k,
         Err(_) => key_file(&db.with_extension("key"))?,
     };
+    if store_kind == "redis" {
+        return redis_engine(builder.keys(keys));
+    }
     let store = statetemplate::store::SqliteStore::open(&db)?;
     println!(
         "sessions are kept in {} (delete it to start over; STATETEMPLATE_DB moves it)",
         db.display()
     );
     builder.keys(keys).store(store).build()
+}
+
+#[cfg(feature = "redis")]
+fn redis_engine(builder: statetemplate::Builder) -> statetemplate::Result<StateTemplate> {
+    use statetemplate::cluster::ClusterOptions;
+    use statetemplate::store::RedisStore;
+    let url = std::env::var("STATETEMPLATE_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let store = RedisStore::open(&url)?;
+    let mut opts = ClusterOptions::default();
+    if let Some(ms) = std::env::var("STATETEMPLATE_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        opts = opts.lease(Duration::from_millis(ms));
+    }
+    let cluster = store.cluster(opts)?;
+    println!(
+        "sessions are kept in Redis at {url}; this instance is {} of its cluster",
+        cluster.instance()
+    );
+    builder.store(store).cluster(cluster).build()
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_engine(_: statetemplate::Builder) -> statetemplate::Result<StateTemplate> {
+    Err(statetemplate::Error::new(
+        ErrorKind::Config,
+        "STATETEMPLATE_STORE=redis needs the redis feature (cargo run --features redis …)",
+    ))
 }
 
 /// The key in `path`, made there (mode 0600) when the file is missing.

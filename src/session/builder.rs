@@ -77,6 +77,7 @@ pub struct Builder {
     keys: Option<KeyRing>,
     store: Option<Arc<dyn SessionStore>>,
     on_evict: Option<Arc<EvictFn>>,
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl fmt::Debug for Builder {
@@ -147,6 +148,15 @@ impl Builder {
     /// Accepts any store, including an `Arc<dyn SessionStore>`.
     pub fn store(mut self, store: impl SessionStore) -> Builder {
         self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Joins this instance to a cluster of instances sharing the store
+    /// (see [`crate::cluster`]): one owner per session, sockets served on
+    /// any instance, broadcasts and presence across them. The store must be
+    /// the one the cluster was made from.
+    pub fn cluster(mut self, cluster: crate::cluster::Cluster) -> Builder {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -246,7 +256,20 @@ impl Builder {
             on_evict: self.on_evict,
             shut: AtomicBool::new(false),
             stop_sweeper: Mutex::new(Some(stop_tx)),
+            cluster: self.cluster.map(|c| c.link),
+            bcast: tokio::sync::broadcast::channel(1024).0,
+            remote_events: std::sync::RwLock::new(None),
+            followed_groups: Mutex::default(),
         });
+        if let Some(link) = inner.cluster.clone() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            link.clone().start(tx);
+            handle.spawn(super::cluster::serve(Arc::downgrade(&inner), rx));
+            handle.spawn(super::cluster::presence_task(
+                Arc::downgrade(&inner),
+                link.options().presence_every,
+            ));
+        }
         handle.spawn(sweeper(
             Arc::downgrade(&inner),
             inner.config.cleanup_interval,
@@ -276,6 +299,7 @@ impl StateTemplate {
             keys: None,
             store: None,
             on_evict: None,
+            cluster: None,
         }
     }
 }

@@ -15,10 +15,13 @@ use tracing::Instrument;
 #[cfg(doc)]
 use super::Builder;
 use super::builder::{Clock, Config, EvictFn, EvictReason};
+use super::cluster::RemoteEventFn;
 use super::events::InitialRender;
+use super::follower::{Attached, Follower};
 use super::pool::{Pool, Pools};
 use super::state::SessionInner;
 use super::{Renderer, Session};
+use crate::cluster::{Broadcast, Link};
 use crate::fragment::{FragmentEngine, LivePage};
 use crate::id::SessionId;
 use crate::store::{SessionRecord, SessionStore};
@@ -84,6 +87,15 @@ pub(super) struct EngineInner {
     pub(super) on_evict: Option<Arc<EvictFn>>,
     pub(super) shut: AtomicBool,
     pub(super) stop_sweeper: Mutex<Option<oneshot::Sender<()>>>,
+    /// The link to the other instances (see [`crate::cluster`]).
+    pub(super) cluster: Option<Arc<dyn Link>>,
+    /// Broadcasts received (from every instance, this one included).
+    pub(super) bcast: tokio::sync::broadcast::Sender<Broadcast>,
+    /// How forwarded client frames run (set by `Live`).
+    pub(super) remote_events: std::sync::RwLock<Option<Arc<RemoteEventFn>>>,
+    /// For presence: per group, the sockets this instance serves as a
+    /// follower of sessions owned elsewhere.
+    pub(super) followed_groups: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub(super) async fn sweeper(
@@ -218,6 +230,51 @@ impl StateTemplate {
         .await
     }
 
+    /// Opens a session for a socket: as [`StateTemplate::get_session`],
+    /// but a session another live instance owns is not moved here: the
+    /// socket follows it ([`Attached::Remote`]).
+    pub(crate) async fn attach(&self, session_id: &str, token: &str) -> Result<Attached> {
+        let e = &self.inner;
+        let Some(link) = e.cluster.clone() else {
+            return self
+                .get_session(session_id, token)
+                .await
+                .map(Attached::Local);
+        };
+        e.check_running()?;
+        let now = e.clock.now_ms();
+        let claims = e.keys.open(token, now)?;
+        let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
+        if !claims.names(&id) {
+            return Err(Error::invalid_session());
+        }
+        if !e.live.contains_key(&id) {
+            if let Some(owner) = link.claim(&id).await? {
+                let Some(rec) = e.store.load(&id).await? else {
+                    return Err(Error::invalid_session());
+                };
+                if rec.expires_ms <= now || rec.generation != claims.generation {
+                    return Err(Error::invalid_session());
+                }
+                let layout = e.fragments.layout(&rec.template).unwrap_or(0);
+                let epoch = format!("{:016x}", rec.epoch ^ layout.rotate_left(17));
+                tracing::debug!(sid = %id.short(), owner, "socket follows a session owned elsewhere");
+                return Ok(Attached::Remote(Follower::new(
+                    e.clone(),
+                    link,
+                    id,
+                    owner,
+                    rec.generation,
+                    epoch,
+                    rec.expires_ms,
+                )));
+            }
+        }
+        self.get_session(session_id, token)
+            .await
+            .map(Attached::Local)
+    }
+
     /// Every session live in this process.
     pub fn sessions(&self) -> Vec<Session> {
         self.inner
@@ -273,6 +330,14 @@ impl StateTemplate {
             let _ = tx.send(());
         }
         let all: Vec<Arc<SessionInner>> = e.live.iter().map(|s| s.value().clone()).collect();
+        if let Some(l) = &e.cluster {
+            // Handed over: their clients reconnect, and another instance
+            // takes each session at once (not after the lease).
+            for s in &all {
+                e.hand_over(s).await;
+            }
+            l.stop().await;
+        }
         for s in all {
             s.closed.store(true, Ordering::SeqCst);
             let _guard = s.state.lock().await;
@@ -391,6 +456,9 @@ impl EngineInner {
     /// Brings a session that is in the store but not live here back to
     /// life by rendering its snapshot.
     async fn restore(&self, id: &SessionId, now: u64) -> Result<Arc<SessionInner>> {
+        // In a cluster, the session becomes this instance's first (a live
+        // owner hands it over): one owner renders it.
+        self.take_lease(id).await?;
         let Some(rec) = self.store.load(id).await? else {
             return Err(Error::invalid_session());
         };
@@ -428,11 +496,23 @@ impl EngineInner {
         if self.config.replay_frames > 0 {
             s.outlet.lock().expect("lock").replay = Some(Default::default());
         }
+        let groups = match &self.cluster {
+            Some(l) => l.groups(id).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
         // Two openers may race to restore: the first one in wins.
         let s = match self.live.entry(*id) {
             dashmap::mapref::entry::Entry::Occupied(o) => return Ok(o.get().clone()),
             dashmap::mapref::entry::Entry::Vacant(v) => v.insert(s).clone(),
         };
+        if !groups.is_empty() {
+            let mut mine = s.groups.lock().expect("lock");
+            for g in groups {
+                let g: Arc<str> = Arc::from(g);
+                self.groups.entry(g.clone()).or_default().insert(*id);
+                mine.get_or_insert_with(Default::default).push(g);
+            }
+        }
         tracing::debug!(seq = rec.seq, "session restored from the store");
         // A returning client: room may come from every pool, connected
         // sessions last.
@@ -510,6 +590,18 @@ impl EngineInner {
             .collect();
         let mut removed = 0;
         for s in idle {
+            if self.cluster.is_some() {
+                // Followers on other instances touch the store, not this
+                // process: it decides.
+                if let Ok(Some(rec)) = self.store.load(&s.id).await {
+                    if rec.expires_ms > now {
+                        s.last_access
+                            .fetch_max(rec.last_access_ms, Ordering::SeqCst);
+                        s.stored_expiry.store(rec.expires_ms, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
             if self.remove(&s, Some(EvictReason::Expired)).await {
                 removed += 1;
             }
@@ -535,6 +627,13 @@ impl EngineInner {
                         }
                     }
                     None => {
+                        // In a cluster, only a record nobody owns (or whose
+                        // owner is gone) is this instance's to delete.
+                        if let Some(l) = &self.cluster {
+                            if l.claim(&id).await?.is_some() {
+                                continue;
+                            }
+                        }
                         if self.store.delete(&id).await? {
                             removed += 1;
                         }

@@ -175,7 +175,9 @@ impl Session {
         // The frame is made before the store write, so a store that keeps
         // frames has it with the change (a client that reconnects after a
         // restart gets it). Only a page somebody joined encodes frames.
-        let wanted = !patch.is_empty() && s.outlet.lock().expect("lock").wanted();
+        // In a cluster, every frame is published (followers elsewhere).
+        let wanted =
+            !patch.is_empty() && (s.outlet.lock().expect("lock").wanted() || e.cluster.is_some());
         let (frame, first_sent) = match wanted.then(|| page.encode_sent(&patch)).flatten() {
             Some((f, first)) => (Some(Arc::<str>::from(f)), first),
             None => (None, Vec::new()),
@@ -188,6 +190,11 @@ impl Session {
             page.restore(checkpoint);
             page.unsend(&first_sent);
             tracing::warn!(error = %err, "store append failed; render undone");
+            if err.kind() == ErrorKind::Conflict && e.cluster.is_some() {
+                // Another instance may own it now: then it stops here.
+                let (e, s) = (e.clone(), s.clone());
+                tokio::spawn(async move { e.check_owner(&s).await });
+            }
             return Err(err);
         }
         s.version.store(record.version, Ordering::Relaxed);
@@ -380,11 +387,13 @@ impl Session {
             return;
         }
         mine.get_or_insert_with(Default::default).push(g.clone());
+        drop(mine);
         self.engine
             .groups
             .entry(g)
             .or_default()
             .insert(self.inner.id);
+        self.save_groups();
     }
 
     /// Removes the session from a group.
@@ -401,6 +410,7 @@ impl Session {
             members.remove(&self.inner.id);
             members.is_empty()
         });
+        self.save_groups();
     }
 
     /// What the debug listing shows of this session (see
@@ -581,7 +591,7 @@ impl Session {
 
 /// `frames` if they run from right after `seq` to `now` with no gap (a
 /// client applies them without seq numbers: each is one more), else `None`.
-fn complete_run(frames: Vec<KeptFrame>, seq: u64, now: u64) -> Option<Vec<KeptFrame>> {
+pub(super) fn complete_run(frames: Vec<KeptFrame>, seq: u64, now: u64) -> Option<Vec<KeptFrame>> {
     let complete = frames
         .iter()
         .enumerate()

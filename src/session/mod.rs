@@ -11,9 +11,11 @@
 //!   `compat.rs`: the seed-compatible [`Renderer`].
 
 mod builder;
+mod cluster;
 mod compat;
 mod engine;
 mod events;
+mod follower;
 mod handle;
 mod lru;
 mod pool;
@@ -26,4 +28,5 @@ pub use engine::StateTemplate;
 pub use events::{
     Catchup, Connection, InitialRender, KeptFrame, Rendered, Resync, SessionEvent, Subscriber,
 };
+pub(crate) use follower::{Attached, Follower, Start, next_frame};
 pub use handle::Session;

@@ -38,6 +38,9 @@ pub(super) struct SessionInner {
     #[allow(clippy::box_collection)]
     pub(super) groups: Mutex<Option<Box<Vec<Arc<str>>>>>,
     pub(super) closed: AtomicBool,
+    /// Closed because another instance took the session over (its sockets
+    /// close with a code that makes their clients reconnect).
+    pub(super) moved: AtomicBool,
     /// A client has joined (a socket, or [`Session::join`] /
     /// [`Session::resume`]): the session left the unjoined pool for good.
     pub(super) joined: AtomicBool,
@@ -146,6 +149,7 @@ impl SessionInner {
             page_epoch: epoch,
             groups: Mutex::new(None),
             closed: AtomicBool::new(false),
+            moved: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             connections: AtomicU32::new(0),
             event_budget: Mutex::new(None),

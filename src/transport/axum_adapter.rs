@@ -17,6 +17,9 @@ impl Live {
     /// `GET {prefix}/client.js`. Merge into the app's router:
     /// `app.merge(live.router())`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        // In a cluster, events other instances forward run with these
+        // handlers.
+        self.register_remote_events();
         let live = self.clone();
         let mut router = Router::new();
         if self.config.debug_oracle {

@@ -18,7 +18,7 @@ use serde_json::Value as Json;
 use tokio::time::Instant;
 
 use crate::rate::Bucket;
-use crate::session::{Catchup, Session, SessionEvent, StateTemplate};
+use crate::session::{Attached, Catchup, Session, SessionEvent, StateTemplate};
 use crate::{Error, ErrorKind, InitialRender, Result};
 
 #[cfg(feature = "axum")]
@@ -28,6 +28,7 @@ mod tungstenite_server;
 
 #[cfg(feature = "axum")]
 mod axum_serve;
+mod follow;
 #[cfg(feature = "axum")]
 pub use axum_serve::{ServeOptions, serve_axum};
 pub use tungstenite_server::serve as serve_tungstenite;
@@ -59,6 +60,10 @@ pub mod close {
     pub const SESSION_ENDED: u16 = 4002;
     /// The client speaks another protocol version.
     pub const VERSION: u16 = 4003;
+    /// The session moved to another instance, or the instance serving it
+    /// cannot be reached: the client should reconnect (it resumes from its
+    /// seq wherever it lands; nothing is reloaded).
+    pub const MOVED: u16 = 4004;
     /// The client could not take frames as fast as they were written.
     pub const TOO_SLOW: u16 = 4009;
 }
@@ -531,10 +536,20 @@ impl Live {
                 .await;
             return;
         }
-        let session = match self.engine.get_session(&params.sid, &params.token).await {
-            Ok(s) => s,
-            Err(_) => {
+        self.register_remote_events();
+        let session = match self.engine.attach(&params.sid, &params.token).await {
+            Ok(Attached::Local(s)) => s,
+            Ok(Attached::Remote(f)) => return self.run_follower(f, params, out, stream).await,
+            Err(e) if e.kind() == ErrorKind::InvalidSession => {
                 out.close(close::INVALID_SESSION, "invalid session").await;
+                return;
+            }
+            Err(e) => {
+                // The store or the cluster failed: the session may well be
+                // fine, so the client tries again (no reload).
+                tracing::warn!(error = %e, "socket: the session could not be opened");
+                out.close(close::MOVED, "the session cannot be reached now")
+                    .await;
                 return;
             }
         };
@@ -590,7 +605,7 @@ impl Live {
         loop {
             tokio::select! {
                 ev = sub.recv() => {
-                    if !forward(out, ev, &token).await {
+                    if !forward(out, ev, &token, &session).await {
                         break;
                     }
                 }
@@ -598,14 +613,7 @@ impl Live {
                     let msg = match msg {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
-                            let e: ReadError = e.into();
-                            tracing::debug!(parent: &span, error = %e, "socket error");
-                            match e {
-                                ReadError::TooBig => out.close(close::TOO_BIG, "message too big").await,
-                                ReadError::InvalidUtf8 => out.close(close::INVALID_DATA, "invalid UTF-8").await,
-                                ReadError::Protocol(_) => out.close(close::PROTOCOL, "protocol violation").await,
-                                ReadError::Other(_) => {}
-                            }
+                            shown_read_error(out, e.into(), &span).await;
                             break;
                         }
                         None => break,
@@ -638,12 +646,19 @@ impl Live {
                                     sub.resync();
                                 }
                             }
-                            if let Some(reply) = self.client_frame(&session, client, frame).await {
+                            let reply = self.client_frame(&session, client, frame).await;
+                            if session.is_moved() {
+                                // Handed over while the event ran: its client
+                                // resends what was not answered, to the owner.
+                                out.close(close::MOVED, "the session moved").await;
+                                break;
+                            }
+                            if let Some(reply) = reply {
                                 // What the event rendered goes out before its
                                 // reply, so a client sees the two in order.
                                 let mut open = true;
                                 while let Some(ev) = sub.recv().now_or_never() {
-                                    open = forward(out, ev, &token).await;
+                                    open = forward(out, ev, &token, &session).await;
                                     if !open {
                                         break;
                                     }
@@ -834,17 +849,37 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Closes the socket after a read error, with the code that names it.
+async fn shown_read_error<Si: Sink<WsMessage> + Unpin>(
+    out: &mut Out<'_, Si>,
+    e: ReadError,
+    span: &tracing::Span,
+) {
+    tracing::debug!(parent: span, error = %e, "socket error");
+    match e {
+        ReadError::TooBig => out.close(close::TOO_BIG, "message too big").await,
+        ReadError::InvalidUtf8 => out.close(close::INVALID_DATA, "invalid UTF-8").await,
+        ReadError::Protocol(_) => out.close(close::PROTOCOL, "protocol violation").await,
+        ReadError::Other(_) => {}
+    }
+}
+
 /// Sends one session event to the client; `false` once the connection is
 /// done (the socket failed, or the session ended and was closed with 4002).
 async fn forward<Si: Sink<WsMessage> + Unpin>(
     out: &mut Out<'_, Si>,
     ev: Option<SessionEvent>,
     token: &str,
+    session: &Session,
 ) -> bool {
     match ev {
         Some(SessionEvent::Patch(p)) => out.text(p.frame().to_owned()).await,
         Some(SessionEvent::Resync(r)) => {
             out.text(hello(r.epoch(), token)).await && out.text(r.frame().to_owned()).await
+        }
+        None if session.is_moved() => {
+            out.close(close::MOVED, "the session moved").await;
+            false
         }
         None => {
             out.close(close::SESSION_ENDED, "session ended").await;

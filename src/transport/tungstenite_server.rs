@@ -16,6 +16,7 @@ use super::{ConnectParams, Live, ReadError, WsMessage, parse_query};
 /// runs each on its own task. Returns only if accepting fails for good; a
 /// transient failure (out of file descriptors) backs off and retries.
 pub async fn serve(listener: TcpListener, live: Live) -> std::io::Result<()> {
+    live.register_remote_events();
     let mut backoff = Duration::from_millis(10);
     loop {
         match listener.accept().await {

@@ -106,6 +106,7 @@ use crate::fragment::Delta;
 use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
+mod cluster;
 mod scripts;
 
 /// How a [`RedisStore`] names its keys, keeps frames, takes snapshots and
@@ -250,6 +251,9 @@ struct Inner {
     touch: Script,
     delete: Script,
     stats: Counters,
+    /// This instance's name once [`RedisStore::cluster`] made a cluster:
+    /// appends then check the owner and publish their frames.
+    me: std::sync::OnceLock<String>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -319,6 +323,7 @@ impl RedisStore {
                 touch: Script::new(scripts::TOUCH),
                 delete: Script::new(scripts::DELETE),
                 stats: Counters::default(),
+                me: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -332,6 +337,11 @@ impl RedisStore {
             .await
             .map_err(|e| self.err("ping", e))?;
         Ok(())
+    }
+
+    /// This instance's name in a cluster, or "" (no cluster).
+    fn me(&self) -> &str {
+        self.inner.me.get().map_or("", String::as_str)
     }
 
     /// The key prefix.
@@ -420,6 +430,7 @@ impl RedisStore {
         for k in self.keys(&r.id) {
             inv.key(k);
         }
+        inv.key(self.owner_key(&r.id));
         inv.arg(r.id.to_string())
             .arg(&*r.template)
             .arg(r.version)
@@ -431,7 +442,9 @@ impl RedisStore {
             .arg(r.expires_ms)
             .arg(applied)
             .arg(data)
-            .arg(self.deadline(r.expires_ms));
+            .arg(self.deadline(r.expires_ms))
+            .arg(self.me())
+            .arg(cluster::OWNER_TTL_MS);
         let mut c = self.conn().await?;
         inv.invoke_async(&mut c)
             .await
@@ -551,6 +564,7 @@ impl SessionStore for RedisStore {
         for k in &keys {
             inv.key(k);
         }
+        inv.key(self.owner_key(&r.id));
         inv.arg(r.id.to_string())
             .arg(base)
             .arg(r.version)
@@ -566,7 +580,10 @@ impl SessionStore for RedisStore {
             .arg(o.frames_kept)
             .arg(self.deadline(r.expires_ms))
             .arg(o.snapshot_bytes)
-            .arg(o.snapshot_deltas);
+            .arg(o.snapshot_deltas)
+            .arg(self.me())
+            .arg(self.frames_channel(&r.id))
+            .arg(cluster::OWNER_TTL_MS);
         let mut c = self.conn().await?;
         let answer: String = inv
             .invoke_async(&mut c)
@@ -582,6 +599,12 @@ impl SessionStore for RedisStore {
                 }
             }
             "none" => return change.check(None),
+            other if other.starts_with("owner ") => {
+                return Err(Error::conflict(format!(
+                    "append refused: instance {} owns this session now",
+                    &other[6..]
+                )));
+            }
             other => {
                 let stored = other
                     .strip_prefix("conflict ")
@@ -654,6 +677,7 @@ impl SessionStore for RedisStore {
         for k in self.keys(id) {
             inv.key(k);
         }
+        inv.key(self.owner_key(id)).key(self.groups_key(id));
         inv.arg(id.to_string());
         let mut c = self.conn().await?;
         let n: i64 = inv

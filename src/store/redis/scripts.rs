@@ -42,13 +42,16 @@ end
 "#;
 
 /// Creates a record unless one exists: returns 1, or 0 when the id is
-/// taken. Leftover frames of an id whose keys expired are dropped.
+/// taken. Leftover frames of an id whose keys expired are dropped. In a
+/// cluster (ARGV 13 this instance's name, 14 the owner key's expiry), the
+/// creating instance owns the session (`KEYS[6]`).
 pub(super) fn create() -> String {
     format!(
         "{PUT}
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 put()
+if ARGV[13] ~= '' then redis.call('SET', KEYS[6], ARGV[13], 'PX', ARGV[14]) end
 return 1
 "
     )
@@ -79,15 +82,25 @@ return 1
 /// 9 applied (JSON), 10 the delta (JSON), 11 the frame, 12 `1` when there
 /// is a frame, 13 frames kept, 14 the keys' deadline, 15 snapshot byte
 /// limit (0: the snapshot's size, at least 4096), 16 snapshot delta limit
-/// (0: none).
+/// (0: none), 17 this instance's name in a cluster (empty: no cluster),
+/// 18 the channel the frame is published on. `KEYS[6]` is the owner key:
+/// in a cluster, an append from an instance that does not own the session
+/// is refused (`owner <NAME>`), and the frame is published with the write.
 ///
-/// Returns `none` (no record), `conflict <stored version>`, `ok` or
+/// Returns `none` (no record), `conflict <stored version>`, `owner <NAME>`,
+/// `ok` or
 /// `ok snapshot` (the log reached the limit: the caller writes a snapshot
 /// of the new version with [`snapshot`]).
 pub(super) const APPEND: &str = r#"
 local stored = redis.call('HGET', KEYS[1], 'version')
 if not stored then return 'none' end
 if stored ~= ARGV[2] then return 'conflict ' .. stored end
+if ARGV[17] ~= '' then
+  local o = redis.call('GET', KEYS[6])
+  if o and o ~= ARGV[17] then return 'owner ' .. o end
+  if not o then redis.call('SET', KEYS[6], ARGV[17], 'PX', ARGV[19]) end
+  if ARGV[12] == '1' then redis.call('PUBLISH', ARGV[18], ARGV[4] .. ' ' .. ARGV[11]) end
+end
 redis.call('HSET', KEYS[1],
   'version', ARGV[3], 'seq', ARGV[4], 'generation', ARGV[5], 'epoch', ARGV[6],
   'last_access_ms', ARGV[7], 'expires_ms', ARGV[8], 'applied', ARGV[9])
@@ -142,11 +155,12 @@ redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 return 1
 "#;
 
-/// Deletes every key of the record and its expiry entry (ARGV[1] the id):
-/// returns 1 when the record existed.
+/// Deletes every key of the record (its owner key `KEYS[6]` and its groups
+/// `KEYS[7]` too) and its
+/// expiry entry (ARGV[1] the id): returns 1 when the record existed.
 pub(super) const DELETE: &str = r#"
 local n = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[5], ARGV[1])
 return n
 "#;
