@@ -410,3 +410,66 @@ async fn a_render_while_redis_is_down_fails_cleanly_and_the_session_goes_on() {
     e.shutdown().await;
     relay.cut().await;
 }
+
+/// In a cluster, the owner is a fence: an append from an instance that
+/// does not own the session is refused (the version alone would let it
+/// through), and once the owner hands over (shutdown), the next instance
+/// takes the session and the old one can no longer write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_appends_in_a_cluster() {
+    use statetemplate::Delta;
+    use statetemplate::cluster::ClusterOptions;
+    use statetemplate::store::Append;
+    let p = prefix("fence");
+    let keys = KeyRing::generate().unwrap();
+    let open = || RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+    let (sa, sb) = (open(), open());
+    let opts = ClusterOptions::default().lease(Duration::from_millis(500));
+    let (ca, cb) = (sa.cluster(opts.clone()).unwrap(), sb.cluster(opts).unwrap());
+    assert_eq!(
+        sa.cluster(ClusterOptions::default()).unwrap_err().kind(),
+        ErrorKind::Config,
+        "one cluster per store"
+    );
+    let build = |s: &RedisStore, c| {
+        StateTemplate::builder(env())
+            .keys(keys.clone())
+            .store(s.clone())
+            .cluster(c)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(&sa, ca), build(&sb, cb));
+    let init = a.new_session("page.html", &data("t", 2)).await.unwrap();
+    let id = init.session_id;
+    // B, with the right version, is still refused: A owns it.
+    let mut rec = sb.load(&id).await.unwrap().unwrap();
+    rec.version += 1;
+    let err = sb
+        .append(Append::new(&rec, &Delta::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("owns"), "{err}");
+    assert_eq!(
+        sb.load(&id).await.unwrap().unwrap().version,
+        rec.version - 1
+    );
+    // A renders fine.
+    let s = a.get_session(&id.to_string(), &init.token).await.unwrap();
+    s.render(&data("from A", 2)).await.unwrap();
+    // A stops: it hands its sessions over; B takes this one on its first
+    // open and renders; A's store can no longer append.
+    a.shutdown().await;
+    let s = b.get_session(&id.to_string(), &init.token).await.unwrap();
+    s.render(&data("from B", 3)).await.unwrap();
+    let mut rec = sa.load(&id).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_value(&rec.data).unwrap(), data("from B", 3));
+    rec.version += 1;
+    let err = sa
+        .append(Append::new(&rec, &Delta::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    b.shutdown().await;
+}

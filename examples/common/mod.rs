@@ -17,7 +17,7 @@ use serde::Serialize;
 use statetemplate::rate::{Limiter, client_key};
 use statetemplate::token::KeyRing;
 use statetemplate::transport::{ServeOptions, serve_axum};
-use statetemplate::{ErrorKind, InitialRender, Live, Session, StateTemplate};
+use statetemplate::{ErrorKind, Live, Session, StateTemplate};
 
 /// Keys from `STATETEMPLATE_KEYS` (tokens then survive a restart), else a
 /// fresh key.
@@ -36,7 +36,8 @@ pub(crate) fn keys() -> KeyRing {
 /// `STATETEMPLATE_STORE=redis` (feature `redis`) keeps them in the Redis at
 /// `STATETEMPLATE_REDIS_URL` and joins the instances that share it into a
 /// cluster (start several with different `ADDR`s; they share the key file,
-/// or `STATETEMPLATE_KEYS`); `STATETEMPLATE_LEASE_MS` sets the lease.
+/// or `STATETEMPLATE_KEYS`); `STATETEMPLATE_REDIS_PREFIX` sets the key
+/// prefix (default `st:`) and `STATETEMPLATE_LEASE_MS` the lease.
 pub(crate) fn engine(
     env: minijinja::Environment<'static>,
     name: &str,
@@ -76,7 +77,11 @@ fn redis_engine(builder: statetemplate::Builder) -> statetemplate::Result<StateT
     use statetemplate::store::RedisStore;
     let url = std::env::var("STATETEMPLATE_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let store = RedisStore::open(&url)?;
+    let prefix = std::env::var("STATETEMPLATE_REDIS_PREFIX").unwrap_or_else(|_| "st:".to_owned());
+    let store = RedisStore::open_with(
+        &url,
+        statetemplate::store::RedisOptions::default().prefix(prefix),
+    )?;
     let mut opts = ClusterOptions::default();
     if let Some(ms) = std::env::var("STATETEMPLATE_LEASE_MS")
         .ok()
@@ -223,19 +228,14 @@ pub(crate) async fn page<T: Serialize>(
     created: impl FnOnce(&Session),
 ) -> Response {
     let engine = live.engine();
+    // The session this browser's cookie names, if still live (in a
+    // cluster, wherever it lives: `open_page` does not move it).
     let existing = match cookie(headers) {
-        Some((sid, token)) => engine.get_session(&sid, &token).await.ok(),
+        Some((sid, token)) => engine.open_page(&sid, &token).await.ok(),
         None => None,
     };
     let initial = match existing {
-        Some(s) => match s.token() {
-            Ok(token) => InitialRender {
-                html: s.html().await,
-                session_id: s.id(),
-                token,
-            },
-            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        },
+        Some(i) => i,
         None if !new_sessions().check(client_key(peer.ip())) => {
             return (
                 StatusCode::TOO_MANY_REQUESTS,

@@ -13,7 +13,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::engine::EngineInner;
-use super::events::snapshot;
+use super::events::{InitialRender, snapshot};
 use super::state::SessionInner;
 use super::{Session, StateTemplate};
 use crate::cluster::{Broadcast, Inbound, Joined, Link, Op};
@@ -326,6 +326,73 @@ impl StateTemplate {
     /// This instance's name in its cluster (`None` without one).
     pub fn instance(&self) -> Option<&str> {
         self.inner.cluster.as_ref().map(|l| l.instance())
+    }
+
+    /// What a page load for an existing session needs (its HTML now and a
+    /// fresh token), checked like [`StateTemplate::get_session`] and
+    /// counting as activity. Unlike `get_session`, it does not move a
+    /// session another live instance owns: the HTML is rendered here from
+    /// the store's record, and the page's socket follows the owner (so a
+    /// load balancer that sends a browser's requests anywhere does not
+    /// move its session back and forth).
+    pub async fn open_page(&self, session_id: &str, token: &str) -> Result<InitialRender> {
+        let e = &self.inner;
+        if let Some(link) = &e.cluster {
+            let now = e.clock.now_ms();
+            let claims = e.keys.open(token, now)?;
+            let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
+            if !claims.names(&id) {
+                return Err(Error::invalid_session());
+            }
+            if !e.live.contains_key(&id) && link.claim(&id).await?.is_some() {
+                let rec = e
+                    .store
+                    .load(&id)
+                    .await?
+                    .ok_or_else(Error::invalid_session)?;
+                if rec.expires_ms <= now || rec.generation != claims.generation {
+                    return Err(Error::invalid_session());
+                }
+                let exp = now + e.config.expiration.as_millis() as u64;
+                e.store.touch(&id, now, exp).await?;
+                let mut page = e.fragments.render(&rec.template, &rec.data)?;
+                page.set_seq(rec.seq);
+                return Ok(InitialRender {
+                    html: page.html(),
+                    session_id: id,
+                    token: e.mint(id, rec.generation, now)?,
+                });
+            }
+        }
+        let s = self.get_session(session_id, token).await?;
+        Ok(InitialRender {
+            html: s.html().await,
+            session_id: s.id(),
+            token: s.token()?,
+        })
+    }
+
+    /// The seq and a fresh full render of a session's data (the test
+    /// oracle, see [`Session::fresh_render`]) without moving it: from the
+    /// live page when it lives here, else from the store's record (what
+    /// its owner last acknowledged).
+    pub(crate) async fn fresh_anywhere(&self, sid: &str, token: &str) -> Result<(u64, String)> {
+        let e = &self.inner;
+        let claims = e.keys.open(token, e.clock.now_ms())?;
+        let id: SessionId = sid.parse().map_err(|_| Error::invalid_session())?;
+        if !claims.names(&id) {
+            return Err(Error::invalid_session());
+        }
+        if let Some(s) = self.session_unchecked(&id) {
+            return s.fresh_render().await;
+        }
+        let rec = e
+            .store
+            .load(&id)
+            .await?
+            .ok_or_else(Error::invalid_session)?;
+        let html = e.fragments.render_html(&rec.template, &rec.data)?;
+        Ok((rec.seq, html))
     }
 
     /// Registers how forwarded client frames run here (by `Live`).

@@ -113,6 +113,14 @@ impl Outlet {
         }
     }
 
+    /// How many subscribers receive the session's frames here.
+    pub(super) fn subscribers(&self) -> usize {
+        match &self.tx {
+            Tx::Open(s) => s.receiver_count(),
+            _ => 0,
+        }
+    }
+
     pub(super) fn subscribe(
         &mut self,
         capacity: usize,

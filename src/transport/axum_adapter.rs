@@ -82,10 +82,20 @@ impl Live {
 
     async fn debug_fresh(&self, query: &str) -> Response {
         let p = parse_query(query);
-        let Ok(session) = self.engine.get_session(&p.sid, &p.token).await else {
-            return StatusCode::UNAUTHORIZED.into_response();
+        // In a cluster, a session owned elsewhere is rendered from the
+        // store (asking for it here must not move it).
+        let fresh = if self.engine.instance().is_some() {
+            self.engine.fresh_anywhere(&p.sid, &p.token).await
+        } else {
+            match self.engine.get_session(&p.sid, &p.token).await {
+                Ok(s) => s.fresh_render().await,
+                Err(e) => Err(e),
+            }
         };
-        match session.fresh_render().await {
+        match fresh {
+            Err(e) if e.kind() == crate::ErrorKind::InvalidSession => {
+                StatusCode::UNAUTHORIZED.into_response()
+            }
             Ok((seq, html)) => (
                 [(header::CONTENT_TYPE, "application/json")],
                 serde_json::json!({"seq": seq, "html": html}).to_string(),

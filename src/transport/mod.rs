@@ -460,7 +460,7 @@ impl Live {
         let total = sessions.len();
         sessions.truncate(limit);
         serde_json::json!({
-            "instance": format!("pid {}", std::process::id()),
+            "instance": self.engine.instance().map_or_else(|| format!("pid {}", std::process::id()), |i| format!("{i} (pid {})", std::process::id())),
             "live": total,
             "connected": self.engine.connected_sessions().len(),
             "sessions": sessions,

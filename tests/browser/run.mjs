@@ -942,6 +942,133 @@ const examples = {
  * selectedness set to what they are, as a user's input does), so they no
  * longer follow their attributes and the client itself must set them.
  * (Fixture written by `cargo test --test js_client`.) */
+/** Starts instance `i` of the todos demo in a cluster on the test Redis
+ * (STATETEMPLATE_REDIS_URL, under `prefix`), with a 1 s lease. */
+async function startInstance(port, prefix) {
+  const bin = path.join(ROOT, 'target/debug/examples/todos');
+  const p = spawn(bin, [], {
+    env: {
+      ...process.env, ADDR: `127.0.0.1:${port}`, STATETEMPLATE_DEBUG: '1', STATETEMPLATE_KEYS: KEY,
+      STATETEMPLATE_STORE: 'redis', STATETEMPLATE_REDIS_PREFIX: prefix, STATETEMPLATE_LEASE_MS: '1000',
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  servers.add(p);
+  p.once('exit', () => servers.delete(p));
+  await new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('a todos instance did not start')), 20000);
+    let buf = '';
+    p.stdout.on('data', (d) => {
+      if (buf === null) return;
+      buf += d;
+      if (!buf.includes('listening on')) return;
+      clearTimeout(t);
+      if (buf.includes('sessions are kept in Redis')) resolve();
+      else reject(new Error(`todos does not keep its sessions in Redis (built without the redis feature?): ${buf}`));
+      buf = null;
+    });
+    p.once('exit', (code) => { clearTimeout(t); reject(new Error(`todos exited with ${code}`)); });
+  });
+  return p;
+}
+
+/** Two instances of the todos demo share one Redis; two tabs of one
+ * browser session, one on each (the session lives on A, where it was made;
+ * B's tab follows it: loading the page on B does not move it). Both stay
+ * equal to a fresh render after every step from either; text typed in one
+ * survives the other's changes; when A is killed, B's click made meanwhile
+ * is applied once after B took the session over, and A's tab, once A is
+ * back, catches up and keeps what was typed in it. */
+async function twoInstances(browser) {
+  assert(process.env.STATETEMPLATE_REDIS_URL, 'cluster: STATETEMPLATE_REDIS_URL is not set (scripts/test.sh starts a Redis and sets it)');
+  const prefix = `st-browser:${process.pid}:${Date.now()}:`;
+  const [pa, pb] = [await freePort(), await freePort()];
+  const [a, b] = [`http://127.0.0.1:${pa}`, `http://127.0.0.1:${pb}`];
+  let srvA = await startInstance(pa, prefix);
+  const srvB = await startInstance(pb, prefix);
+  const ctx = await newContext(browser);
+  const errors = [];
+  ctx.on('page', (p) => p.on('pageerror', (e) => errors.push(String(e))));
+  const checks0 = checks;
+  try {
+    const t1 = await ctx.newPage();
+    await t1.goto(a);
+    await connected(t1);
+    await checkFresh(t1, a, 'cluster: tab 1 on A');
+    const hellos = (p) => p.evaluate(() => window.statetemplate.clients[0].hellos);
+    const h0 = await hellos(t1);
+    // The same browser (cookies are per host, not per port) on B.
+    const t2 = await ctx.newPage();
+    await t2.goto(b);
+    await connected(t2);
+    await checkFresh(t2, b, 'cluster: tab 2 on B');
+    await t1.waitForTimeout(300);
+    assert((await hellos(t1)) === h0, 'cluster: loading the page on B moved the session (tab 1 had to reconnect)');
+    // Every event is answered (its loading state ends) on both instances.
+    const answered = (p) => until(p, () => !document.querySelector('.st-loading'), undefined, 5000);
+    const both = async (label) => {
+      await answered(t1);
+      await answered(t2);
+      await checkFresh(t1, a, `${label} (tab 1, on A)`);
+      await checkFresh(t2, b, `${label} (tab 2, on B)`);
+    };
+    const texts = (p) => p.evaluate(() => [...document.querySelectorAll('#list .text')].map((t) => t.textContent));
+    await t1.fill('#new', 'Added on A');
+    await t1.press('#new', 'Enter');
+    await until(t2, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'Added on A'));
+    await both('cluster: added from A');
+    await t2.fill('#new', 'Added on B');
+    await t2.press('#new', 'Enter');
+    await until(t1, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'Added on B'));
+    await both('cluster: added from B');
+    await t2.click('li[data-key="1"] input[type=checkbox]');
+    await until(t1, () => document.querySelector('li[data-key="1"]').className === 'done');
+    await both('cluster: ticked on B');
+    // Tab 1 types and does not send; tab 2 adds: the typed text stays.
+    await t1.fill('#new', 'typing on A');
+    await t2.fill('#new', 'Second from B');
+    await t2.press('#new', 'Enter');
+    await until(t1, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'Second from B'));
+    assert((await t1.inputValue('#new')) === 'typing on A', `cluster: tab 1's typed text: ${JSON.stringify(await t1.inputValue('#new'))}`);
+    await answered(t2);
+    await checkFresh(t1, a, 'cluster: tab 1 while typing', { '#new': 'typing on A' });
+    await checkFresh(t2, b, 'cluster: tab 2 while tab 1 types');
+    assert(JSON.stringify(await texts(t1)) === JSON.stringify(await texts(t2)), 'cluster: both tabs show the same list');
+    await t1.screenshot({ caret: 'initial', path: path.join(SHOTS, 'cluster-tab-a.png') });
+    await t2.screenshot({ caret: 'initial', path: path.join(SHOTS, 'cluster-tab-b.png') });
+    // A (the owner) is killed. Tab 2 clicks "remove" meanwhile: the click
+    // waits, and is applied once when B has taken the session over (within
+    // the lease).
+    const before = (await texts(t2)).length;
+    const h2 = await hellos(t2);
+    await stopServer(srvA);
+    await t2.click('li[data-key="2"] button[title="remove"]');
+    await until(t2, (n) => document.querySelectorAll('#list li').length === n - 1, before, 15000);
+    assert((await hellos(t2)) > h2, 'cluster: tab 2 reconnected after the owner died');
+    await connected(t2);
+    await answered(t2);
+    await checkFresh(t2, b, 'cluster: tab 2 after the owner died');
+    await t2.waitForTimeout(600);
+    assert((await texts(t2)).length === before - 1, 'cluster: the click was applied once');
+    await t2.screenshot({ caret: 'initial', path: path.join(SHOTS, 'cluster-after-owner-died.png') });
+    // A comes back: its tab reconnects (to A, which now follows B), catches
+    // up, and still holds what was typed.
+    srvA = await startInstance(pa, prefix);
+    await until(t1, (n) => document.querySelectorAll('#list li').length === n - 1, before, 15000);
+    await connected(t1);
+    await checkFresh(t1, a, 'cluster: tab 1 after A came back', { '#new': 'typing on A' });
+    assert((await t1.inputValue('#new')) === 'typing on A', 'cluster: the typed text survived');
+    await t1.screenshot({ caret: 'initial', path: path.join(SHOTS, 'cluster-a-back.png') });
+    assert(errors.length === 0, `cluster: page errors: ${errors.join('; ')}`);
+    assert(checks - checks0 >= 11, `cluster: ${checks - checks0} checks against a fresh render, expected 11`);
+    console.log(`ok   cluster (two instances, ${checks - checks0} checks)`);
+  } finally {
+    await ctx.close();
+    await stopServer(srvA);
+    await stopServer(srvB);
+  }
+}
+
 async function corpusInTheDom(browser) {
   const fixture = path.join(ROOT, 'target/browser/corpus-frames.json');
   const cases = JSON.parse(readFileSync(fixture, 'utf8')).cases;
@@ -1085,7 +1212,7 @@ async function corpusInTheDom(browser) {
   return failed;
 }
 
-const unknown = only.filter((n) => n !== 'corpus' && !(n in examples));
+const unknown = only.filter((n) => n !== 'corpus' && n !== 'cluster' && !(n in examples));
 if (unknown.length) {
   console.log(`unknown test(s): ${unknown.join(', ')} (corpus, ${Object.keys(examples).join(', ')})`);
   process.exit(2);
@@ -1114,6 +1241,15 @@ try {
     } catch (e) {
       failures++;
       console.log(`FAIL corpus: ${e.stack || e}`);
+    }
+    ran++;
+  }
+  if (!only.length || only.includes('cluster')) {
+    try {
+      await twoInstances(browser);
+    } catch (e) {
+      failures++;
+      console.log(`FAIL cluster: ${e.stack || e}`);
     }
     ran++;
   }
@@ -1154,7 +1290,7 @@ try {
   await browser.close();
   cleanUp();
 }
-const want = only.length ? new Set(only).size : 1 + Object.keys(examples).length;
+const want = only.length ? new Set(only).size : 2 + Object.keys(examples).length;
 console.log(`${ran} test(s) run; in the examples ${checks} DOM-vs-fresh-render checks (markup and ${fieldChecks} form fields); screenshots in ${SHOTS}`);
 if (ran !== want) {
   console.log(`ran ${ran} of ${want} tests`);
