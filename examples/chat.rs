@@ -3,6 +3,12 @@
 //!
 //! Run: `cargo run --example chat`, then open the URL it prints in two
 //! browsers (or a private window) and in two tabs.
+//!
+//! Across instances: messages go out with `engine.broadcast`, and each
+//! instance renders them to the members it owns (`engine.broadcasts()`);
+//! "online" is `engine.presence("chat")`, the open tabs over all instances.
+//! With a Redis: `STATETEMPLATE_STORE=redis ADDR=127.0.0.1:3003 cargo run
+//! --features redis --example chat`, and again with `ADDR=127.0.0.1:3013`.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -49,8 +55,8 @@ struct Input {
 
 type History = Arc<Mutex<(u64, Vec<Message>)>>;
 
-/// Appends a message to the history and renders it to every chat session.
-async fn send(ctx: EventCtx, history: History) -> statetemplate::Result<()> {
+/// Sends a message to every instance (this one too): see [`deliver`].
+async fn send(ctx: EventCtx) -> statetemplate::Result<()> {
     let p: Text = ctx.payload()?;
     let text = p.text.trim().to_owned();
     if text.is_empty() || text.len() > 500 {
@@ -62,34 +68,48 @@ async fn send(ctx: EventCtx, history: History) -> statetemplate::Result<()> {
     } else {
         me.name
     };
-    let messages = {
-        let mut h = history.lock().expect("history lock");
-        h.0 += 1;
-        let msg = Message {
-            id: h.0,
-            from,
-            text,
-        };
-        h.1.push(msg);
-        let skip = h.1.len().saturating_sub(KEEP);
-        h.1.drain(..skip);
-        h.1.clone()
-    };
-    broadcast(&ctx.engine, &messages).await;
-    Ok(())
+    // An id unique enough across instances: the time in nanoseconds.
+    let id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    ctx.engine
+        .broadcast("chat", &Message { id, from, text })
+        .await
 }
 
-async fn broadcast(engine: &StateTemplate, messages: &[Message]) {
-    let members = engine.group("chat");
-    let online = members.len();
-    for s in members {
-        let _ = s
-            .update(|c: &mut Chat| {
-                c.messages = messages.to_vec();
-                c.online = online;
-                Ok(())
-            })
-            .await;
+/// Every instance: each message broadcast on "chat" joins this instance's
+/// history and is rendered to the chat sessions this instance owns.
+async fn deliver(engine: StateTemplate, history: History) {
+    let mut rx = engine.broadcasts();
+    loop {
+        let b = match rx.recv().await {
+            Ok(b) => b,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        if b.topic != "chat" {
+            continue;
+        }
+        let Ok(msg) = serde_json::from_value::<Message>(b.message) else {
+            continue;
+        };
+        let messages = {
+            let mut h = history.lock().expect("history lock");
+            h.1.push(msg);
+            let skip = h.1.len().saturating_sub(KEEP);
+            h.1.drain(..skip);
+            h.1.clone()
+        };
+        let online = engine.presence("chat").await.unwrap_or(0) as usize;
+        for s in engine.group("chat") {
+            let _ = s
+                .update(|c: &mut Chat| {
+                    c.messages = messages.to_vec();
+                    c.online = online;
+                    Ok(())
+                })
+                .await;
+        }
     }
 }
 
@@ -99,13 +119,14 @@ async fn main() -> Result<(), statetemplate::Error> {
     env.add_template("chat.html", include_str!("../templates/chat.html"))?;
     let engine = common::engine(env, "chat")?;
     let history: History = Arc::new(Mutex::new((0, Vec::new())));
-    let h = history.clone();
-    let live = common::live(&engine)
-        .on("send", move |ctx| send(ctx, h.clone()))
-        .on_update("rename", |c: &mut Chat, p: Input| {
-            c.name = p.value.trim().chars().take(32).collect();
-            Ok(())
-        });
+    tokio::spawn(deliver(engine.clone(), history.clone()));
+    let live =
+        common::live(&engine)
+            .on("send", send)
+            .on_update("rename", |c: &mut Chat, p: Input| {
+                c.name = p.value.trim().chars().take(32).collect();
+                Ok(())
+            });
     let page_live = live.clone();
     let app = Router::new()
         .route(
@@ -117,7 +138,7 @@ async fn main() -> Result<(), statetemplate::Error> {
                     async move {
                         let messages = history.lock().expect("history lock").1.clone();
                         let engine = live.engine().clone();
-                        let online = engine.group("chat").len() + 1;
+                        let online = engine.presence("chat").await.unwrap_or(0) as usize + 1;
                         let data = move || Chat {
                             messages,
                             online,

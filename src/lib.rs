@@ -149,6 +149,10 @@
 //! ([`store::SessionStore::append`], versioned, compare-and-set), so a store
 //! can log changes instead of rewriting snapshots.
 //!
+//! Several instances share sessions through Redis with a [`cluster`]: one
+//! owner renders each session, sockets on other instances follow it, and
+//! [`StateTemplate::broadcast`] and [`StateTemplate::presence`] span them.
+//!
 //! ## In the browser
 //!
 //! ```no_run

@@ -42,7 +42,7 @@ pub(crate) fn engine(
     env: minijinja::Environment<'static>,
     name: &str,
 ) -> statetemplate::Result<StateTemplate> {
-    let builder = StateTemplate::builder(env);
+    let builder = tuned(StateTemplate::builder(env));
     let store_kind = std::env::var("STATETEMPLATE_STORE").unwrap_or_default();
     if store_kind == "memory" {
         println!("sessions are kept in memory (STATETEMPLATE_STORE=memory)");
@@ -105,6 +105,23 @@ fn redis_engine(_: statetemplate::Builder) -> statetemplate::Result<StateTemplat
     ))
 }
 
+/// Limits from the environment, for load runs: `STATETEMPLATE_MAX_SESSIONS`,
+/// `STATETEMPLATE_MAX_UNJOINED` and `STATETEMPLATE_REPLAY_FRAMES` (see the
+/// `Builder` methods of those names).
+fn tuned(mut b: statetemplate::Builder) -> statetemplate::Builder {
+    let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(n) = num("STATETEMPLATE_MAX_SESSIONS") {
+        b = b.max_sessions(n);
+    }
+    if let Some(n) = num("STATETEMPLATE_MAX_UNJOINED") {
+        b = b.max_unjoined(n);
+    }
+    if let Some(n) = num("STATETEMPLATE_REPLAY_FRAMES") {
+        b = b.replay_frames(n);
+    }
+    b
+}
+
 /// The key in `path`, made there (mode 0600) when the file is missing.
 fn key_file(path: &std::path::Path) -> statetemplate::Result<KeyRing> {
     use std::io::Write;
@@ -142,7 +159,14 @@ struct Input {
 /// connected session twice a second, and with `STATETEMPLATE_DEBUG=1` the
 /// test oracle route.
 pub(crate) fn live(engine: &StateTemplate) -> Live {
-    spawn_clock(engine.clone(), Duration::from_millis(500));
+    // `STATETEMPLATE_CLOCK_MS` (default 500; 0: no clock) for load runs.
+    let clock = std::env::var("STATETEMPLATE_CLOCK_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(500);
+    if clock > 0 {
+        spawn_clock(engine.clone(), Duration::from_millis(clock));
+    }
     let debug = std::env::var("STATETEMPLATE_DEBUG").is_ok();
     let live = Live::new(engine.clone()).debug_oracle(debug).on_update(
         "note",

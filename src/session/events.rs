@@ -227,6 +227,12 @@ impl Subscriber {
         }
     }
 
+    /// Whether the next [`recv`](Self::recv) is a resync (the subscriber
+    /// fell behind; the resync waits for the page lock).
+    pub(crate) fn owes_resync(&self) -> bool {
+        self.lagged && self.rx.is_some()
+    }
+
     /// The next event, or `None` once the session has ended. Cancel safe:
     /// dropping the future loses no event (as in `tokio::select!`).
     pub async fn recv(&mut self) -> Option<SessionEvent> {

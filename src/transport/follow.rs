@@ -171,9 +171,10 @@ impl Live {
                     };
                     if let Some(reply) = reply {
                         // The frames the event rendered were published before
-                        // its answer: they go out first.
+                        // its answer: they go out first (polled without the
+                        // coop budget, which could make a ready frame wait).
                         let mut open = true;
-                        while let Some(item) = feed.rx.recv().now_or_never() {
+                        while let Some(item) = tokio::task::unconstrained(feed.rx.recv()).now_or_never() {
                             match feed_step(&f, item, &mut seq, &token).await {
                                 Step::Send(frames) => open = send_all(out, frames).await,
                                 Step::Nothing => {}

@@ -656,8 +656,25 @@ impl Live {
                             if let Some(reply) = reply {
                                 // What the event rendered goes out before its
                                 // reply, so a client sees the two in order.
+                                // A subscriber that lagged owes a resync (which
+                                // holds the event's change): awaited, since it
+                                // takes the page lock.
                                 let mut open = true;
-                                while let Some(ev) = sub.recv().now_or_never() {
+                                loop {
+                                    let ev = if sub.owes_resync() {
+                                        sub.recv().await
+                                    } else {
+                                        // Unconstrained: under load the task's
+                                        // coop budget runs out, and a budgeted
+                                        // poll would say "pending" with the
+                                        // frame in the channel (then the reply
+                                        // would overtake it).
+                                        match tokio::task::unconstrained(sub.recv()).now_or_never() {
+                                            Some(ev) => ev,
+                                            None if sub.owes_resync() => continue,
+                                            None => break,
+                                        }
+                                    };
                                     open = forward(out, ev, &token, &session).await;
                                     if !open {
                                         break;
