@@ -198,13 +198,7 @@ impl EngineInner {
             self.pools.lock().expect("lock").remove(&s.id);
             drop(page);
             self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
-            let mine = s.groups.lock().expect("lock").take();
-            for g in mine.map(|b| *b).unwrap_or_default() {
-                self.groups.remove_if_mut(&g, |_, members| {
-                    members.remove(&s.id);
-                    members.is_empty()
-                });
-            }
+            self.leave_groups(s);
             tracing::debug!(sid = %s.id.short(), "session handed over");
         }
         if let Some(l) = &self.cluster {

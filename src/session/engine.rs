@@ -564,13 +564,7 @@ impl EngineInner {
         self.pools.lock().expect("lock").remove(&s.id);
         drop(page);
         self.live.remove_if(&s.id, |_, v| Arc::ptr_eq(v, s));
-        let mine = s.groups.lock().expect("lock").take();
-        for g in mine.map(|b| *b).unwrap_or_default() {
-            self.groups.remove_if_mut(&g, |_, members| {
-                members.remove(&s.id);
-                members.is_empty()
-            });
-        }
+        self.leave_groups(s);
         if let Err(e) = self.store.delete(&s.id).await {
             tracing::warn!(sid = %s.id.short(), error = %e, "store delete failed");
         }
@@ -578,6 +572,17 @@ impl EngineInner {
             cb(&r, why);
         }
         true
+    }
+
+    /// Takes a session that stops here out of the groups it is in.
+    pub(super) fn leave_groups(&self, s: &SessionInner) {
+        let mine = s.groups.lock().expect("lock").take();
+        for g in mine.map(|b| *b).unwrap_or_default() {
+            self.groups.remove_if_mut(&g, |_, members| {
+                members.remove(&s.id);
+                members.is_empty()
+            });
+        }
     }
 
     async fn sweep(&self) -> Result<usize> {

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::Session;
 use super::engine::EngineInner;
-use super::events::KeptFrame;
-use super::handle::complete_run;
+use super::handle::stored_run;
 use crate::cluster::{Feed, FeedItem, Joined, Link, Op};
 use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
@@ -103,20 +102,7 @@ impl Follower {
             .await?
             .ok_or_else(|| Error::new(ErrorKind::SessionClosed, "the session is gone"))?;
         if seq <= now {
-            let kept: Vec<KeptFrame> = self
-                .engine
-                .store
-                .frames(&self.id, seq)
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(q, _)| *q <= now)
-                .map(|(seq, frame)| KeptFrame {
-                    seq,
-                    frame: frame.into(),
-                })
-                .collect();
-            if let Some(run) = complete_run(kept, seq, now) {
+            if let Some(run) = stored_run(&*self.engine.store, &self.id, seq, now).await {
                 return Ok(Start {
                     epoch: self.epoch.clone(),
                     frames: run.iter().map(|f| f.frame().to_owned()).collect(),

@@ -317,24 +317,9 @@ impl Session {
     }
 
     /// The frames after `seq` up to `now` that the store kept, if they run
-    /// complete (a store error counts as none: the client gets a resync).
+    /// complete (see [`stored_run`]).
     async fn stored_frames(&self, seq: u64, now: u64) -> Option<Vec<KeptFrame>> {
-        let kept = match self.engine.store.frames(&self.inner.id, seq).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading kept frames failed; resyncing");
-                return None;
-            }
-        };
-        let frames: Vec<KeptFrame> = kept
-            .into_iter()
-            .filter(|(q, _)| *q <= now)
-            .map(|(seq, frame)| KeptFrame {
-                seq,
-                frame: frame.into(),
-            })
-            .collect();
-        complete_run(frames, seq, now)
+        stored_run(&*self.engine.store, &self.inner.id, seq, now).await
     }
 
     /// Reads the session's data as `T`, lets `f` change it, and renders the
@@ -589,6 +574,33 @@ impl Session {
         .instrument(span)
         .await
     }
+}
+
+/// The frames of session `id` after `seq` up to `now` that `store` kept,
+/// if they run complete (a store error counts as none: the client gets a
+/// resync).
+pub(super) async fn stored_run(
+    store: &dyn SessionStore,
+    id: &SessionId,
+    seq: u64,
+    now: u64,
+) -> Option<Vec<KeptFrame>> {
+    let kept = match store.frames(id, seq).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading kept frames failed; resyncing");
+            return None;
+        }
+    };
+    let frames: Vec<KeptFrame> = kept
+        .into_iter()
+        .filter(|(q, _)| *q <= now)
+        .map(|(seq, frame)| KeptFrame {
+            seq,
+            frame: frame.into(),
+        })
+        .collect();
+    complete_run(frames, seq, now)
 }
 
 /// `frames` if they run from right after `seq` to `now` with no gap (a
