@@ -96,6 +96,9 @@ cargo run --quiet --all-features --example sessions >/dev/null
 cargo run --quiet --all-features --example fragments >/dev/null
 cargo run --quiet --all-features --example edits >/dev/null
 [ "$(cargo run --quiet --all-features --example keygen 2>/dev/null | wc -c)" = 44 ]
+# The examples build with the default features too (the README's demo
+# command, `cargo run --example todos`, uses them).
+cargo build --quiet --examples
 # Real-browser tests of every browser example in headless Chromium (built
 # with every feature: the two-instance test runs todos on Redis).
 cargo build --quiet --examples --all-features

@@ -133,6 +133,12 @@ impl Error {
         Error::new(ErrorKind::User, message)
     }
 
+    /// A setting that cannot work ([`ErrorKind::Config`]): for an app that
+    /// checks its own configuration with the crate's error type.
+    pub fn config(message: impl Into<String>) -> Error {
+        Error::new(ErrorKind::Config, message)
+    }
+
     /// A store backend failure.
     pub fn store(
         message: impl Into<String>,

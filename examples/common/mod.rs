@@ -99,8 +99,7 @@ fn redis_engine(builder: statetemplate::Builder) -> statetemplate::Result<StateT
 
 #[cfg(not(feature = "redis"))]
 fn redis_engine(_: statetemplate::Builder) -> statetemplate::Result<StateTemplate> {
-    Err(statetemplate::Error::new(
-        ErrorKind::Config,
+    Err(statetemplate::Error::config(
         "STATETEMPLATE_STORE=redis needs the redis feature (cargo run --features redis …)",
     ))
 }

@@ -134,6 +134,8 @@ impl Cluster {
 /// One frame of a followed session, as the owner published it; or word
 /// that frames may have been missed (the backend's connection dropped).
 #[derive(Debug, Clone)]
+// Made only by a backend (Redis, behind its feature).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum FeedItem {
     Frame(u64, Arc<str>),
     Lost,
@@ -149,6 +151,7 @@ pub(crate) struct Feed {
 /// A request from another instance (or a broadcast), for the engine to
 /// handle.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Inbound {
     /// A call to answer with [`Link::answer`].
     Call {

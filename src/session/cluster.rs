@@ -370,6 +370,7 @@ impl StateTemplate {
     /// oracle, see [`Session::fresh_render`]) without moving it: from the
     /// live page when it lives here, else from the store's record (what
     /// its owner last acknowledged).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn fresh_anywhere(&self, sid: &str, token: &str) -> Result<(u64, String)> {
         let e = &self.inner;
         let claims = e.keys.open(token, e.clock.now_ms())?;

@@ -401,6 +401,7 @@ impl Session {
     /// What the debug listing shows of this session (see
     /// `Live::debug_sessions`): seq, epoch, groups, connections, idle time
     /// and the recent frames kept for resume (newest last).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn debug_info(&self) -> serde_json::Value {
         let seq = self.seq().await;
         let now = self.engine.clock.now_ms();

@@ -114,6 +114,7 @@ impl Outlet {
     }
 
     /// How many subscribers receive the session's frames here.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(super) fn subscribers(&self) -> usize {
         match &self.tx {
             Tx::Open(s) => s.receiver_count(),
