@@ -241,6 +241,11 @@ pub mod fuzzing {
     }
 }
 
+/// The README's Rust examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use error::{Error, ErrorKind, Result};
 pub use fragment::{
     At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps, WIRE_VERSION,
