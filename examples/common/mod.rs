@@ -220,15 +220,6 @@ where
         .merge(routes)
 }
 
-fn cookie(headers: &HeaderMap) -> Option<(String, String)> {
-    let raw = headers.get(header::COOKIE)?.to_str().ok()?;
-    raw.split(';').find_map(|c| {
-        let v = c.trim().strip_prefix("st=")?;
-        let (sid, token) = v.split_once('.')?;
-        Some((sid.to_owned(), token.to_owned()))
-    })
-}
-
 /// New sessions per client address: 30 at once, then one a second. An
 /// anonymous client can only make sessions this fast, and those never push
 /// out sessions a client has joined (see `Builder::max_unjoined`).
@@ -252,11 +243,9 @@ pub(crate) async fn page<T: Serialize>(
 ) -> Response {
     let engine = live.engine();
     // The session this browser's cookie names, if still live (in a
-    // cluster, wherever it lives: `open_page` does not move it).
-    let existing = match cookie(headers) {
-        Some((sid, token)) => engine.open_page(&sid, &token).await.ok(),
-        None => None,
-    };
+    // cluster, wherever it lives: it does not move).
+    let cookie = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let existing = live.cookie_session(cookie).await;
     let initial = match existing {
         Some(i) => i,
         None if !new_sessions().check(client_key(peer.ip())) => {
@@ -286,10 +275,7 @@ pub(crate) async fn page<T: Serialize>(
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")).into_response(),
         },
     };
-    let set_cookie = format!(
-        "st={}.{}; Path=/; HttpOnly; SameSite=Lax",
-        initial.session_id, initial.token
-    );
+    let set_cookie = live.set_cookie(&initial);
     (
         [(header::SET_COOKIE, set_cookie)],
         Html(layout(title, &live.mount(&initial))),

@@ -28,6 +28,7 @@ mod tungstenite_server;
 
 #[cfg(feature = "axum")]
 mod axum_serve;
+mod cookie;
 mod follow;
 #[cfg(feature = "axum")]
 pub use axum_serve::{ServeOptions, serve_axum};
@@ -201,6 +202,9 @@ struct Config {
     rate_per_sec: f64,
     rate_burst: f64,
     handshake_timeout: Duration,
+    /// The name of the cookie that names a browser's session.
+    cookie: String,
+    secure_cookie: bool,
 }
 
 /// The debug listing's token: never shown by `Debug`.
@@ -256,6 +260,8 @@ impl Live {
                 rate_per_sec: 100.0,
                 rate_burst: 200.0,
                 handshake_timeout: Duration::from_secs(10),
+                cookie: "st".to_owned(),
+                secure_cookie: false,
             }),
         }
     }
