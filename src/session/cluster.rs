@@ -18,6 +18,8 @@ use super::state::SessionInner;
 use super::{Session, StateTemplate};
 use crate::cluster::{Broadcast, Inbound, Joined, Link, Op};
 use crate::id::SessionId;
+use crate::store::SessionRecord;
+use crate::token::Claims;
 use crate::{Error, ErrorKind, Result};
 
 /// What an owner answers for a session it does not hold (any more).
@@ -152,6 +154,42 @@ impl Session {
 }
 
 impl EngineInner {
+    /// The session a token names, if the token opens and names
+    /// `session_id` (every failure is [`ErrorKind::InvalidSession`]).
+    pub(super) fn named(
+        &self,
+        session_id: &str,
+        token: &str,
+        now: u64,
+    ) -> Result<(SessionId, Claims)> {
+        let claims = self.keys.open(token, now)?;
+        let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
+        if !claims.names(&id) {
+            return Err(Error::invalid_session());
+        }
+        Ok((id, claims))
+    }
+
+    /// The stored record of a session that lives on another instance,
+    /// checked as opening it would be (there, unexpired, of the token's
+    /// generation).
+    pub(super) async fn stored_record(
+        &self,
+        id: &SessionId,
+        claims: &Claims,
+        now: u64,
+    ) -> Result<SessionRecord> {
+        let rec = self
+            .store
+            .load(id)
+            .await?
+            .ok_or_else(Error::invalid_session)?;
+        if rec.expires_ms <= now || rec.generation != claims.generation {
+            return Err(Error::invalid_session());
+        }
+        Ok(rec)
+    }
+
     /// Takes the lease of `id` for this instance, asking a live owner to
     /// hand the session over; gives up after twice the lease (the owner
     /// neither answers nor dies).
@@ -333,20 +371,9 @@ impl StateTemplate {
         let e = &self.inner;
         if let Some(link) = &e.cluster {
             let now = e.clock.now_ms();
-            let claims = e.keys.open(token, now)?;
-            let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
-            if !claims.names(&id) {
-                return Err(Error::invalid_session());
-            }
+            let (id, claims) = e.named(session_id, token, now)?;
             if !e.live.contains_key(&id) && link.claim(&id).await?.is_some() {
-                let rec = e
-                    .store
-                    .load(&id)
-                    .await?
-                    .ok_or_else(Error::invalid_session)?;
-                if rec.expires_ms <= now || rec.generation != claims.generation {
-                    return Err(Error::invalid_session());
-                }
+                let rec = e.stored_record(&id, &claims, now).await?;
                 let exp = now + e.config.expiration.as_millis() as u64;
                 e.store.touch(&id, now, exp).await?;
                 let mut page = e.fragments.render(&rec.template, &rec.data)?;
@@ -373,11 +400,7 @@ impl StateTemplate {
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn fresh_anywhere(&self, sid: &str, token: &str) -> Result<(u64, String)> {
         let e = &self.inner;
-        let claims = e.keys.open(token, e.clock.now_ms())?;
-        let id: SessionId = sid.parse().map_err(|_| Error::invalid_session())?;
-        if !claims.names(&id) {
-            return Err(Error::invalid_session());
-        }
+        let (id, _) = e.named(sid, token, e.clock.now_ms())?;
         if let Some(s) = self.session_unchecked(&id) {
             return s.fresh_render().await;
         }

@@ -19,7 +19,7 @@ use super::cluster::RemoteEventFn;
 use super::events::InitialRender;
 use super::follower::{Attached, Follower};
 use super::pool::{Pool, Pools};
-use super::state::SessionInner;
+use super::state::{SessionInner, page_epoch};
 use super::{Renderer, Session};
 use crate::cluster::{Broadcast, Link};
 use crate::fragment::{FragmentEngine, LivePage};
@@ -243,21 +243,12 @@ impl StateTemplate {
         };
         e.check_running()?;
         let now = e.clock.now_ms();
-        let claims = e.keys.open(token, now)?;
-        let id: SessionId = session_id.parse().map_err(|_| Error::invalid_session())?;
-        if !claims.names(&id) {
-            return Err(Error::invalid_session());
-        }
+        let (id, claims) = e.named(session_id, token, now)?;
         if !e.live.contains_key(&id) {
             if let Some(owner) = link.claim(&id).await? {
-                let Some(rec) = e.store.load(&id).await? else {
-                    return Err(Error::invalid_session());
-                };
-                if rec.expires_ms <= now || rec.generation != claims.generation {
-                    return Err(Error::invalid_session());
-                }
+                let rec = e.stored_record(&id, &claims, now).await?;
                 let layout = e.fragments.layout(&rec.template).unwrap_or(0);
-                let epoch = format!("{:016x}", rec.epoch ^ layout.rotate_left(17));
+                let epoch = format!("{:016x}", page_epoch(rec.epoch, layout));
                 tracing::debug!(sid = %id.short(), owner, "socket follows a session owned elsewhere");
                 return Ok(Attached::Remote(Follower::new(
                     e.clone(),

@@ -138,6 +138,12 @@ impl Outlet {
     }
 }
 
+/// The epoch clients see for history `epoch` rendered with a program of
+/// layout `layout` (see `SessionInner::page_epoch`).
+pub(super) fn page_epoch(epoch: u64, layout: u64) -> u64 {
+    epoch ^ layout.rotate_left(17)
+}
+
 impl SessionInner {
     pub(super) fn new(
         id: SessionId,
@@ -173,7 +179,7 @@ impl SessionInner {
     /// Mixes the layout of the session's compiled program into the epoch
     /// clients see (see `page_epoch`).
     pub(super) fn with_layout(mut self, layout: u64) -> SessionInner {
-        self.page_epoch = self.epoch ^ layout.rotate_left(17);
+        self.page_epoch = page_epoch(self.epoch, layout);
         self
     }
 
