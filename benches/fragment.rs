@@ -164,7 +164,7 @@ fn callgrind(spec: &str) {
     let pages = fresh_renders(&engine, tmpl, &d, n);
     let html = bare_renders(&plain, tmpl, &d, n);
     assert_eq!(
-        statetemplate::apply::strip_anchors(&pages[0].html()),
+        statetemplate::testing::strip_anchors(&pages[0].html()),
         html[0]
     );
     std::hint::black_box((pages, html));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use minijinja::Environment;
 use serde_json::json;
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 use statetemplate::token::{Key, KeyRing};
 use statetemplate::{EvictReason, SessionEvent, StateTemplate};
 

@@ -44,7 +44,10 @@ impl Todos {
 #[tokio::main]
 async fn main() -> Result<(), statetemplate::Error> {
     let mut env = Environment::new();
-    env.add_template("todos.html", include_str!("../templates/todos.html"))?;
+    common::templates(
+        &mut env,
+        &[("todos.html", include_str!("../templates/todos.html"))],
+    )?;
     let engine = common::engine(env, "todos")?;
     let live = common::live(&engine)
         .on_update("add", |d: &mut Todos, p: NewTodo| {

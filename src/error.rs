@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// What went wrong, broadly. More kinds arrive with sessions and transport.
+/// What went wrong, broadly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -38,6 +38,70 @@ pub enum ErrorKind {
     /// A message for the person using the page: a handler refused an
     /// event (see [`Error::user`]). The client shows it as it is.
     User,
+    /// An event handler failed with the app's own error (see
+    /// [`HandlerError`]): logged with its source, and the page is told
+    /// that something went wrong, without the details.
+    Handler,
+}
+
+/// An app's own error type, usable with `?` in event handlers (and
+/// anywhere a [`crate::Result`] is returned): implement it, and `From`
+/// turns the error into an [`Error`] that keeps it as its source.
+///
+/// ```
+/// use statetemplate::{ErrorKind, HandlerError};
+///
+/// #[derive(Debug)]
+/// enum ShopError { OutOfStock(String), Db(std::io::Error) }
+///
+/// impl std::fmt::Display for ShopError {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         match self {
+///             ShopError::OutOfStock(item) => write!(f, "{item} is out of stock"),
+///             ShopError::Db(e) => write!(f, "database: {e}"),
+///         }
+///     }
+/// }
+/// impl std::error::Error for ShopError {}
+///
+/// impl HandlerError for ShopError {
+///     // Shown to the person on the page; the rest is logged, and the page
+///     // gets "Something went wrong".
+///     fn user_message(&self) -> Option<String> {
+///         matches!(self, ShopError::OutOfStock(_)).then(|| self.to_string())
+///     }
+/// }
+///
+/// fn buy(stock: u32) -> statetemplate::Result<u32> {
+///     if stock == 0 {
+///         Err(ShopError::OutOfStock("ink".into()))?;
+///     }
+///     Ok(stock - 1)
+/// }
+/// let e = buy(0).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::User);
+/// assert_eq!(e.to_string(), "ink is out of stock");
+/// let e: statetemplate::Error = ShopError::Db(std::io::Error::other("gone")).into();
+/// assert_eq!(e.kind(), ErrorKind::Handler);
+/// assert!(std::error::Error::source(&e).is_some());
+/// ```
+pub trait HandlerError: std::error::Error + Send + Sync + 'static {
+    /// What the person using the page should read: `Some` makes the error
+    /// a [`ErrorKind::User`] one (the client shows the message as it is, as
+    /// for [`Error::user`]); `None`, the default, an internal
+    /// [`ErrorKind::Handler`] one.
+    fn user_message(&self) -> Option<String> {
+        None
+    }
+}
+
+impl<E: HandlerError> From<E> for Error {
+    fn from(err: E) -> Error {
+        match err.user_message() {
+            Some(m) => Error::with_source(ErrorKind::User, m, err),
+            None => Error::with_source(ErrorKind::Handler, err.to_string(), err),
+        }
+    }
 }
 
 /// The crate's error: a kind, a message and, for template errors, the

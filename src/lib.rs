@@ -49,7 +49,7 @@
 //! assert!(frame.contains("\"eggs\""));
 //!
 //! // Applying the updates to the old page gives exactly a fresh render.
-//! let applied = statetemplate::apply::apply_updates(&html, &updates).unwrap();
+//! let applied = statetemplate::testing::apply_updates(&html, &updates).unwrap();
 //! assert_eq!(applied, page.html());
 //! ```
 //!
@@ -194,7 +194,7 @@
 //! a source excerpt (`{:#}` prints it). A failed render changes nothing.
 #![deny(missing_docs)]
 
-pub mod apply;
+mod apply;
 pub mod cluster;
 mod error;
 mod fragment;
@@ -203,6 +203,7 @@ pub mod protocol;
 pub mod rate;
 mod session;
 pub mod store;
+pub mod testing;
 pub mod token;
 pub mod transport;
 
@@ -246,7 +247,7 @@ pub mod fuzzing {
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, HandlerError, Result};
 pub use fragment::{
     At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps, WIRE_VERSION,
     register_filters,
@@ -254,7 +255,7 @@ pub use fragment::{
 pub use id::SessionId;
 pub use protocol::{Action, Update};
 pub use session::{
-    Builder, Catchup, Connection, EvictReason, InitialRender, KeptFrame, Rendered, Renderer,
-    Resync, Session, SessionEvent, StateTemplate, Subscriber, UpdateReceiver,
+    Builder, Catchup, Connection, EvictReason, InitialRender, KeptFrame, Pushed, Rendered,
+    Renderer, Resync, Session, SessionEvent, StateTemplate, Subscriber, UpdateReceiver,
 };
 pub use transport::{Event, EventCtx, Live};

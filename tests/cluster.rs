@@ -254,7 +254,7 @@ mod parent {
     use futures_util::{SinkExt, StreamExt};
     use serde_json::{Value as Json, json};
     use statetemplate::FragmentEngine;
-    use statetemplate::apply::WireClient;
+    use statetemplate::testing::WireClient;
     use statetemplate::token::Key;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpStream;

@@ -212,7 +212,7 @@ fn the_page_itself_escapes_by_its_own_name() {
         let engine = FragmentEngine::new(env.clone());
         let steps = steps();
         let mut page = engine.render(f.page, &steps[0]).unwrap();
-        let mut wire = statetemplate::apply::WireClient::new();
+        let mut wire = statetemplate::testing::WireClient::new();
         wire.apply(&page.join_frame()).unwrap();
         for d in &steps[1..] {
             let patch = page.update(d).unwrap();
@@ -220,10 +220,10 @@ fn the_page_itself_escapes_by_its_own_name() {
                 wire.apply(&frame).unwrap();
             }
             let want = bare(&env, f.page, d).unwrap();
-            let got = statetemplate::apply::strip_anchors(&wire.html());
+            let got = statetemplate::testing::strip_anchors(&wire.html());
             assert_eq!(got, want, "{}: the client's page", f.label);
             assert_eq!(
-                statetemplate::apply::strip_anchors(&page.html()),
+                statetemplate::testing::strip_anchors(&page.html()),
                 want,
                 "{}: the server's page",
                 f.label
@@ -267,7 +267,7 @@ async fn sessions_escape_by_the_rule() {
     let steps = steps();
     let i = engine.new_session(f.page, &steps[0]).await.unwrap();
     assert_eq!(
-        statetemplate::apply::strip_anchors(&i.html),
+        statetemplate::testing::strip_anchors(&i.html),
         bare(&env, f.page, &steps[0]).unwrap()
     );
     let s = engine
@@ -281,9 +281,9 @@ async fn sessions_escape_by_the_rule() {
         let statetemplate::SessionEvent::Patch(p) = sub.recv().await.unwrap() else {
             panic!("a patch")
         };
-        let applied = statetemplate::apply::apply_updates(&prev, &p.updates()).unwrap();
+        let applied = statetemplate::testing::apply_updates(&prev, &p.updates()).unwrap();
         let want = bare(&env, f.page, d).unwrap();
-        assert_eq!(statetemplate::apply::strip_anchors(&applied), want);
+        assert_eq!(statetemplate::testing::strip_anchors(&applied), want);
         assert!(
             !p.frame().contains("<script>alert(1)</script></b>"),
             "{}",

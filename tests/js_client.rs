@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 
 use serde_json::{Value as Json, json};
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 use statetemplate::transport::client;
 
 /// Every corpus case, both orders, as frames, with the reference HTML.
@@ -15,6 +15,8 @@ fn cases() -> Vec<(String, Vec<String>, Vec<String>)> {
     let files = std::fs::read_dir("tests/corpus").unwrap().count();
     assert!(files >= 20, "{files} corpus cases");
     assert_eq!(out.len(), 2 * files);
+    let mut out = out;
+    out.push(common::edit_frames());
     out
 }
 
@@ -105,6 +107,32 @@ fn client_is_under_8_kb_gzipped() {
         client::served().len()
     );
     assert!(n < 8 * 1024, "client is {n} bytes gzipped");
+}
+
+/// The hooks script (loaded only by pages that use hooks) stays small too,
+/// and parses.
+#[test]
+fn hooks_script_is_small_and_parses() {
+    let n = gzipped(client::hooks_served());
+    println!(
+        "hooks: {} bytes as written; served {} bytes, {n} gzipped",
+        client::HOOKS_JS.len(),
+        client::hooks_served().len()
+    );
+    assert!(n < 1536, "hooks.js is {n} bytes gzipped");
+    let file = std::env::temp_dir().join(format!("st-hooks-{}.js", std::process::id()));
+    std::fs::write(&file, client::hooks_served()).unwrap();
+    let out = std::process::Command::new("node")
+        .arg("--check")
+        .arg(&file)
+        .output()
+        .expect("node is required (scripts/test.sh installs it)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The served script is the written one without comments: Node parses it,

@@ -6,7 +6,7 @@
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
 use statetemplate::FragmentEngine;
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 
 /// Two pages, a layout and a partial they share, and a page that falls back
 /// to one fragment (a computed `extends`).

@@ -906,7 +906,7 @@ mod prop {
                 // The client's model, fed what the socket sent (update
                 // frames, and joins: an ack the server finds out of step
                 // gets a resync), ends at the valid events' count and page.
-                let mut wire = statetemplate::apply::WireClient::new();
+                let mut wire = statetemplate::testing::WireClient::new();
                 for j in replies.iter().filter(|j| j.is_array() || j.get("q").is_some()) {
                     wire.apply(&j.to_string()).expect("the client applies what the server sends");
                 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
-use statetemplate::apply::{WireClient, apply_updates};
 use statetemplate::store::{MemoryStore, SessionRecord, SessionStore, conformance};
+use statetemplate::testing::{WireClient, apply_updates};
 use statetemplate::token::{Key, KeyRing};
 
 #[path = "common/flaky.rs"]

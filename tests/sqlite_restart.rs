@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
-use statetemplate::apply::WireClient;
 use statetemplate::store::{SessionStore, SqliteOptions, SqliteStore, conformance};
+use statetemplate::testing::WireClient;
 use statetemplate::token::KeyRing;
 use statetemplate::{Catchup, ErrorKind, StateTemplate};
 
@@ -270,7 +270,7 @@ async fn a_changed_template_after_a_restart_gives_a_resync_not_old_frames() {
     let Catchup::Resync(r) = catchup else {
         panic!("the old frames must not be replayed into a new layout")
     };
-    let plain = statetemplate::apply::strip_anchors(r.html());
+    let plain = statetemplate::testing::strip_anchors(r.html());
     assert_eq!(plain, "<h2>t1</h2><p>4 rows</p>");
     b.shutdown().await;
 }

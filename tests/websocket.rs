@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 use statetemplate::token::KeyRing;
 use statetemplate::transport::{ConnectParams, WsMessage, close};
 use statetemplate::{Error, ErrorKind, InitialRender, Live, StateTemplate};

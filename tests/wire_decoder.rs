@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Value as Json, json};
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 
 /// A list (anchor 1) of items `a`, `b` and a text leaf (anchor 2).
 const JOIN: &str = r#"{"q":0,"s":{"0":[["<ul>","</ul><p>","</p>"],[1,2]],"1":[["<li>","</li>"],[0]]},"o":[["",[0,{"k":["a","b"],"b":[[1,"x"],[1,"y"]]},"t"]]]}"#;

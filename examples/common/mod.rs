@@ -26,6 +26,25 @@ pub(crate) fn keys() -> KeyRing {
         .unwrap_or_else(|_| KeyRing::generate().expect("OS random source"))
 }
 
+/// Adds the example's templates to `env`: the embedded copies, or, when
+/// `STATETEMPLATE_TEMPLATES` names a directory, the files there, read by
+/// minijinja's `path_loader` with auto-reload on: edit one and live pages
+/// show the edit on their next render (see `FragmentEngine::reload_interval`).
+pub(crate) fn templates(
+    env: &mut minijinja::Environment<'static>,
+    embedded: &[(&'static str, &'static str)],
+) -> statetemplate::Result<()> {
+    if let Ok(dir) = std::env::var("STATETEMPLATE_TEMPLATES") {
+        println!("templates are read from {dir} and picked up when edited");
+        env.set_loader(minijinja::path_loader(dir));
+        return Ok(());
+    }
+    for (name, source) in embedded {
+        env.add_template(name, source)?;
+    }
+    Ok(())
+}
+
 /// The engine of example `name`, on the embedded default: sessions in an
 /// SQLite file (`STATETEMPLATE_DB`, else `target/demo/NAME.db`), so a
 /// restart, even a `kill -9`, loses nothing: the open pages resume. Keys
@@ -312,6 +331,10 @@ footer {{ margin-top: 1rem; color: #777; font-size: .8rem; }}
 .st-loading {{ opacity: .6; cursor: progress; }}
 [data-st-pending]:not([data-st-pending="0"])::before {{ content: attr(data-st-pending) " waiting to be sent"; position: fixed; top: 2.2rem; right: .5rem; font-size: .8rem; padding: .2rem .5rem; border-radius: 1rem; background: #ffe1b3; }}
 [st-flash] {{ position: fixed; bottom: 1rem; left: 50%; transform: translateX(-50%); background: #b00020; color: #fff; padding: .5rem 1rem; border-radius: .3rem; }}
+[st-flash][data-st-kind=info] {{ background: #0b5394; }}
+[st-flash][data-st-kind=success] {{ background: #1b5e20; }}
+[st-flash][data-st-kind=warning] {{ background: #8a5a00; }}
+canvas[st-hook] {{ vertical-align: middle; background: #f4f4f4; cursor: pointer; }}
 </style>
 </head>
 <body>

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use statetemplate::FragmentEngine;
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 
 const PAGE: &str = r#"<h1>{{ title }}</h1>{% if flag %}<b>{{ n }}</b>{% else %}<i>no</i>{% endif %}
 <ul>{% for r in rows %}<li class="{{ r.c }}">{{ r.t }}{% for x in r.xs %}<i>{{ x }}</i>{% endfor %}</li>{% else %}<li>none</li>{% endfor %}</ul>

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use statetemplate::apply::WireClient;
+use statetemplate::testing::WireClient;
 
 /// A wire v2 join: a list (anchor 1) of two items and a text leaf (anchor 2).
 const JOIN: &str = r#"{"q":0,"s":{"0":[["<ul>","</ul><p>","</p>"],[1,2]],"1":[["<li>","</li>"],[0]]},"o":[["",[0,{"k":["a","b"],"b":[[1,"x"],[1,"y"]]},"t"]]]}"#;

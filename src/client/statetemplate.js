@@ -615,28 +615,37 @@
    * or below the highest it applied as a resend, so refs follow the send
    * order, debounced events included), queued until answered, shown as
    * loading. */
-  Client.prototype.emit = function (m, t) {
+  Client.prototype.emit = function (m, t, cb) {
     m.r = ++this.ref;
     if (this.out.length >= OUTBOX) {
       this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions are waiting for the server. Try again in a moment.', r: m.r });
+      if (cb) cb({ code: 'outbox_full' });
       return;
     }
-    this.out.push({ m: m, t: t });
+    this.out.push({ m: m, t: t, cb: cb });
     busy(t, true);
     this.pending();
     this.send(m);
   };
 
-  /* The event with ref r is answered (applied, refused, or failed). */
-  Client.prototype.done = function (r) {
+  /* The event with ref r is answered (applied, with the handler's reply d,
+   * refused, or failed: err); its callback, if it has one, learns which. */
+  Client.prototype.done = function (r, d, err) {
     for (var i = 0; i < this.out.length; i++) {
       if (this.out[i].m.r !== r) continue;
-      var t = this.out[i].t;
+      var t = this.out[i].t, cb = this.out[i].cb;
       this.out.splice(i, 1);
+      if (cb) cb(err, d);
       if (!this.out.some(function (o) { return o.t === t; })) busy(t, false);
       break;
     }
     this.pending();
+  };
+
+  /* Sends event `name` with payload d from element t (the root if none),
+   * like st-click does: for hooks (hooks.js) and scripts. cb(err, reply). */
+  Client.prototype.push = function (name, d, t, cb) {
+    this.emit({ t: 'ev', n: name, d: d === undefined ? null : d }, t || this.el, cb);
   };
 
   /* An error: the st:error event on the root (cancelable: an app that
@@ -648,16 +657,24 @@
     if (window.console) console.warn('statetemplate:', f.code, f.msg);
     var ev = new CustomEvent('st:error', { detail: f, bubbles: true, cancelable: true });
     if (!this.el.dispatchEvent(ev) || !/^(user|handler|outbox_full)$/.test(f.code)) return;
+    this.show(f.msg, 'error');
+  };
+
+  /* A message in the page's [st-flash] element, its kind (info, success,
+   * warning, error) as data-st-kind, for 6 s. */
+  Client.prototype.show = function (msg, kind) {
     var box = document.querySelector('[st-flash]');
     if (!box) {
       box = document.createElement('div');
       box.setAttribute('st-flash', '');
       box.setAttribute('role', 'alert');
       box.className = 'st-flash';
-      box.style.cssText = 'position:fixed;bottom:1em;left:50%;transform:translateX(-50%);background:#b00020;color:#fff;padding:.5em 1em;border-radius:4px;font:14px sans-serif;z-index:2147483647';
+      box.style.cssText = 'position:fixed;bottom:1em;left:50%;transform:translateX(-50%);color:#fff;padding:.5em 1em;border-radius:4px;font:14px sans-serif;z-index:2147483647';
       document.body.appendChild(box);
     }
-    box.textContent = f.msg;
+    box.setAttribute('data-st-kind', kind);
+    if (box.className === 'st-flash') box.style.background = kind === 'error' ? '#b00020' : kind === 'warning' ? '#8a5a00' : '#1b5e20';
+    box.textContent = msg;
     box.hidden = false;
     clearTimeout(this.flashing);
     this.flashing = setTimeout(function () { box.hidden = true; }, 6000);
@@ -711,8 +728,14 @@
         return;
       }
       if (f.t === 'error') {
-        if (typeof f.r === 'number') this.done(f.r);
+        if (typeof f.r === 'number') this.done(f.r, null, f);
         this.flash(f);
+        return;
+      }
+      if (f.t === 'reply') return this.done(f.r, f.d);
+      if (f.t === 'push') {
+        if (f.n === 'st:flash' && f.d) this.show(String(f.d.msg), String(f.d.kind));
+        this.el.dispatchEvent(new CustomEvent('st:push', { detail: { name: f.n, payload: f.d }, bubbles: true }));
         return;
       }
       if (f.t) return;

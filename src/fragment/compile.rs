@@ -13,6 +13,7 @@ use minijinja::machinery::{get_compiled_template, parse};
 use minijinja::{AutoEscape, Environment};
 
 use super::html::{Ctx, open_tag, scan_until};
+use super::reload::source_hash;
 use crate::error::{Error, ErrorKind, Result};
 
 /// The data paths a piece of template reads.
@@ -230,6 +231,13 @@ pub(crate) struct Program {
     /// A fingerprint of what a client holds of this program: the same for
     /// the same template sources in any process (see [`Layout`]).
     pub layout: u64,
+    /// The template's name.
+    pub name: Arc<str>,
+    /// Every template the program was compiled from (the template, what it
+    /// extends, includes and imports by a constant name), with a hash of
+    /// the source it was compiled from: the program is stale once any of
+    /// them reads otherwise (`reload.rs`).
+    pub sources: Vec<(Arc<str>, u64)>,
 }
 
 /// Hands out synthetic template names, engine-wide: they must be unique in
@@ -469,6 +477,9 @@ pub(crate) struct Compiler<'e> {
     counters: &'e Counters,
     /// Synthetic templates to add to the environment.
     pub synths: Vec<(String, String)>,
+    /// Every template read, with a hash of the source read (see
+    /// [`Program::sources`]).
+    pub sources: Vec<(Arc<str>, u64)>,
     next_node: u32,
     /// The next statics id to hand out (per program, like `next_node`).
     next_sid: u32,
@@ -510,6 +521,7 @@ impl<'e> Compiler<'e> {
             recursions: 0,
             counters,
             synths: Vec::new(),
+            sources: Vec::new(),
             next_node: 0,
             next_sid: 0,
             layout: Layout::new(),
@@ -540,6 +552,8 @@ impl<'e> Compiler<'e> {
             root,
             fresh: None,
             layout: self.layout(name),
+            name: name.into(),
+            sources: std::mem::take(&mut self.sources),
         })
     }
 
@@ -563,6 +577,7 @@ impl<'e> Compiler<'e> {
     pub(crate) fn whole(&mut self, name: &str) -> Result<Program> {
         self.escape = self.initial_escape(name)?;
         let source: Arc<str> = self.env.get_template(name)?.source().into();
+        self.sources.push((name.into(), source_hash(&source)));
         let origin = Arc::new(Origin {
             name: name.into(),
             source: source.clone(),
@@ -586,11 +601,16 @@ impl<'e> Compiler<'e> {
             },
             fresh: None,
             layout: self.layout(name),
+            name: name.into(),
+            sources: std::mem::take(&mut self.sources),
         })
     }
 
-    fn load(&self, name: &str) -> Result<Arc<Src>> {
+    fn load(&mut self, name: &str) -> Result<Arc<Src>> {
         let source: Arc<str> = self.env.get_template(name)?.source().into();
+        if !self.sources.iter().any(|(n, _)| &**n == name) {
+            self.sources.push((name.into(), source_hash(&source)));
+        }
         let origin = Arc::new(Origin {
             name: name.into(),
             source: source.clone(),
@@ -604,7 +624,7 @@ impl<'e> Compiler<'e> {
             if let Ok(t) = self.env.template_from_str(&prelude) {
                 prelude_vars = t.undeclared_variables(true);
             }
-            collect_import_vars(&ast, self.env, &mut prelude_vars);
+            collect_import_vars(&ast, self.env, &mut prelude_vars, &mut self.sources);
         }
         Ok(Arc::new(Src {
             tokens: Tokens::new(&source, self.env.syntax().clone()),
@@ -1832,20 +1852,29 @@ fn collect_prelude(s: &Stmt<'_>, source: &str, out: &mut String, names: &mut Has
 }
 
 /// Undeclared variables of imported templates: what their macros may read.
-fn collect_import_vars(s: &Stmt<'_>, env: &Environment<'static>, out: &mut HashSet<String>) {
+fn collect_import_vars(
+    s: &Stmt<'_>,
+    env: &Environment<'static>,
+    out: &mut HashSet<String>,
+    sources: &mut Vec<(Arc<str>, u64)>,
+) {
     let name = match s {
         Stmt::Import(i) => const_str(&i.expr),
         Stmt::FromImport(i) => const_str(&i.expr),
         _ => {
             for c in children(s) {
                 for s in c {
-                    collect_import_vars(s, env, out);
+                    collect_import_vars(s, env, out, sources);
                 }
             }
             return;
         }
     };
-    if let Some(t) = name.and_then(|n| env.get_template(&n).ok()) {
+    let Some(n) = name else { return };
+    if let Ok(t) = env.get_template(&n) {
+        if !sources.iter().any(|(s, _)| **s == *n) {
+            sources.push((n.as_str().into(), source_hash(t.source())));
+        }
         out.extend(t.undeclared_variables(true));
     }
 }

@@ -16,6 +16,7 @@ mod html;
 pub(crate) mod ingest;
 mod lists;
 mod recursive;
+mod reload;
 mod stream;
 pub(crate) mod tree;
 
@@ -60,6 +61,7 @@ struct Inner {
     env: RwLock<Environment<'static>>,
     programs: RwLock<HashMap<String, Arc<Program>>>,
     counters: Counters,
+    reload: reload::Reload,
 }
 
 impl fmt::Debug for FragmentEngine {
@@ -84,11 +86,13 @@ impl FragmentEngine {
     pub fn new(mut env: Environment<'static>) -> FragmentEngine {
         register_filters(&mut env);
         fresh::register(&mut env);
+        let reload = reload::Reload::new(env.auto_reload().then_some(reload::DEFAULT_EVERY));
         FragmentEngine {
             inner: Arc::new(Inner {
                 env: RwLock::new(env),
                 programs: RwLock::new(HashMap::new()),
                 counters: Counters::default(),
+                reload,
             }),
         }
     }
@@ -135,6 +139,8 @@ impl FragmentEngine {
     /// Renders `template` with `data` and returns the page, which keeps what
     /// the client now holds so that [`LivePage::update`] can diff against it.
     pub fn render<S: Serialize + ?Sized>(&self, template: &str, data: &S) -> Result<LivePage> {
+        self.reload_if_due();
+        let generation = self.inner.reload.generation();
         let program = self.program(template)?;
         let data = ingest::ingest(None, data)?.value;
         let env = self.inner.env.read().expect("lock");
@@ -151,6 +157,7 @@ impl FragmentEngine {
             sent: HashSet::new(),
             seq: 0,
             typed: None,
+            generation,
         })
     }
 
@@ -206,6 +213,8 @@ pub struct LivePage {
     /// `Session::update` so that the next update need not rebuild it;
     /// dropped whenever the data changes another way.
     typed: Option<Box<dyn std::any::Any + Send>>,
+    /// The engine's reload generation at which `program` was current.
+    generation: u64,
 }
 
 impl fmt::Debug for LivePage {
@@ -373,6 +382,8 @@ pub(crate) struct Checkpoint {
     data: Value,
     root: Arc<BodyOut>,
     seq: u64,
+    program: Arc<Program>,
+    generation: u64,
 }
 
 impl LivePage {
@@ -402,6 +413,8 @@ impl LivePage {
             data: self.data.clone(),
             root: self.root.clone(),
             seq: self.seq,
+            program: self.program.clone(),
+            generation: self.generation,
         }
     }
 
@@ -411,6 +424,13 @@ impl LivePage {
         self.data = cp.data;
         self.root = cp.root;
         self.seq = cp.seq;
+        if !Arc::ptr_eq(&self.program, &cp.program) {
+            // Undoing a switch to an edited template: what the client
+            // holds of either program is unknown, so all statics go again.
+            self.program = cp.program;
+            self.generation = cp.generation;
+            self.sent.clear();
+        }
     }
 
     /// The annotated HTML of the page as it is now.
@@ -452,6 +472,12 @@ impl LivePage {
     }
 
     fn walk(&mut self, data: Value, changed: Vec<String>, delta: Delta) -> Result<Patch> {
+        if let Some((program, generation)) = self.engine.newer(&self.program, self.generation)? {
+            if !Arc::ptr_eq(&program, &self.program) {
+                return self.switch(program, generation, data, delta);
+            }
+            self.generation = generation;
+        }
         if !delta.is_empty() {
             self.typed = None;
         }
@@ -493,6 +519,41 @@ impl LivePage {
         }
         Ok(Patch {
             ops,
+            seq: self.seq,
+            delta,
+        })
+    }
+
+    /// Renders `data` with `program` (the page's template, edited) and
+    /// replaces the whole page with it: one operation on the root, with
+    /// every statics entry sent again (the new program's ids overwrite the
+    /// old ones the client holds).
+    fn switch(
+        &mut self,
+        program: Arc<Program>,
+        generation: u64,
+        data: Value,
+        delta: Delta,
+    ) -> Result<Patch> {
+        let env = self.engine.inner.env.read().expect("lock");
+        let root = match fresh::render(&env, &program, &data) {
+            Some(root) => root,
+            None => render_fresh(&env, &program.root, &data)?,
+        };
+        drop(env);
+        tracing::debug!(template = %program.name, "a live page switches to its edited template");
+        self.program = program;
+        self.generation = generation;
+        self.sent.clear();
+        self.typed = None;
+        self.root = root.clone();
+        self.data = data;
+        self.seq += 1;
+        Ok(Patch {
+            ops: vec![PatchOp::Body {
+                id: String::new(),
+                body: root,
+            }],
             seq: self.seq,
             delta,
         })

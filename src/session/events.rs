@@ -94,15 +94,45 @@ pub enum SessionEvent {
     /// missed are gone. Replace what the client holds with it; patches that
     /// follow continue from its `seq`.
     Resync(Arc<Resync>),
+    /// An event the server pushes to the page (see [`Session::push`]):
+    /// not a change of the page, so it has no seq of its own.
+    Push(Arc<Pushed>),
 }
 
 impl SessionEvent {
-    /// The session `seq` the event brings the client to.
+    /// The session `seq` the event brings the client to (for a
+    /// [`SessionEvent::Push`], which changes no seq: 0).
     pub fn seq(&self) -> u64 {
         match self {
             SessionEvent::Patch(p) => p.seq,
             SessionEvent::Resync(r) => r.seq,
+            SessionEvent::Push(_) => 0,
         }
+    }
+}
+
+/// An event pushed to a session's tabs (see [`Session::push`]).
+#[derive(Debug)]
+pub struct Pushed {
+    pub(super) name: String,
+    pub(super) payload: serde_json::Value,
+    pub(super) frame: String,
+}
+
+impl Pushed {
+    /// The event's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its payload.
+    pub fn payload(&self) -> &serde_json::Value {
+        &self.payload
+    }
+
+    /// The wire frame (`{"t":"push","n":NAME,"d":PAYLOAD}`).
+    pub fn frame(&self) -> &str {
+        &self.frame
     }
 }
 
@@ -260,6 +290,7 @@ impl Subscriber {
                 return Some(SessionEvent::Resync(Arc::new(r)));
             }
             match rx.recv().await {
+                Ok(ev @ SessionEvent::Push(_)) => return Some(ev),
                 Ok(ev) if ev.seq() <= self.floor => continue,
                 Ok(ev) => {
                     self.floor = ev.seq();

@@ -358,6 +358,86 @@ impl Session {
         Ok(self.commit(page, changed?).instrument(span).await?.0)
     }
 
+    /// [`Session::update`] with an async `f`: it gets the data as `T`
+    /// (owned) and returns the new data, which the session renders. The
+    /// session's lock is held while `f` runs, so its other renders and
+    /// updates wait for it (and nothing is lost between two tabs): keep `f`
+    /// short, and never render to this same session from inside it (that
+    /// waits for the lock `f` holds). If `f` or the render fails, nothing
+    /// changes.
+    pub async fn update_async<T, F, Fut>(&self, f: F) -> Result<u64>
+    where
+        T: serde::de::DeserializeOwned + Serialize + Send + 'static,
+        F: FnOnce(T) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let data = match page.take_typed::<T>() {
+            Some(t) => *t,
+            None => T::deserialize(page.data().clone()).map_err(Error::data)?,
+        };
+        let data = Box::new(f(data).await?);
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let changed = self.change_page(&mut page, |p| p.update(&*data));
+        if changed.is_ok() {
+            page.keep_typed(data);
+        }
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        Ok(self.commit(page, changed?).instrument(span).await?.0)
+    }
+
+    /// Pushes event `name` with `payload` to every tab connected to the
+    /// session now: the JS client fires `st:push` on the page's root (and
+    /// on to the hooks that handle `name`, see `docs/hooks.md`). Not a
+    /// change of the page: it is not stored, not replayed, and a tab that
+    /// is not connected misses it. In a cluster it reaches the tabs on the
+    /// session's owner only. Returns how many tabs it went to (0 when none
+    /// is connected). `name` is 1 to 128 bytes.
+    pub fn push<P: Serialize + ?Sized>(&self, name: &str, payload: &P) -> Result<usize> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::protocol("a pushed event's name is 1 to 128 bytes"));
+        }
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        let payload = serde_json::to_value(payload).map_err(Error::data)?;
+        let frame = serde_json::json!({"t": "push", "n": name, "d": payload}).to_string();
+        let ev = Arc::new(super::events::Pushed {
+            name: name.to_owned(),
+            payload,
+            frame,
+        });
+        let outlet = self.inner.outlet.lock().expect("lock");
+        Ok(if outlet.push(ev) {
+            outlet.subscribers()
+        } else {
+            0
+        })
+    }
+
+    /// Shows a one-time message on the session's tabs (a flash message):
+    /// `kind` is `info`, `success`, `warning` or `error` (the class
+    /// `st-flash-KIND` styles it), `message` the text. The JS client shows
+    /// it in the page's `[st-flash]` element (made if the page has none)
+    /// for 6 seconds, or until the next one. It is a [`Session::push`] of
+    /// `st:flash`: an app that shows messages itself listens for that.
+    pub fn flash(&self, kind: &str, message: &str) -> Result<usize> {
+        if !matches!(kind, "info" | "success" | "warning" | "error") {
+            return Err(Error::protocol(format!(
+                "a flash kind is info, success, warning or error, not {kind:?}"
+            )));
+        }
+        self.push(
+            "st:flash",
+            &serde_json::json!({"kind": kind, "msg": message}),
+        )
+    }
+
     /// The session's data (the snapshot of its last render) as `T`.
     pub async fn data<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         let page = self.inner.state.lock().await;

@@ -26,7 +26,8 @@ pub use builder::{Builder, EvictReason};
 pub use compat::{Renderer, UpdateReceiver};
 pub use engine::StateTemplate;
 pub use events::{
-    Catchup, Connection, InitialRender, KeptFrame, Rendered, Resync, SessionEvent, Subscriber,
+    Catchup, Connection, InitialRender, KeptFrame, Pushed, Rendered, Resync, SessionEvent,
+    Subscriber,
 };
 pub(crate) use follower::{Attached, Follower, Start, next_frame};
 pub use handle::Session;

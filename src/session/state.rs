@@ -113,8 +113,16 @@ impl Outlet {
         }
     }
 
+    /// Sends a pushed event to the subscribers (not kept: a client that
+    /// is not connected misses it).
+    pub(super) fn push(&self, ev: Arc<super::events::Pushed>) -> bool {
+        match &self.tx {
+            Tx::Open(s) => s.send(SessionEvent::Push(ev)).is_ok(),
+            _ => false,
+        }
+    }
+
     /// How many subscribers receive the session's frames here.
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(super) fn subscribers(&self) -> usize {
         match &self.tx {
             Tx::Open(s) => s.receiver_count(),

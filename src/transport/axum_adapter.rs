@@ -14,7 +14,7 @@ use super::{ConnectParams, Live, ReadError, WsMessage, client, parse_query};
 
 impl Live {
     /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`) and
-    /// `GET {prefix}/client.js`. Merge into the app's router:
+    /// `GET {prefix}/client.js` (and `{prefix}/hooks.js`). Merge into the app's router:
     /// `app.merge(live.router())`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         // In a cluster, events other instances forward run with these
@@ -75,7 +75,18 @@ impl Live {
             .route(
                 &self.client_path(),
                 get(|headers: HeaderMap, RawQuery(q): RawQuery| async move {
-                    client_script(&headers, q.as_deref())
+                    script(client::served(), client::etag(), &headers, q.as_deref())
+                }),
+            )
+            .route(
+                &self.hooks_path(),
+                get(|headers: HeaderMap, RawQuery(q): RawQuery| async move {
+                    script(
+                        client::hooks_served(),
+                        client::hooks_etag(),
+                        &headers,
+                        q.as_deref(),
+                    )
                 }),
             )
     }
@@ -121,13 +132,19 @@ impl Live {
     }
 }
 
-fn client_script(headers: &HeaderMap, query: Option<&str>) -> Response {
-    let etag = HeaderValue::from_static(client::etag());
-    let cache = HeaderValue::from_static(client::cache_control(query));
+fn script(
+    body: &'static str,
+    etag: &'static str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Response {
+    let cache = HeaderValue::from_static(client::cache_control_for(etag, query));
     let inm = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok());
-    if client::not_modified(inm) {
+    let not_modified = client::not_modified_for(etag, inm);
+    let etag = HeaderValue::from_static(etag);
+    if not_modified {
         return (
             StatusCode::NOT_MODIFIED,
             [(header::ETAG, etag), (header::CACHE_CONTROL, cache)],
@@ -143,7 +160,7 @@ fn client_script(headers: &HeaderMap, query: Option<&str>) -> Response {
             (header::ETAG, etag),
             (header::CACHE_CONTROL, cache),
         ],
-        client::served(),
+        body,
     )
         .into_response()
 }

@@ -5,6 +5,22 @@ use std::sync::OnceLock;
 /// The client script, as written (commented).
 pub const JS: &str = include_str!("../client/statetemplate.js");
 
+/// The hooks script (`hooks.js`, served after the client where a page
+/// uses `st-hook`; see [`crate::Live::client_hooks`]), as written.
+pub const HOOKS_JS: &str = include_str!("../client/hooks.js");
+
+/// The hooks script as served (like [`served`]).
+pub fn hooks_served() -> &'static str {
+    static SERVED: OnceLock<String> = OnceLock::new();
+    SERVED.get_or_init(|| strip(HOOKS_JS))
+}
+
+/// A strong ETag of the served hooks script.
+pub fn hooks_etag() -> &'static str {
+    static ETAG: OnceLock<String> = OnceLock::new();
+    ETAG.get_or_init(|| fnv_etag(hooks_served()))
+}
+
 /// The client script as served: [`JS`] without its comments and
 /// indentation (the same code, line for line where code remains).
 pub fn served() -> &'static str {
@@ -115,14 +131,16 @@ pub const CONTENT_TYPE: &str = "text/javascript; charset=utf-8";
 /// its bytes.
 pub fn etag() -> &'static str {
     static ETAG: OnceLock<String> = OnceLock::new();
-    ETAG.get_or_init(|| {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in served().bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("\"{h:016x}\"")
-    })
+    ETAG.get_or_init(|| fnv_etag(served()))
+}
+
+fn fnv_etag(script: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in script.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("\"{h:016x}\"")
 }
 
 /// The `Cache-Control` for a request of the script: URLs that carry the
@@ -130,7 +148,11 @@ pub fn etag() -> &'static str {
 /// writes them) never change and are cached for a year; others revalidate
 /// with the ETag every time.
 pub fn cache_control(query: Option<&str>) -> &'static str {
-    let current = format!("v={}", etag().trim_matches('"'));
+    cache_control_for(etag(), query)
+}
+
+pub(crate) fn cache_control_for(etag: &str, query: Option<&str>) -> &'static str {
+    let current = format!("v={}", etag.trim_matches('"'));
     if query.is_some_and(|q| q.split('&').any(|p| p == current)) {
         "public, max-age=31536000, immutable"
     } else {
@@ -140,9 +162,13 @@ pub fn cache_control(query: Option<&str>) -> &'static str {
 
 /// Whether an `If-None-Match` header value matches the current script.
 pub fn not_modified(if_none_match: Option<&str>) -> bool {
+    not_modified_for(etag(), if_none_match)
+}
+
+pub(crate) fn not_modified_for(etag: &str, if_none_match: Option<&str>) -> bool {
     if_none_match.is_some_and(|v| {
         v.split(',')
             .map(str::trim)
-            .any(|t| t == "*" || t.trim_start_matches("W/") == etag())
+            .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
     })
 }

@@ -29,8 +29,9 @@ impl Live {
         if self.engine.link().is_none() {
             return;
         }
-        let (handlers, config, open) = (
+        let (handlers, states, config, open) = (
             self.handlers.clone(),
+            self.states.clone(),
             self.config.clone(),
             self.open.clone(),
         );
@@ -39,6 +40,7 @@ impl Live {
                 let live = Live {
                     engine: session.engine_handle(),
                     handlers: handlers.clone(),
+                    states: states.clone(),
                     config: config.clone(),
                     open: open.clone(),
                 };

@@ -6,20 +6,21 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use serde_json::Value as Json;
 use tokio::time::Instant;
+
+use frames::ClientFrame;
+pub(crate) use frames::{frame_hash, parse_client_frame, parse_query};
+use handlers::{AppStates, Handler, error_frame};
+pub use handlers::{Event, EventCtx};
 
 use crate::rate::Bucket;
 use crate::session::{Attached, Catchup, Session, SessionEvent, StateTemplate};
-use crate::{Error, ErrorKind, InitialRender, Result};
+use crate::{ErrorKind, InitialRender};
 
 #[cfg(feature = "axum")]
 mod axum_adapter;
@@ -30,6 +31,8 @@ mod tungstenite_server;
 mod axum_serve;
 mod cookie;
 mod follow;
+mod frames;
+mod handlers;
 #[cfg(feature = "axum")]
 pub use axum_serve::{ServeOptions, serve_axum};
 pub use tungstenite_server::serve as serve_tungstenite;
@@ -151,43 +154,6 @@ impl fmt::Debug for ConnectParams {
     }
 }
 
-/// One event from the browser.
-#[derive(Debug, Clone)]
-pub struct Event {
-    /// The handler name, from the element's `st-click="name"` (etc.).
-    pub name: String,
-    /// What the client sent with it (form fields, input value, `data-*`).
-    pub payload: Json,
-}
-
-/// What an event handler gets: the event, its session and the engine.
-#[derive(Debug, Clone)]
-pub struct EventCtx {
-    /// The event.
-    pub event: Event,
-    /// The session the event came from.
-    pub session: Session,
-    /// The engine (to render to other sessions or a group).
-    pub engine: StateTemplate,
-}
-
-impl EventCtx {
-    /// The payload as `P`. A payload of the wrong shape is a
-    /// [`ErrorKind::Protocol`] error, which the client receives as an error
-    /// frame (`bad_payload`).
-    pub fn payload<P: DeserializeOwned>(&self) -> Result<P> {
-        P::deserialize(&self.event.payload).map_err(|e| {
-            Error::new(
-                ErrorKind::Protocol,
-                format!("bad payload for event {:?}: {e}", self.event.name),
-            )
-        })
-    }
-}
-
-type BoxFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
-type Handler = dyn Fn(EventCtx) -> BoxFuture + Send + Sync;
-
 /// Connection settings.
 #[derive(Debug, Clone)]
 struct Config {
@@ -205,6 +171,7 @@ struct Config {
     /// The name of the cookie that names a browser's session.
     cookie: String,
     secure_cookie: bool,
+    hooks: bool,
 }
 
 /// The debug listing's token: never shown by `Debug`.
@@ -224,6 +191,7 @@ impl fmt::Debug for DebugToken {
 pub struct Live {
     engine: StateTemplate,
     handlers: Arc<HashMap<String, Arc<Handler>>>,
+    states: AppStates,
     config: Arc<Config>,
     open: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -247,6 +215,7 @@ impl Live {
         Live {
             engine,
             handlers: Arc::new(HashMap::new()),
+            states: AppStates::default(),
             open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             config: Arc::new(Config {
                 prefix: "/statetemplate".to_owned(),
@@ -262,6 +231,7 @@ impl Live {
                 handshake_timeout: Duration::from_secs(10),
                 cookie: "st".to_owned(),
                 secure_cookie: false,
+                hooks: false,
             }),
         }
     }
@@ -277,39 +247,6 @@ impl Live {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
-    }
-
-    /// Registers an async handler for events named `name`. It typically
-    /// changes data and renders: `ctx.session.render(&new_data).await`.
-    pub fn on<F, Fut>(mut self, name: &str, f: F) -> Live
-    where
-        F: Fn(EventCtx) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<()>> + Send + 'static,
-    {
-        let h: Arc<Handler> = Arc::new(move |ctx| Box::pin(f(ctx)) as BoxFuture);
-        self.handlers_mut().insert(name.to_owned(), h);
-        self
-    }
-
-    /// Registers a handler that changes the session's data in place: the
-    /// session's data is read as `T`, the payload as `P`, `f` changes the
-    /// data, and the session renders it, atomically (see
-    /// [`Session::update`]).
-    pub fn on_update<T, P, F>(self, name: &str, f: F) -> Live
-    where
-        T: DeserializeOwned + serde::Serialize + Send + 'static,
-        P: DeserializeOwned + Send + 'static,
-        F: Fn(&mut T, P) -> Result<()> + Send + Sync + 'static,
-    {
-        let f = Arc::new(f);
-        self.on(name, move |ctx: EventCtx| {
-            let f = f.clone();
-            async move {
-                let p: P = ctx.payload()?;
-                ctx.session.update(move |t: &mut T| f(t, p)).await?;
-                Ok(())
-            }
-        })
     }
 
     /// Mounts the routes under `prefix` instead of `/statetemplate`.
@@ -484,10 +421,26 @@ impl Live {
         format!("{}/client.js", self.config.prefix)
     }
 
+    /// The path the hooks script is served at (see [`Live::client_hooks`]).
+    pub fn hooks_path(&self) -> String {
+        format!("{}/hooks.js", self.config.prefix)
+    }
+
+    /// Whether [`Live::mount`] also loads the hooks script, which gives
+    /// elements with `st-hook="Name"` the JS callbacks of
+    /// `window.StHooks.Name` (`mounted`, `updated`, `destroyed`,
+    /// `pushEvent`, `handleEvent`; see `docs/hooks.md`). Off by default: the
+    /// core client stays as small as it is for pages without hooks.
+    pub fn client_hooks(mut self, on: bool) -> Live {
+        self.config_mut().hooks = on;
+        self
+    }
+
     /// The markup to put in a page for a new session: the session's HTML in
-    /// a root element that names the session, and the client script.
+    /// a root element that names the session, and the client script (and
+    /// the hooks script, with [`Live::client_hooks`]).
     pub fn mount(&self, initial: &InitialRender) -> String {
-        format!(
+        let mut out = format!(
             "<div data-st-root data-st-session=\"{}\" data-st-token=\"{}\" data-st-ws=\"{}\">{}</div>\n\
              <script src=\"{}?v={}\" defer></script>",
             initial.session_id,
@@ -496,7 +449,15 @@ impl Live {
             initial.html,
             attr_escape(&self.client_path()),
             client::etag().trim_matches('"'),
-        )
+        );
+        if self.config.hooks {
+            out.push_str(&format!(
+                "\n<script src=\"{}?v={}\" defer></script>",
+                attr_escape(&self.hooks_path()),
+                client::hooks_etag().trim_matches('"'),
+            ));
+        }
+        out
     }
 
     /// Runs one connection to its end: opens the session from `params`,
@@ -717,85 +678,6 @@ impl Live {
         }
         tracing::debug!(parent: &span, "client disconnected");
     }
-
-    /// Handles one client text frame; returns the reply, if any. An event
-    /// with a ref (`r`) always gets one: its ref alone (a JSON number) when
-    /// it was applied, or was applied before (a resend of client `client`),
-    /// else an error frame.
-    async fn client_frame(
-        &self,
-        session: &Session,
-        client: Option<u64>,
-        frame: std::result::Result<ClientFrame, String>,
-    ) -> Option<String> {
-        let frame: ClientFrame = match frame {
-            Ok(f) => f,
-            Err(e) => return Some(error_frame("bad_frame", &e, None)),
-        };
-        match frame {
-            ClientFrame::Ping => Some("{\"t\":\"pong\"}".to_owned()),
-            ClientFrame::Ack { .. } => None,
-            ClientFrame::Event { name, data, r } => {
-                if let (Some(c), Some(r)) = (client, r) {
-                    if !session.first_delivery(c, r) {
-                        tracing::debug!(event = %name, r, "event resent; applied before");
-                        return Some(r.to_string());
-                    }
-                }
-                let Some(h) = self.handlers.get(&name).cloned() else {
-                    return Some(error_frame(
-                        "unknown_event",
-                        &format!("no handler for event {name:?}"),
-                        r,
-                    ));
-                };
-                let ctx = EventCtx {
-                    event: Event {
-                        name: name.clone(),
-                        payload: data,
-                    },
-                    session: session.clone(),
-                    engine: self.engine.clone(),
-                };
-                // A handler that panics fails its event, not the session (the
-                // page lock is async and not poisoned; the data is unchanged).
-                let run = std::panic::AssertUnwindSafe(h(ctx)).catch_unwind();
-                match run.await {
-                    Ok(Ok(())) => r.map(|r| r.to_string()),
-                    Ok(Err(e)) if e.kind() == ErrorKind::User => {
-                        tracing::debug!(event = %name, error = %e, "event refused");
-                        Some(error_frame("user", &e.to_string(), r))
-                    }
-                    Ok(Err(e)) if e.kind() == ErrorKind::Protocol => {
-                        tracing::debug!(event = %name, error = %e, "bad event payload");
-                        Some(error_frame("bad_payload", &e.to_string(), r))
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(event = %name, error = %e, "event handler failed");
-                        Some(error_frame("handler", HANDLER_FAILED, r))
-                    }
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        tracing::error!(event = %name, panic = %what, "event handler panicked");
-                        Some(error_frame("handler", HANDLER_FAILED, r))
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// FNV-1a (32 bits) over the UTF-16 code units of a frame, as the JS client
-/// computes it for its acks: a client whose frame for a seq hashes
-/// differently from the one sent as that seq has lost or reordered one.
-pub(crate) fn frame_hash(frame: &str) -> u32 {
-    frame.encode_utf16().fold(0x811c_9dc5u32, |h, u| {
-        (h ^ u32::from(u)).wrapping_mul(0x0100_0193)
-    })
 }
 
 fn hello(epoch: &str, token: &str) -> String {
@@ -807,69 +689,10 @@ fn hello(epoch: &str, token: &str) -> String {
     )
 }
 
-/// What the page is told when a handler fails with an internal error or
-/// panics (the details go to the log).
-const HANDLER_FAILED: &str = "Something went wrong. Please try again.";
-
-fn error_frame(code: &str, message: &str, r: Option<u64>) -> String {
-    let mut j = serde_json::json!({"t": "error", "code": code, "msg": message});
-    if let Some(r) = r {
-        j["r"] = r.into();
-    }
-    j.to_string()
-}
-
 fn attr_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('"', "&quot;")
         .replace('<', "&lt;")
-}
-
-/// Parses `sid=…&token=…&seq=…&epoch=…&v=…` (percent-decoded); unknown
-/// or malformed fields are left unset.
-pub(crate) fn parse_query(q: &str) -> ConnectParams {
-    let mut p = ConnectParams::default();
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
-        match k {
-            "sid" => p.sid = v,
-            "token" => p.token = v,
-            "seq" => p.seq = v.parse().ok(),
-            "epoch" => p.epoch = Some(v),
-            "v" => p.v = v.parse().ok(),
-            "c" => p.c = Some(v),
-            _ => {}
-        }
-    }
-    p
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (_, Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, None) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Closes the socket after a read error, with the code that names it.
@@ -897,6 +720,7 @@ async fn forward<Si: Sink<WsMessage> + Unpin>(
 ) -> bool {
     match ev {
         Some(SessionEvent::Patch(p)) => out.text(p.frame().to_owned()).await,
+        Some(SessionEvent::Push(p)) => out.text(p.frame().to_owned()).await,
         Some(SessionEvent::Resync(r)) => {
             out.text(hello(r.epoch(), token)).await && out.text(r.frame().to_owned()).await
         }
@@ -908,68 +732,6 @@ async fn forward<Si: Sink<WsMessage> + Unpin>(
             out.close(close::SESSION_ENDED, "session ended").await;
             false
         }
-    }
-}
-
-/// A frame from the client.
-#[derive(Debug, PartialEq)]
-pub(crate) enum ClientFrame {
-    /// `{"t":"ev","n":NAME,"d":PAYLOAD,"r":REF?}`
-    Event {
-        name: String,
-        data: Json,
-        r: Option<u64>,
-    },
-    /// `{"t":"ack","q":SEQ,"h":HASH?}`: the client holds `SEQ`; `HASH` is
-    /// [`frame_hash`] of the frame it applied as `SEQ` (absent after a join).
-    Ack { seq: u64, hash: Option<u32> },
-    /// `{"t":"ping"}`
-    Ping,
-}
-
-/// Parses a client frame; the error is a message for the error frame.
-pub(crate) fn parse_client_frame(text: &str) -> std::result::Result<ClientFrame, String> {
-    #[derive(Deserialize)]
-    struct Raw {
-        t: String,
-        #[serde(default)]
-        n: Option<String>,
-        #[serde(default)]
-        d: Option<Json>,
-        #[serde(default)]
-        q: Option<u64>,
-        #[serde(default)]
-        r: Option<u64>,
-        #[serde(default)]
-        h: Option<String>,
-    }
-    let raw: Raw = serde_json::from_str(text).map_err(|e| format!("malformed frame: {e}"))?;
-    match raw.t.as_str() {
-        "ev" => {
-            let name = raw.n.ok_or("an event needs a name (\"n\")")?;
-            if name.is_empty() || name.len() > 128 {
-                return Err("an event name is 1 to 128 bytes".to_owned());
-            }
-            Ok(ClientFrame::Event {
-                name,
-                data: raw.d.unwrap_or(Json::Null),
-                r: raw.r,
-            })
-        }
-        "ack" => Ok(ClientFrame::Ack {
-            seq: raw.q.ok_or("an ack needs a seq (\"q\")")?,
-            hash: match raw.h {
-                None => None,
-                Some(h) => Some(
-                    (h.len() <= 8)
-                        .then(|| u32::from_str_radix(&h, 16).ok())
-                        .flatten()
-                        .ok_or("an ack's hash (\"h\") is up to 8 hex digits")?,
-                ),
-            },
-        }),
-        "ping" => Ok(ClientFrame::Ping),
-        other => Err(format!("unknown frame type {other:?}")),
     }
 }
 
@@ -1054,65 +816,5 @@ mod tests {
         assert!(listed.origin_allowed(Some("https://app.example.com"), Some("x")));
         assert!(!listed.origin_allowed(Some("https://app.example.com.evil.com"), Some("x")));
         assert!(!listed.origin_allowed(Some("http://app.example.com"), Some("x")));
-    }
-
-    #[test]
-    fn query() {
-        let p = parse_query("sid=abc&token=a%2Bb-_&seq=7&epoch=00ff&v=1&x=%");
-        assert_eq!(p.sid, "abc");
-        assert_eq!(p.token, "a+b-_");
-        assert_eq!(p.seq, Some(7));
-        assert_eq!(p.epoch.as_deref(), Some("00ff"));
-        assert_eq!(p.v, Some(1));
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
-    }
-
-    #[test]
-    fn client_frames() {
-        assert_eq!(
-            parse_client_frame(r#"{"t":"ev","n":"inc","d":{"by":2},"r":7}"#),
-            Ok(ClientFrame::Event {
-                name: "inc".into(),
-                data: serde_json::json!({"by": 2}),
-                r: Some(7)
-            })
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"t":"ack","q":4}"#),
-            Ok(ClientFrame::Ack { seq: 4, hash: None })
-        );
-        assert_eq!(
-            parse_client_frame(r#"{"t":"ack","q":4,"h":"1a47e90b"}"#),
-            Ok(ClientFrame::Ack {
-                seq: 4,
-                hash: Some(0x1a47e90b)
-            })
-        );
-        // The client's hash (FNV-1a over UTF-16 code units) of "abc", as
-        // src/client/statetemplate.js computes it.
-        assert_eq!(frame_hash("abc"), 0x1a47e90b);
-        assert_eq!(frame_hash("\u{1F600}é"), {
-            let mut h: u32 = 0x811c9dc5;
-            for u in [0xD83Du16, 0xDE00, 0xE9] {
-                h = (h ^ u32::from(u)).wrapping_mul(0x0100_0193);
-            }
-            h
-        });
-        assert_eq!(parse_client_frame(r#"{"t":"ping"}"#), Ok(ClientFrame::Ping));
-        for bad in [
-            "",
-            "null",
-            "[]",
-            "{",
-            r#"{"t":1}"#,
-            r#"{"t":"ev"}"#,
-            r#"{"t":"ev","n":""}"#,
-            r#"{"t":"ack"}"#,
-            r#"{"t":"nope"}"#,
-        ] {
-            assert!(parse_client_frame(bad).is_err(), "{bad}");
-        }
-        let deep = "[".repeat(10_000);
-        assert!(parse_client_frame(&deep).is_err());
     }
 }

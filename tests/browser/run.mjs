@@ -445,6 +445,29 @@ const examples = {
     await page.click('#inc');
     await until(page, () => document.getElementById('count').textContent === '2');
     await checkFresh(page, base, 'counter: after clicks');
+    // A JS hook (docs/hooks.md): mounted on load, updated by each frame that
+    // changed its canvas, destroyed and mounted again with it; it pushes an
+    // event, gets the handler's reply and hears the server's pushed event;
+    // the handler's flash message shows with its kind.
+    const hookLog = () => page.evaluate(() => window.hookLog.map((e) => JSON.stringify(e)));
+    let hl = await hookLog();
+    assert(hl[0] === '["mounted",0]', `counter: the hook mounted first: ${hl}`);
+    assert(hl.filter((e) => e.startsWith('["updated"')).join() === '["updated",1],["updated",2],["updated",1],["updated",2]', `counter: the hook updated once a change: ${hl}`);
+    await page.click('#spark');
+    await until(page, () => window.hookLog.some((e) => e[0] === 'reply') && window.hookLog.some((e) => e[0] === 'pushed'));
+    hl = await hookLog();
+    assert(hl.includes('["reply",{"double":4}]') && hl.includes('["pushed",2]'), `counter: the hook's reply and pushed event: ${hl}`);
+    await until(page, () => {
+      const f = document.querySelector('[st-flash]');
+      return f && !f.hidden && f.dataset.stKind === 'info' && f.textContent === 'The server doubled 2: 4';
+    });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter-hook-flash.png') });
+    await page.click('#chart');
+    await until(page, () => !document.getElementById('spark') && window.hookLog.some((e) => e[0] === 'destroyed'));
+    await page.click('#chart');
+    await until(page, () => document.getElementById('spark') && window.hookLog.filter((e) => e[0] === 'mounted').length === 2);
+    assert((await hookLog()).filter((e) => e === '["destroyed"]').length === 1, 'counter: destroyed once');
+    await checkFresh(page, base, 'counter: after the hook');
     // keydown with a key filter: ArrowUp sends the event, other keys do not.
     await page.click('#keys');
     await page.keyboard.press('a');
@@ -1232,7 +1255,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 13, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { counter: 14, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {

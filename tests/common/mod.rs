@@ -6,7 +6,7 @@ use std::path::Path;
 
 use minijinja::Environment;
 use serde_json::Value as Json;
-use statetemplate::apply::{WireClient, apply_updates, strip_anchors};
+use statetemplate::testing::{WireClient, apply_updates, strip_anchors};
 use statetemplate::transport::WsMessage;
 use statetemplate::{FragmentEngine, register_filters};
 
@@ -302,4 +302,59 @@ pub fn channel_socket(
         Ok::<_, &'static str>(tx)
     });
     (to_server, from_server, Box::pin(sink), Box::pin(stream))
+}
+
+/// A page whose templates are edited between renders (live template
+/// edits): its frames (a join, then a switch to each edit and an ordinary
+/// frame after it) and the WireClient HTML after each, for the JS model and
+/// the browser's DOM layer.
+pub fn edit_frames() -> (String, Vec<String>, Vec<String>) {
+    let dir = std::env::temp_dir().join(format!("st-edit-frames-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |n: &str, s: &str| std::fs::write(dir.join(n), s).unwrap();
+    write(
+        "base.html",
+        "<main><h1>Shop</h1>{% block body %}{% endblock %}</main>",
+    );
+    write(
+        "page.html",
+        "{% extends \"base.html\" %}{% block body %}<ul>{% for r in rows %}{% include \"row.html\" %}{% endfor %}</ul>{% endblock %}",
+    );
+    write("row.html", "<li>{{ r.name }}</li>");
+    let mut env = Environment::new();
+    env.set_loader(minijinja::path_loader(&dir));
+    let engine = FragmentEngine::new(env);
+    engine.reload_interval(None);
+    let data =
+        |n: &str| serde_json::json!({"rows": [{"id": 1, "name": n}, {"id": 2, "name": "ink"}]});
+    let mut page = engine.render("page.html", &data("pen")).unwrap();
+    let mut client = statetemplate::testing::WireClient::new();
+    let (mut frames, mut html) = (vec![page.join_frame()], Vec::new());
+    client.apply(&frames[0]).unwrap();
+    html.push(client.html());
+    let edits = [
+        ("row.html", "<li class=\"r\">{{ r.name }}!</li>"),
+        (
+            "base.html",
+            "<main><h1>The shop</h1><nav>Home</nav>{% block body %}{% endblock %}</main>",
+        ),
+        (
+            "page.html",
+            "{% extends \"base.html\" %}{% block body %}<ol>{% for r in rows %}{% include \"row.html\" %}{% endfor %}</ol><p>{{ rows|length }}</p>{% endblock %}",
+        ),
+    ];
+    for (i, (file, source)) in edits.iter().enumerate() {
+        write(file, source);
+        assert_eq!(engine.reload().len(), 1, "{file}");
+        for name in [format!("pen{i}"), format!("pen{i}b")] {
+            let patch = page.update(&data(&name)).unwrap();
+            let f = page.encode(&patch).unwrap();
+            client.apply(&f).unwrap();
+            assert_eq!(client.html(), page.html(), "{file}");
+            frames.push(f);
+            html.push(client.html());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ("live-template-edits".to_owned(), frames, html)
 }

@@ -1,0 +1,102 @@
+/* statetemplate hooks: JS for elements the server renders (served at
+ * {prefix}/hooks.js, after the client; see docs/hooks.md).
+ *
+ * An element with st-hook="Name" gets the callbacks of window.StHooks.Name:
+ * mounted() when it appears (on load, or when a frame inserts it),
+ * updated() after a frame changed it or what it holds, destroyed() when a
+ * frame removed it. In them, this.el is the element,
+ * this.pushEvent(name, payload) sends an event to the server and returns a
+ * promise of the handler's reply (EventCtx::reply), and
+ * this.handleEvent(name, fn) calls fn(payload) for each event the server
+ * pushes with that name (Session::push). No build step, no dependencies. */
+(function () {
+  'use strict';
+  var live = new Map(); // element -> its hook instance
+  var changed = [];     // what the last frame touched
+
+  function clientOf(el) {
+    var cs = (window.statetemplate && window.statetemplate.clients) || [];
+    for (var i = 0; i < cs.length; i++) if (cs[i].el.contains(el)) return cs[i];
+    return null;
+  }
+
+  function make(el, name, def) {
+    var h = Object.create(def);
+    h.el = el;
+    h.__name = name;
+    h.__on = [];
+    h.pushEvent = function (event, payload) {
+      return new Promise(function (resolve, reject) {
+        var c = clientOf(el);
+        if (!c) return reject(new Error('statetemplate: the element is not in a live page'));
+        c.push(event, payload, el, function (err, reply) {
+          if (err) reject(Object.assign(new Error(err.msg || err.code), { code: err.code }));
+          else resolve(reply === undefined ? null : reply);
+        });
+      });
+    };
+    h.handleEvent = function (event, fn) { h.__on.push([event, fn]); };
+    return h;
+  }
+
+  function call(h, what) {
+    if (typeof h[what] !== 'function') return;
+    try { h[what](); } catch (e) { if (window.console) console.error('statetemplate: hook ' + h.__name + '.' + what, e); }
+  }
+
+  function touched(el) {
+    for (var i = 0; i < changed.length; i++) {
+      var n = changed[i];
+      if (el === n || el.contains(n)) return true;
+    }
+    return false;
+  }
+
+  /* Mounts new hook elements, updates the changed ones, destroys the gone. */
+  function scan() {
+    var defs = window.StHooks || {}, seen = new Set(), els = document.querySelectorAll('[st-hook]'), i;
+    for (i = 0; i < els.length; i++) {
+      var el = els[i], name = el.getAttribute('st-hook'), h = live.get(el);
+      if (h && h.__name !== name) { live.delete(el); call(h, 'destroyed'); h = null; }
+      var def = defs[name];
+      if (!h && def) {
+        h = make(el, name, def);
+        live.set(el, h);
+        call(h, 'mounted');
+      } else if (h && touched(el)) call(h, 'updated');
+      else if (!def && window.console) console.warn('statetemplate: no hook ' + name + ' in window.StHooks');
+      seen.add(el);
+    }
+    live.forEach(function (h, el) {
+      if (!seen.has(el) || !el.isConnected) { live.delete(el); call(h, 'destroyed'); }
+    });
+    changed = [];
+  }
+
+  /* Mutations outside frames (a hook drawing in its element) are dropped
+   * as they are delivered; a frame's are taken when it fires st:update. */
+  var mo = new MutationObserver(function () { /* not a frame's */ });
+  function take() {
+    mo.takeRecords().forEach(function (r) { changed.push(r.target); });
+  }
+
+  document.addEventListener('st:update', function () { take(); scan(); });
+  document.addEventListener('st:push', function (e) {
+    var d = e.detail || {};
+    live.forEach(function (h, el) {
+      if (!e.target.contains(el)) return;
+      for (var i = 0; i < h.__on.length; i++) {
+        if (h.__on[i][0] !== d.name) continue;
+        try { h.__on[i][1].call(h, d.payload); } catch (x) { if (window.console) console.error(x); }
+      }
+    });
+  });
+
+  function start() {
+    mo.observe(document.documentElement, { subtree: true, childList: true, attributes: true, characterData: true });
+    scan();
+  }
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+  window.statetemplateHooks = { scan: scan, live: live };
+})();
