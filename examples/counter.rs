@@ -32,7 +32,7 @@ async fn main() -> Result<(), statetemplate::Error> {
     env.add_template("counter.html", include_str!("../templates/counter.html"))?;
     let engine = common::engine(env, "counter")?;
     let live = common::live(&engine)
-        .client_hooks(true)
+        .client_extras(true)
         .on_update("chart", |c: &mut Counter, _: Json| {
             c.chart = !c.chart;
             Ok(())

@@ -184,7 +184,8 @@ impl TestClient {
     }
 
     /// The page's text: [`TestClient::html`] without tags and anchors, its
-    /// whitespace collapsed (for assertions on what a person reads).
+    /// whitespace collapsed and every tag read as a space (for assertions on
+    /// what a person reads).
     pub fn text(&self) -> String {
         let html = strip_anchors(&self.model.html());
         let mut out = String::new();

@@ -643,7 +643,7 @@
   };
 
   /* Sends event `name` with payload d from element t (the root if none),
-   * like st-click does: for hooks (hooks.js) and scripts. cb(err, reply). */
+   * like st-click does: for hooks (extras.js) and scripts. cb(err, reply). */
   Client.prototype.push = function (name, d, t, cb) {
     this.emit({ t: 'ev', n: name, d: d === undefined ? null : d }, t || this.el, cb);
   };

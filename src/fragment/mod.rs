@@ -524,6 +524,20 @@ impl LivePage {
         })
     }
 
+    /// Renders `data` with another template and replaces the whole page
+    /// with it (one operation on the root; see `Session::navigate`). On
+    /// error the page is left exactly as it was.
+    pub(crate) fn switch_to<S: Serialize + ?Sized>(
+        &mut self,
+        template: &str,
+        data: &S,
+    ) -> Result<Patch> {
+        let generation = self.engine.inner.reload.generation();
+        let program = self.engine.program(template)?;
+        let ingested = ingest::ingest(Some(&self.data), data)?;
+        self.switch(program, generation, ingested.value, ingested.delta)
+    }
+
     /// Renders `data` with `program` (the page's template, edited) and
     /// replaces the whole page with it: one operation on the root, with
     /// every statics entry sent again (the new program's ids overwrite the

@@ -365,7 +365,7 @@ impl EngineInner {
     }
 
     /// The shared name of `template`.
-    fn template_name(&self, template: &str) -> Arc<str> {
+    pub(super) fn template_name(&self, template: &str) -> Arc<str> {
         let mut names = self.templates.lock().expect("lock");
         if let Some(n) = names.get(template) {
             return n.clone();
@@ -399,7 +399,7 @@ impl EngineInner {
         let last = s.last_access.load(Ordering::Relaxed);
         SessionRecord {
             id: s.id,
-            template: s.template.clone(),
+            template: s.template(),
             data: page.data().clone(),
             seq: page.seq(),
             version: s.version.load(Ordering::Relaxed),
@@ -712,8 +712,8 @@ mod tests {
         let b = engine.new_session("p.html", &d).await.unwrap();
         let a = engine.session_unchecked(&a.session_id).unwrap();
         let b = engine.session_unchecked(&b.session_id).unwrap();
-        assert!(Arc::ptr_eq(&a.inner.template, &b.inner.template));
+        assert!(Arc::ptr_eq(&a.inner.template(), &b.inner.template()));
         let rec = engine.store().load(&b.id()).await.unwrap().unwrap();
-        assert!(Arc::ptr_eq(&rec.template, &a.inner.template));
+        assert!(Arc::ptr_eq(&rec.template, &a.inner.template()));
     }
 }

@@ -44,9 +44,9 @@ impl Session {
         self.inner.id
     }
 
-    /// The template the session renders.
-    pub fn template(&self) -> &str {
-        &self.inner.template
+    /// The template the session renders now.
+    pub fn template(&self) -> Arc<str> {
+        self.inner.template()
     }
 
     /// The session's seq and a *fresh* full render of its current data
@@ -54,12 +54,9 @@ impl Session {
     /// a client's DOM with.
     pub async fn fresh_render(&self) -> Result<(u64, String)> {
         let page = self.inner.state.lock().await;
-        let (seq, data) = (page.seq(), page.data().clone());
+        let (seq, data, template) = (page.seq(), page.data().clone(), self.inner.template());
         drop(page);
-        let html = self
-            .engine
-            .fragments
-            .render_html(&self.inner.template, &data)?;
+        let html = self.engine.fragments.render_html(&template, &data)?;
         Ok((seq, html))
     }
 
@@ -391,6 +388,43 @@ impl Session {
         Ok(self.commit(page, changed?).instrument(span).await?.0)
     }
 
+    /// Makes the session render another template, with `data`: its tabs
+    /// swap the whole page over the same socket (one frame), as a link with
+    /// `st-navigate` asks for (see [`crate::Live::on_navigate`]). From then
+    /// on the session is that page: renders diff against it, its record
+    /// names it, and a restart restores it. On error (an unknown template,
+    /// a template error) nothing changes. Returns the seq.
+    pub async fn navigate<S: Serialize + ?Sized>(&self, template: &str, data: &S) -> Result<u64> {
+        let mut page = self.inner.state.lock().await;
+        let name = self.engine.template_name(template);
+        let old = std::mem::replace(&mut *self.inner.template.lock().expect("lock"), name);
+        let undo = || *self.inner.template.lock().expect("lock") = old.clone();
+        let changed = match self.change_page(&mut page, |p| p.switch_to(template, data)) {
+            Ok(c) => c,
+            Err(e) => {
+                undo();
+                return Err(e);
+            }
+        };
+        let span = tracing::debug_span!("session", sid = %self.inner.id.short());
+        let seq = match self.commit(page, changed).instrument(span).await {
+            Ok((seq, _)) => seq,
+            Err(e) => {
+                undo();
+                return Err(e);
+            }
+        };
+        // A store that logs deltas keeps the template it was created with:
+        // the whole record goes again, naming the new one (what a restore
+        // renders).
+        let page = self.inner.state.lock().await;
+        let record = self.engine.record(&self.inner, &page);
+        self.engine.store.save(&record).await.inspect_err(|e| {
+            tracing::warn!(error = %e, "the store kept the old template of a navigated session");
+        })?;
+        Ok(seq)
+    }
+
     /// Pushes event `name` with `payload` to every tab connected to the
     /// session now: the JS client fires `st:push` on the page's root (and
     /// on to the hooks that handle `name`, see `docs/hooks.md`). Not a
@@ -505,7 +539,7 @@ impl Session {
         };
         serde_json::json!({
             "id": self.inner.id.to_string(),
-            "template": &*self.inner.template,
+            "template": &*self.inner.template(),
             "seq": seq,
             "epoch": self.epoch(),
             "version": self.inner.version.load(Ordering::Relaxed),

@@ -21,7 +21,8 @@ const APPLIED_CLIENTS: usize = 16;
 
 pub(super) struct SessionInner {
     pub(super) id: SessionId,
-    pub(super) template: Arc<str>,
+    /// The template it renders (changed by [`Session::navigate`]).
+    pub(super) template: Mutex<Arc<str>>,
     pub(super) created_ms: u64,
     pub(super) state: tokio::sync::Mutex<LivePage>,
     pub(super) outlet: Mutex<Outlet>,
@@ -153,6 +154,10 @@ pub(super) fn page_epoch(epoch: u64, layout: u64) -> u64 {
 }
 
 impl SessionInner {
+    pub(super) fn template(&self) -> Arc<str> {
+        self.template.lock().expect("lock").clone()
+    }
+
     pub(super) fn new(
         id: SessionId,
         template: Arc<str>,
@@ -164,7 +169,7 @@ impl SessionInner {
     ) -> SessionInner {
         SessionInner {
             id,
-            template,
+            template: Mutex::new(template),
             created_ms,
             state: tokio::sync::Mutex::new(page),
             outlet: Mutex::new(Outlet::default()),

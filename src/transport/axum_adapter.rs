@@ -14,7 +14,7 @@ use super::{ConnectParams, Live, ReadError, WsMessage, client, parse_query};
 
 impl Live {
     /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`) and
-    /// `GET {prefix}/client.js` (and `{prefix}/hooks.js`). Merge into the app's router:
+    /// `GET {prefix}/client.js` (and `{prefix}/extras.js`). Merge into the app's router:
     /// `app.merge(live.router())`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         // In a cluster, events other instances forward run with these
@@ -79,11 +79,11 @@ impl Live {
                 }),
             )
             .route(
-                &self.hooks_path(),
+                &self.extras_path(),
                 get(|headers: HeaderMap, RawQuery(q): RawQuery| async move {
                     script(
-                        client::hooks_served(),
-                        client::hooks_etag(),
+                        client::extras_served(),
+                        client::extras_etag(),
                         &headers,
                         q.as_deref(),
                     )

@@ -5,20 +5,21 @@ use std::sync::OnceLock;
 /// The client script, as written (commented).
 pub const JS: &str = include_str!("../client/statetemplate.js");
 
-/// The hooks script (`hooks.js`, served after the client where a page
-/// uses `st-hook`; see [`crate::Live::client_hooks`]), as written.
-pub const HOOKS_JS: &str = include_str!("../client/hooks.js");
+/// The extras script (`extras.js`: JS hooks, live navigation and uploads;
+/// served after the client to pages that use them, see
+/// [`crate::Live::client_extras`]), as written.
+pub const EXTRAS_JS: &str = include_str!("../client/extras.js");
 
-/// The hooks script as served (like [`served`]).
-pub fn hooks_served() -> &'static str {
+/// The extras script as served (like [`served`]).
+pub fn extras_served() -> &'static str {
     static SERVED: OnceLock<String> = OnceLock::new();
-    SERVED.get_or_init(|| strip(HOOKS_JS))
+    SERVED.get_or_init(|| strip(EXTRAS_JS))
 }
 
-/// A strong ETag of the served hooks script.
-pub fn hooks_etag() -> &'static str {
+/// A strong ETag of the served extras script.
+pub fn extras_etag() -> &'static str {
     static ETAG: OnceLock<String> = OnceLock::new();
-    ETAG.get_or_init(|| fnv_etag(hooks_served()))
+    ETAG.get_or_init(|| fnv_etag(extras_served()))
 }
 
 /// The client script as served: [`JS`] without its comments and

@@ -17,6 +17,7 @@ use frames::ClientFrame;
 pub(crate) use frames::{frame_hash, parse_client_frame, parse_query};
 use handlers::{AppStates, Handler, error_frame};
 pub use handlers::{Event, EventCtx};
+pub use navigate::{NAVIGATE_EVENT, PARAMS_EVENT, Params};
 
 use crate::rate::Bucket;
 use crate::session::{Attached, Catchup, Session, SessionEvent, StateTemplate};
@@ -33,6 +34,7 @@ mod cookie;
 mod follow;
 mod frames;
 mod handlers;
+mod navigate;
 #[cfg(feature = "axum")]
 pub use axum_serve::{ServeOptions, serve_axum};
 pub use tungstenite_server::serve as serve_tungstenite;
@@ -421,24 +423,26 @@ impl Live {
         format!("{}/client.js", self.config.prefix)
     }
 
-    /// The path the hooks script is served at (see [`Live::client_hooks`]).
-    pub fn hooks_path(&self) -> String {
-        format!("{}/hooks.js", self.config.prefix)
+    /// The path the extras script is served at (see [`Live::client_extras`]).
+    pub fn extras_path(&self) -> String {
+        format!("{}/extras.js", self.config.prefix)
     }
 
-    /// Whether [`Live::mount`] also loads the hooks script, which gives
-    /// elements with `st-hook="Name"` the JS callbacks of
-    /// `window.StHooks.Name` (`mounted`, `updated`, `destroyed`,
-    /// `pushEvent`, `handleEvent`; see `docs/hooks.md`). Off by default: the
-    /// core client stays as small as it is for pages without hooks.
-    pub fn client_hooks(mut self, on: bool) -> Live {
+    /// Whether [`Live::mount`] also loads the extras script: JS hooks
+    /// (elements with `st-hook="Name"` get the callbacks of
+    /// `window.StHooks.Name`: `mounted`, `updated`, `destroyed`,
+    /// `pushEvent`, `handleEvent`; see `docs/hooks.md`), live navigation
+    /// (links with `st-patch` and `st-navigate`, back and forward; see
+    /// [`Live::on_params`], [`Live::on_navigate`]) and file uploads. Off by
+    /// default: pages without them load the core client alone.
+    pub fn client_extras(mut self, on: bool) -> Live {
         self.config_mut().hooks = on;
         self
     }
 
     /// The markup to put in a page for a new session: the session's HTML in
     /// a root element that names the session, and the client script (and
-    /// the hooks script, with [`Live::client_hooks`]).
+    /// the extras script, with [`Live::client_extras`]).
     pub fn mount(&self, initial: &InitialRender) -> String {
         let mut out = format!(
             "<div data-st-root data-st-session=\"{}\" data-st-token=\"{}\" data-st-ws=\"{}\">{}</div>\n\
@@ -453,8 +457,8 @@ impl Live {
         if self.config.hooks {
             out.push_str(&format!(
                 "\n<script src=\"{}?v={}\" defer></script>",
-                attr_escape(&self.hooks_path()),
-                client::hooks_etag().trim_matches('"'),
+                attr_escape(&self.extras_path()),
+                client::extras_etag().trim_matches('"'),
             ));
         }
         out

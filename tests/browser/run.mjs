@@ -434,6 +434,67 @@ async function restart(srv, whileDown = async () => {}) {
 }
 
 const examples = {
+  async pages(ctx, base) {
+    // Live navigation: st-patch links change the URL and re-render; the
+    // search types as usual; st-navigate swaps to another page over the
+    // same socket; back and forward; a reload renders the URL it is at.
+    const page = await ctx.newPage();
+    await page.goto(base + '/');
+    await connected(page);
+    await checkFresh(page, base, 'pages: initial');
+    const rows = () => page.evaluate(() => [...document.querySelectorAll('#products tbody tr')].map((r) => r.cells[0].textContent));
+    const same = await page.evaluate(() => { window.__sameDocument = 1; return window.statetemplate.clients[0].hellos; });
+    const sameSocket = async (label) => {
+      const s = await page.evaluate(() => [window.__sameDocument, window.statetemplate.clients[0].hellos]);
+      assert(s[0] === 1 && s[1] === same, `${label}: the same document and socket (${s})`);
+    };
+    const byName = await rows();
+    assert(byName.length === 10 && byName[0] === 'Eraser', `pages: sorted by name: ${byName}`);
+    await page.click('#by-price');
+    await until(page, () => location.search === '?sort=price&q=' && document.getElementById('by-price').getAttribute('aria-current') === 'true');
+    const byPrice = await rows();
+    assert(byPrice.join() !== byName.join() && byPrice.length === 10, `pages: sorted by price: ${byPrice}`);
+    await checkFresh(page, base, 'pages: sorted by price');
+    await page.click('#q');
+    await page.keyboard.type('ink', { delay: 30 });
+    await until(page, () => document.querySelectorAll('#products tbody tr').length === 2);
+    assert(await page.evaluate(() => document.activeElement.id === 'q' && document.activeElement.value === 'ink' && document.activeElement.selectionStart === 3), 'pages: typing kept focus, text and caret');
+    await checkFresh(page, base, 'pages: searched');
+    await page.click('#share');
+    await until(page, () => location.search === '?sort=price&q=ink');
+    await page.click('#products a.item');
+    await until(page, () => location.pathname.startsWith('/item/') && document.getElementById('name'));
+    await sameSocket('pages: st-navigate');
+    const item = await page.evaluate(() => [location.pathname, document.getElementById('name').textContent, +document.getElementById('stock').textContent]);
+    assert(item[1].startsWith('Ink'), `pages: the product page: ${item}`);
+    await checkFresh(page, base, 'pages: product page');
+    await page.fill('#qty', '2');
+    await page.click('#buy');
+    await until(page, (s) => +document.getElementById('stock').textContent === s - 2, item[2]);
+    await until(page, () => {
+      const f = document.querySelector('[st-flash]');
+      return f && !f.hidden && f.dataset.stKind === 'success' && f.textContent.startsWith('You bought 2');
+    });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'pages-product.png') });
+    await checkFresh(page, base, 'pages: bought', { '#qty': '2' }); // typed, kept, not the server's
+    await page.goBack();
+    await until(page, () => location.search === '?sort=price&q=ink' && document.querySelectorAll('#products tbody tr').length === 2);
+    await sameSocket('pages: back to the list');
+    await checkFresh(page, base, 'pages: back');
+    await page.goBack();
+    await until(page, () => location.search === '?sort=price&q=' && document.querySelectorAll('#products tbody tr').length === 10);
+    assert((await rows()).join() === byPrice.join(), 'pages: back to the whole list by price');
+    await page.goForward();
+    await page.goForward();
+    await until(page, (p) => location.pathname === p && document.getElementById('name'), item[0]);
+    await sameSocket('pages: forward');
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'pages-forward.png') });
+    await page.reload();
+    await connected(page);
+    assert(await page.evaluate((p) => location.pathname === p && document.getElementById('name') !== null, item[0]), 'pages: a reload renders the URL');
+    await checkFresh(page, base, 'pages: reloaded');
+    return page;
+  },
   async counter(ctx, base) {
     const page = await ctx.newPage();
     await page.goto(base);
@@ -1255,7 +1316,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { counter: 14, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { pages: 7, counter: 14, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {

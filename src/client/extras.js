@@ -1,6 +1,7 @@
-/* statetemplate hooks: JS for elements the server renders (served at
- * {prefix}/hooks.js, after the client; see docs/hooks.md).
+/* statetemplate extras (served at {prefix}/extras.js, after the client, to
+ * pages that use them: Live::client_extras): JS hooks, live navigation.
  *
+ * Hooks (docs/hooks.md): JS for elements the server renders.
  * An element with st-hook="Name" gets the callbacks of window.StHooks.Name:
  * mounted() when it appears (on load, or when a frame inserts it),
  * updated() after a frame changed it or what it holds, destroyed() when a
@@ -99,4 +100,32 @@
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
   else start();
   window.statetemplateHooks = { scan: scan, live: live };
+
+  /* Live navigation (docs/navigation.md): a link with st-patch changes the
+   * URL and sends its parameters (st:params, Live::on_params); one with
+   * st-navigate goes to another live page over the same socket
+   * (st:navigate, Live::on_navigate), or loads it as a plain page when the
+   * server refuses. Back and forward send what the URL they go to needs:
+   * its parameters on the same path, a navigation to another. */
+  var here = location.pathname;
+  function go(href, navigate, push) {
+    var u = new URL(href, location.href), cs = window.statetemplate && window.statetemplate.clients;
+    if (u.origin !== location.origin || !cs || !cs[0]) return false;
+    var q = {};
+    u.searchParams.forEach(function (v, k) { q[k] = v; });
+    if (push) history.pushState({ st: 1 }, '', u.href);
+    here = u.pathname;
+    cs[0].push(navigate ? 'st:navigate' : 'st:params', { path: u.pathname, query: q }, cs[0].el, function (err) {
+      if (err && navigate) location.assign(u.href);
+    });
+    return true;
+  }
+  document.addEventListener('click', function (e) {
+    var a = e.target.closest && e.target.closest('a[st-patch], a[st-navigate]');
+    if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+    if (go(a.href, a.hasAttribute('st-navigate'), true)) e.preventDefault();
+  });
+  window.addEventListener('popstate', function () {
+    go(location.href, location.pathname !== here, false);
+  });
 })();
