@@ -128,4 +128,56 @@
   window.addEventListener('popstate', function () {
     go(location.href, location.pathname !== here, false);
   });
+
+  /* Uploads (docs/uploads.md): each file chosen in <input type=file
+   * st-upload=NAME> goes to {prefix}/upload/NAME over HTTP, one at a time,
+   * with the session's token. A <progress st-upload-progress=NAME> shows
+   * its progress (and goes back to what the server rendered after), an
+   * element with st-upload-cancel=NAME aborts it, and the input fires
+   * st:upload events ({name, file, loaded, total, done, error}). A refusal
+   * shows in the page's [st-flash] element. */
+  var sending = {};
+  function upload(c, name, input, files) {
+    var f = files.shift();
+    if (!f) { input.value = ''; return; }
+    var x = new XMLHttpRequest(), bar = document.querySelector('[st-upload-progress="' + name + '"]');
+    var was = bar && [bar.getAttribute('value'), bar.getAttribute('max')];
+    var tell = function (d) {
+      d.name = name; d.file = f.name;
+      input.dispatchEvent(new CustomEvent('st:upload', { detail: d, bubbles: true }));
+    };
+    var end = function (err) {
+      delete sending[name];
+      if (bar) ['value', 'max'].forEach(function (a, i) { if (was[i] === null) bar.removeAttribute(a); else bar.setAttribute(a, was[i]); });
+      if (err) { c.flash({ t: 'error', code: 'user', msg: err }); tell({ error: err }); input.value = ''; return; }
+      tell({ done: true });
+      upload(c, name, input, files);
+    };
+    sending[name] = x;
+    x.open('POST', c.el.getAttribute('data-st-ws').replace(/ws$/, 'upload/') + encodeURIComponent(name) +
+      '?sid=' + encodeURIComponent(c.sid) + '&token=' + encodeURIComponent(c.token));
+    x.setRequestHeader('Content-Type', f.type || 'application/octet-stream');
+    x.setRequestHeader('X-St-File', encodeURIComponent(f.name));
+    x.upload.onprogress = function (p) {
+      if (bar && p.lengthComputable) { bar.max = p.total; bar.value = p.loaded; }
+      tell({ loaded: p.loaded, total: p.total });
+    };
+    x.onload = function () {
+      var r = {};
+      try { r = JSON.parse(x.responseText); } catch (e) { /* not JSON */ }
+      end(x.status === 200 ? null : r.error || 'The upload failed.');
+    };
+    x.onerror = function () { end('The upload failed.'); };
+    x.onabort = function () { end('The upload was cancelled.'); };
+    x.send(f);
+  }
+  document.addEventListener('change', function (e) {
+    var t = e.target, name = t.getAttribute && t.getAttribute('st-upload'), c = name && clientOf(t);
+    if (c && t.files && t.files.length && !sending[name]) upload(c, name, t, [].slice.call(t.files));
+  });
+  document.addEventListener('click', function (e) {
+    var b = e.target.closest && e.target.closest('[st-upload-cancel]');
+    var x = b && sending[b.getAttribute('st-upload-cancel')];
+    if (x) { e.preventDefault(); x.abort(); }
+  });
 })();

@@ -2,11 +2,12 @@
 //! `Router` to merge into the app's.
 
 use axum::Router;
-use axum::extract::RawQuery;
+use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use futures_util::{SinkExt, StreamExt, future};
 
 use super::tungstenite_server::read_error;
@@ -54,7 +55,20 @@ impl Live {
                 }),
             );
         }
+        let uploads = self.clone();
         router
+            .route(
+                &format!("{}/upload/{{name}}", self.config.prefix),
+                post(
+                    move |Path(name): Path<String>,
+                          headers: HeaderMap,
+                          RawQuery(q): RawQuery,
+                          body: Body| {
+                        let live = uploads.clone();
+                        async move { live.upload_route(&name, &headers, q.as_deref(), body).await }
+                    },
+                ),
+            )
             .route(
                 &self.ws_path(),
                 any(
@@ -89,6 +103,36 @@ impl Live {
                     )
                 }),
             )
+    }
+
+    /// `POST {prefix}/upload/NAME?sid=…&token=…`: one file (see
+    /// [`Live::on_upload`]), from the page's own origin only.
+    async fn upload_route(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        body: Body,
+    ) -> Response {
+        let h = |n| headers.get(n).and_then(|v: &HeaderValue| v.to_str().ok());
+        if !self.origin_allowed(h(header::ORIGIN), h(header::HOST)) {
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+        let params = parse_query(query.unwrap_or(""));
+        let head = super::upload::UploadHead {
+            length: h(header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
+            content_type: h(header::CONTENT_TYPE),
+            file_name: h(header::HeaderName::from_static("x-st-file")),
+        };
+        let (status, json) = self
+            .upload(name, &params, head, body.into_data_stream())
+            .await;
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response()
     }
 
     async fn debug_fresh(&self, query: &str) -> Response {

@@ -29,8 +29,9 @@ impl Live {
         if self.engine.link().is_none() {
             return;
         }
-        let (handlers, states, config, open) = (
+        let (handlers, uploads, states, config, open) = (
             self.handlers.clone(),
+            self.uploads.clone(),
             self.states.clone(),
             self.config.clone(),
             self.open.clone(),
@@ -41,6 +42,7 @@ impl Live {
                     engine: session.engine_handle(),
                     handlers: handlers.clone(),
                     states: states.clone(),
+                    uploads: uploads.clone(),
                     config: config.clone(),
                     open: open.clone(),
                 };

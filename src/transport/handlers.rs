@@ -95,8 +95,30 @@ impl EventCtx {
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+pub(super) type BoxFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 pub(super) type Handler = dyn Fn(EventCtx) -> BoxFuture + Send + Sync;
+
+/// A context for a handler that is not a client frame's (an upload).
+#[cfg(feature = "axum")]
+pub(super) fn new_ctx(live: &Live, name: &str, payload: Json, session: &Session) -> EventCtx {
+    EventCtx {
+        event: Event {
+            name: name.to_owned(),
+            payload,
+        },
+        session: session.clone(),
+        engine: live.engine.clone(),
+        states: live.states.clone(),
+        reply: Arc::default(),
+    }
+}
+
+#[cfg(feature = "axum")]
+impl EventCtx {
+    pub(super) fn reply_slot(&self) -> Arc<std::sync::Mutex<Option<Json>>> {
+        self.reply.clone()
+    }
+}
 
 impl Live {
     /// Adds a value of the app's state, which every handler reads with
@@ -300,7 +322,7 @@ impl Live {
 
 /// What the page is told when a handler fails with an internal error or
 /// panics (the details go to the log).
-const HANDLER_FAILED: &str = "Something went wrong. Please try again.";
+pub(super) const HANDLER_FAILED: &str = "Something went wrong. Please try again.";
 
 pub(super) fn error_frame(code: &str, message: &str, r: Option<u64>) -> String {
     let mut j = serde_json::json!({"t": "error", "code": code, "msg": message});

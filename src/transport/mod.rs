@@ -18,6 +18,7 @@ pub(crate) use frames::{frame_hash, parse_client_frame, parse_query};
 use handlers::{AppStates, Handler, error_frame};
 pub use handlers::{Event, EventCtx};
 pub use navigate::{NAVIGATE_EVENT, PARAMS_EVENT, Params};
+pub use upload::{Upload, UploadOptions};
 
 use crate::rate::Bucket;
 use crate::session::{Attached, Catchup, Session, SessionEvent, StateTemplate};
@@ -35,6 +36,7 @@ mod follow;
 mod frames;
 mod handlers;
 mod navigate;
+mod upload;
 #[cfg(feature = "axum")]
 pub use axum_serve::{ServeOptions, serve_axum};
 pub use tungstenite_server::serve as serve_tungstenite;
@@ -178,6 +180,7 @@ struct Config {
 
 /// The debug listing's token: never shown by `Debug`.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 struct DebugToken(Arc<str>);
 
 impl fmt::Debug for DebugToken {
@@ -193,6 +196,7 @@ impl fmt::Debug for DebugToken {
 pub struct Live {
     engine: StateTemplate,
     handlers: Arc<HashMap<String, Arc<Handler>>>,
+    uploads: Arc<HashMap<String, Arc<upload::UploadEntry>>>,
     states: AppStates,
     config: Arc<Config>,
     open: Arc<std::sync::atomic::AtomicUsize>,
@@ -218,6 +222,7 @@ impl Live {
             engine,
             handlers: Arc::new(HashMap::new()),
             states: AppStates::default(),
+            uploads: Arc::new(HashMap::new()),
             open: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             config: Arc::new(Config {
                 prefix: "/statetemplate".to_owned(),
@@ -378,6 +383,7 @@ impl Live {
     }
 
     /// Whether `authorization` (the header's value) carries the debug token.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn debug_allowed(&self, authorization: Option<&str>) -> bool {
         use subtle::ConstantTimeEq;
         let (Some(want), Some(got)) = (
@@ -390,6 +396,7 @@ impl Live {
     }
 
     /// The debug listing (see [`Live::debug_sessions`]).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) async fn debug_listing(&self, query: &str) -> String {
         let limit = query
             .split('&')

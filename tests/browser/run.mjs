@@ -150,7 +150,7 @@ async function startServer(name, port) {
   const db = path.join(DBDIR, `${name}.db`);
   const { STATETEMPLATE_STORE: _, ...inherited } = process.env; // never the memory store
   const p = spawn(bin, [], {
-    env: { ...inherited, ADDR: `127.0.0.1:${port}`, STATETEMPLATE_DEBUG: '1', STATETEMPLATE_KEYS: KEY, STATETEMPLATE_DB: db },
+    env: { ...inherited, ADDR: `127.0.0.1:${port}`, STATETEMPLATE_DEBUG: '1', STATETEMPLATE_KEYS: KEY, STATETEMPLATE_DB: db, STATETEMPLATE_UPLOADS: path.join(DBDIR, `${name}-uploads`) },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   servers.add(p);
@@ -434,6 +434,63 @@ async function restart(srv, whileDown = async () => {}) {
 }
 
 const examples = {
+  async uploads(ctx, base) {
+    // Uploads: two photos with progress, then refusals (too big, wrong
+    // type, not really an image) and a cancel; each arrives whole or not at
+    // all, and no partial file is left in the upload directory.
+    const page = await ctx.newPage();
+    await page.goto(base);
+    await connected(page);
+    await checkFresh(page, base, 'uploads: initial');
+    const dir = path.join(DBDIR, 'uploads-uploads');
+    const kept = () => readdirSync(path.join(dir, 'files')).length;
+    const partial = () => readdirSync(dir).filter((f) => f.endsWith('.part'));
+    const png = (n) => Buffer.concat([Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), Buffer.alloc(n, 7)]);
+    await page.evaluate(() => { window.__up = []; document.addEventListener('st:upload', (e) => window.__up.push(e.detail)); });
+    const flash = (text) => until(page, (t) => {
+      const f = document.querySelector('[st-flash]');
+      return f && !f.hidden && f.textContent.includes(t);
+    }, text);
+    const k0 = kept();
+    await page.setInputFiles('#photo', [
+      { name: 'sunset.png', mimeType: 'image/png', buffer: png(60000) },
+      { name: 'cat.png', mimeType: 'image/png', buffer: png(2000) },
+    ]);
+    await until(page, () => document.querySelectorAll('#files li').length === 2);
+    const names = await page.evaluate(() => [...document.querySelectorAll('#files li')].map((l) => l.textContent));
+    assert(names[0].startsWith('sunset.png 60008 bytes') && names[1].startsWith('cat.png 2008 bytes'), `uploads: listed: ${names}`);
+    const ev = await page.evaluate(() => window.__up);
+    assert(ev.some((d) => d.file === 'sunset.png' && d.loaded === d.total && d.total >= 60008), `uploads: progress events: ${JSON.stringify(ev.slice(0, 4))}`);
+    assert(ev.filter((d) => d.done).length === 2, 'uploads: two done');
+    await flash('cat.png is uploaded.');
+    assert(kept() === k0 + 2 && partial().length === 0, `uploads: kept ${kept()}, partial ${partial()}`);
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'uploads.png') });
+    await checkFresh(page, base, 'uploads: two photos');
+    for (const [file, says] of [
+      [{ name: 'huge.png', mimeType: 'image/png', buffer: png(300000) }, 'too big'],
+      [{ name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('hello') }, 'not accepted'],
+      [{ name: 'fake.png', mimeType: 'image/png', buffer: Buffer.from('not an image at all') }, 'fake.png is not a PNG or JPEG image.'],
+    ]) {
+      await page.setInputFiles('#photo', [file]);
+      await flash(says);
+      await until(page, (n) => window.__up.some((d) => d.file === n && d.error), file.name);
+    }
+    // Cancel: a slow upload (the browser throttled), aborted mid-way.
+    const cdp = await ctx.newCDPSession(page);
+    await cdp.send('Network.enable');
+    await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 16 * 1024 });
+    await page.setInputFiles('#photo', [{ name: 'slow.png', mimeType: 'image/png', buffer: png(200000) }]);
+    await page.waitForTimeout(700);
+    await page.click('#cancel');
+    await until(page, () => window.__up.some((d) => d.file === 'slow.png' && d.error === 'The upload was cancelled.'));
+    await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1 });
+    await flash('cancelled');
+    await page.waitForTimeout(500);
+    assert(kept() === k0 + 2 && partial().length === 0, `uploads: after the refusals and the cancel: kept ${kept()}, partial ${partial()}`);
+    assert((await page.evaluate(() => document.querySelectorAll('#files li').length)) === 2, 'uploads: nothing else listed');
+    await checkFresh(page, base, 'uploads: after refusals');
+    return page;
+  },
   async pages(ctx, base) {
     // Live navigation: st-patch links change the URL and re-render; the
     // search types as usual; st-navigate swaps to another page over the
@@ -1316,7 +1373,7 @@ async function newContext(browser) {
 
 // The least each example checks against a fresh render (restart included):
 // a check skipped by mistake fails the run.
-const MIN_CHECKS = { pages: 7, counter: 14, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
+const MIN_CHECKS = { uploads: 3, pages: 7, counter: 14, todos: 14, kill9: 7, dashboard: 7, stream: 15, chat: 5 };
 let ran = 0;
 try {
   if (!only.length || only.includes('corpus')) {
