@@ -13,7 +13,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group};
 use minijinja::Environment;
 use minijinja::value::{Serde, Value};
 use serde::Serialize;
-use statetemplate::{Delta, DeltaOp, FragmentEngine, LivePage};
+use statetemplate::fragment::{Delta, DeltaOp};
+use statetemplate::{FragmentEngine, LivePage};
 
 const COUNTER: &str = r#"<main class="counter"><h1>Live counter</h1><p class="count">{{ count }}</p><p class="status status-{{ status }}">The count is {{ status }}</p><button st-click="inc">+1</button><button st-click="dec">-1</button><footer>Last rendered at {{ ts }}</footer></main>"#;
 const TABLE: &str = r#"<main class="table"><h1>Accounts</h1><div class="controls"><button st-click="update">update</button><button st-click="append">append</button><button st-click="remove">remove</button></div><p class="rowcount">{{ rows|length }} rows</p><table><thead><tr><th>id</th><th>name</th><th>amount</th><th>status</th></tr></thead><tbody>{% for r in rows %}{% set status = "paid" if r.amount % 2 == 0 else "pending" %}<tr><td>{{ r.id }}</td><td>{{ r.name }}</td><td>{{ r.amount }}</td><td class="st-{{ status }}">{{ status }}</td></tr>{% endfor %}</tbody></table></main>"#;
@@ -55,7 +56,7 @@ fn env() -> Environment<'static> {
     let mut env = Environment::new();
     env.add_template("counter.html", COUNTER).unwrap();
     env.add_template("table.html", TABLE).unwrap();
-    statetemplate::register_filters(&mut env);
+    statetemplate::fragment::register_filters(&mut env);
     env
 }
 

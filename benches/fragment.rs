@@ -23,7 +23,7 @@ fn env() -> Environment<'static> {
     let mut env = Environment::new();
     env.add_template("table.html", PAGE).unwrap();
     env.add_template("counter.html", COUNTER).unwrap();
-    statetemplate::register_filters(&mut env);
+    statetemplate::fragment::register_filters(&mut env);
     env
 }
 

@@ -35,7 +35,7 @@ fn env() -> Environment<'static> {
         .unwrap();
     env.add_template("small.html", include_str!("../templates/small.html"))
         .unwrap();
-    statetemplate::register_filters(&mut env);
+    statetemplate::fragment::register_filters(&mut env);
     env
 }
 

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use minijinja::Environment;
 use serde_json::json;
+use statetemplate::StateTemplate;
+use statetemplate::session::Catchup;
 use statetemplate::store::{Durability, MemoryStore, SessionStore, SqliteOptions, SqliteStore};
 use statetemplate::token::KeyRing;
-use statetemplate::{Catchup, StateTemplate};
 use support::{Row, TABLE, make_row};
 
 #[derive(serde::Serialize)]

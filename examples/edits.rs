@@ -7,7 +7,8 @@
 
 use minijinja::Environment;
 use serde::Serialize;
-use statetemplate::{At, Edit, FragmentEngine};
+use statetemplate::fragment::At;
+use statetemplate::{Edit, FragmentEngine};
 
 #[derive(Serialize, Clone)]
 struct Row {

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use minijinja::Environment;
 use serde_json::json;
+use statetemplate::session::EvictReason;
 use statetemplate::testing::WireClient;
 use statetemplate::token::{Key, KeyRing};
-use statetemplate::{EvictReason, SessionEvent, StateTemplate};
+use statetemplate::{SessionEvent, StateTemplate};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), statetemplate::Error> {

@@ -4,7 +4,7 @@
 //!
 //! - [`WireClient`] holds what the JS client holds (the statics table and the
 //!   tree of dynamic values) and applies wire frames; the JS client mirrors it.
-//! - [`apply_updates`] applies seed-style [`Update`]s to an HTML string by
+//! - [`apply_updates`] applies [`Update`]s (each fragment's HTML) to an HTML string by
 //!   their comment anchors, as a client without the tree would.
 
 use std::collections::HashMap;

@@ -133,7 +133,7 @@
 //! let Some(SessionEvent::Patch(p)) = updates.recv().await else { unreachable!() };
 //! assert_eq!(p.seq(), 1);
 //! let _frame: &str = p.frame();   // compact wire frame for a joined client
-//! let _seed = p.updates();        // or seed-style updates with HTML
+//! let _html = p.updates();        // or updates with each fragment's HTML
 //! session.close().await?;
 //! # Ok(()) }
 //! ```
@@ -145,7 +145,7 @@
 //! open a session is the same [`ErrorKind::InvalidSession`]. Records go to a
 //! [`store::SessionStore`] ([`store::MemoryStore`] by default), from which a
 //! session that is not live in this process is restored; each render that
-//! changes the data hands the store its [`Delta`]
+//! changes the data hands the store its [`fragment::Delta`]
 //! ([`store::SessionStore::append`], versioned, compare-and-set), so a store
 //! can log changes instead of rewriting snapshots.
 //!
@@ -197,11 +197,11 @@
 mod apply;
 pub mod cluster;
 mod error;
-mod fragment;
+pub mod fragment;
 mod id;
 pub mod protocol;
 pub mod rate;
-mod session;
+pub mod session;
 pub mod store;
 pub mod testing;
 pub mod token;
@@ -247,15 +247,22 @@ pub mod fuzzing {
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+/// The guides' Rust examples (`docs/*.md` with Rust in them), compiled and
+/// run as doc tests.
+#[cfg(doctest)]
+pub mod doc_guides {
+    #[doc = include_str!("../docs/guides.md")]
+    pub struct Guides;
+    #[doc = include_str!("../docs/hooks.md")]
+    pub struct Hooks;
+    #[doc = include_str!("../docs/navigation.md")]
+    pub struct Navigation;
+    #[doc = include_str!("../docs/uploads.md")]
+    pub struct Uploads;
+}
+
 pub use error::{Error, ErrorKind, HandlerError, Result};
-pub use fragment::{
-    At, Delta, DeltaOp, Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps, WIRE_VERSION,
-    register_filters,
-};
+pub use fragment::{Edit, FragmentEngine, LivePage, Patch, StreamAt, StreamOps};
 pub use id::SessionId;
-pub use protocol::{Action, Update};
-pub use session::{
-    Builder, Catchup, Connection, EvictReason, InitialRender, KeptFrame, Pushed, Rendered,
-    Renderer, Resync, Session, SessionEvent, StateTemplate, Subscriber, UpdateReceiver,
-};
+pub use session::{Builder, InitialRender, Session, SessionEvent, StateTemplate, Subscriber};
 pub use transport::{Event, EventCtx, Live};

@@ -46,7 +46,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The oracles: [`apply_updates`] applies seed-style updates to HTML,
+//! The oracles: [`apply_updates`] applies HTML updates ([`crate::protocol::Update`]) to HTML,
 //! [`WireClient`] applies wire frames the way the JS client does, and
 //! [`strip_anchors`] removes the fragment anchors from HTML.
 
@@ -94,7 +94,7 @@ impl TestClient {
         let params = ConnectParams {
             sid: initial.session_id.to_string(),
             token: initial.token.clone(),
-            v: Some(crate::WIRE_VERSION),
+            v: Some(crate::fragment::WIRE_VERSION),
             c: Some(format!("{:x}", rand_client())),
             ..ConnectParams::default()
         };

@@ -31,14 +31,14 @@ use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
 /// The token format version.
-pub const TOKEN_VERSION: u8 = 1;
+pub(crate) const TOKEN_VERSION: u8 = 1;
 /// What tokens of this format are for; bound into the authenticated data.
 const PURPOSE: &[u8] = b"ws-v1";
 /// Tokens longer than this are rejected before any decoding.
-pub const MAX_TOKEN_LEN: usize = 512;
+pub(crate) const MAX_TOKEN_LEN: usize = 512;
 /// A token issued this far in the future is still accepted (clock skew
 /// between instances).
-pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
 const HEADER: usize = 1 + 4;
 const NONCE: usize = 12;

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use minijinja::Environment;
 use serde_json::json;
+use statetemplate::session::EvictReason;
 use statetemplate::store::{MemoryStore, SessionRecord};
 use statetemplate::token::KeyRing;
 use statetemplate::transport::{ConnectParams, WsMessage};
-use statetemplate::{Builder, ErrorKind, EvictReason, InitialRender, Live, Session, StateTemplate};
+use statetemplate::{Builder, ErrorKind, InitialRender, Live, Session, StateTemplate};
 
 fn builder() -> Builder {
     let mut env = Environment::new();

@@ -13,7 +13,8 @@ use minijinja::{AutoEscape, Environment};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value as Json, json};
-use statetemplate::{FragmentEngine, register_filters};
+use statetemplate::FragmentEngine;
+use statetemplate::fragment::register_filters;
 
 const HOSTILE: [&str; 6] = [
     "<script>alert(1)</script>",

@@ -197,7 +197,7 @@ async fn keys_expire_with_the_session_and_the_expiry_set_follows() {
     let mut r = conformance::sample_record(now + 600_000);
     s.create(&r).await.unwrap();
     // An append makes the log and frames keys.
-    let d = statetemplate::Delta::default();
+    let d = statetemplate::fragment::Delta::default();
     r.version = 1;
     r.seq += 1;
     s.append(statetemplate::store::Append::new(&r, &d).with_frame("[]"))
@@ -417,8 +417,8 @@ async fn a_render_while_redis_is_down_fails_cleanly_and_the_session_goes_on() {
 /// takes the session and the old one can no longer write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_appends_in_a_cluster() {
-    use statetemplate::Delta;
     use statetemplate::cluster::ClusterOptions;
+    use statetemplate::fragment::Delta;
     use statetemplate::store::Append;
     let p = prefix("fence");
     let keys = KeyRing::generate().unwrap();

@@ -14,8 +14,9 @@ use statetemplate::token::{Key, KeyRing};
 #[path = "common/flaky.rs"]
 mod flaky;
 use flaky::FlakyStore;
+use statetemplate::session::EvictReason;
 use statetemplate::{
-    Builder, ErrorKind, EvictReason, InitialRender, Result, Session, SessionEvent, StateTemplate,
+    Builder, ErrorKind, InitialRender, Result, Session, SessionEvent, StateTemplate,
 };
 
 const PAGE: &str = "<h1>{{ title }}</h1>\

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use minijinja::Environment;
 use serde_json::{Value as Json, json};
+use statetemplate::session::Catchup;
 use statetemplate::store::{SessionStore, SqliteOptions, SqliteStore, conformance};
 use statetemplate::testing::WireClient;
 use statetemplate::token::KeyRing;
-use statetemplate::{Catchup, ErrorKind, StateTemplate};
+use statetemplate::{ErrorKind, StateTemplate};
 
 const PAGE: &str = "<h1>{{ title }}</h1>\
 <ul>{% for r in rows %}<li id=\"r{{ r.id }}\">{{ loop.index }}. {{ r.text }}</li>{% endfor %}</ul>";

@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use minijinja::Environment;
 use proptest::prelude::*;
 use serde_json::{Value as Json, json};
+use statetemplate::fragment::{At, Delta};
 use statetemplate::store::{Append, MemoryStore, SessionRecord, SessionStore, conformance};
 use statetemplate::token::KeyRing;
-use statetemplate::{At, Delta, ErrorKind, Result, SessionEvent, SessionId, StateTemplate};
+use statetemplate::{ErrorKind, Result, SessionEvent, SessionId, StateTemplate};
 
 /// Reads `title`, `count` and `items`; never `hidden` or `extra`.
 const PAGE: &str = "<h1>{{ title }}</h1><p>{{ count }}</p>\

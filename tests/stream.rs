@@ -14,8 +14,9 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use serde_json::{Value as Json, json};
+use statetemplate::fragment::register_filters;
 use statetemplate::testing::{WireClient, strip_anchors};
-use statetemplate::{ErrorKind, FragmentEngine, LivePage, StreamAt, StreamOps, register_filters};
+use statetemplate::{ErrorKind, FragmentEngine, LivePage, StreamAt, StreamOps};
 
 const PAGE: &str = "<h1>{{ title }}</h1><ul id=\"log\">{% for m in log|stream %}<li class=\"{{ m.kind }}\">{{ m.text }}{{ suffix }}</li>{% endfor %}</ul><p>{{ n }}</p>";
 

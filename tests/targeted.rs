@@ -9,7 +9,8 @@ use minijinja::Environment;
 use minijinja::value::{Serde, Value};
 use proptest::prelude::*;
 use serde_json::{Value as Json, json};
-use statetemplate::{At, Edit, FragmentEngine};
+use statetemplate::fragment::At;
+use statetemplate::{Edit, FragmentEngine};
 
 const PAGE: &str = r#"<h1>{{ title }}</h1><p>{{ rows|length }} rows, {{ user.name }}</p>
 <ul>{% for r in rows %}<li class="{{ 'hi' if r.amount > 50 else 'lo' }}">{{ r.id }} {{ r.name }} {{ r.amount }}</li>{% else %}<li>no rows</li>{% endfor %}</ul>

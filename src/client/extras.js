@@ -30,7 +30,7 @@
       return new Promise(function (resolve, reject) {
         var c = clientOf(el);
         if (!c) return reject(new Error('statetemplate: the element is not in a live page'));
-        c.push(event, payload, el, function (err, reply) {
+        c.emit({ t: 'ev', n: event, d: payload }, el, function (err, reply) {
           if (err) reject(Object.assign(new Error(err.msg || err.code), { code: err.code }));
           else resolve(reply === undefined ? null : reply);
         });
@@ -115,7 +115,7 @@
     u.searchParams.forEach(function (v, k) { q[k] = v; });
     if (push) history.pushState({ st: 1 }, '', u.href);
     here = u.pathname;
-    cs[0].push(navigate ? 'st:navigate' : 'st:params', { path: u.pathname, query: q }, cs[0].el, function (err) {
+    cs[0].emit({ t: 'ev', n: navigate ? 'st:navigate' : 'st:params', d: { path: u.pathname, query: q } }, cs[0].el, function (err) {
       if (err && navigate) location.assign(u.href);
     });
     return true;

@@ -32,15 +32,15 @@
     if (Array.isArray(f)) {
       ops = f;
       if (isList(ops[0])) { this.statics(ops[0]); ops = ops.slice(1); }
-      if (!ops.length) fail('a frame without operations');
+      if (!ops.length) fail('no ops');
     } else if (isList(f)) {
-      if (!isId(f.q)) fail('an object frame without a seq');
+      if (!isId(f.q)) fail('no seq');
       if (!Array.isArray(f.o) || !f.o.length) fail('no ops');
       ops = f.o;
       var o0 = ops[0];
       if (Array.isArray(o0) && o0.length === 2 && o0[0] === '' && Array.isArray(o0[1])) this.st = {};
       if (f.s !== undefined) { if (!isList(f.s)) fail('bad statics'); this.statics(f.s); }
-    } else fail('a frame is an array or an object');
+    } else fail('bad frame');
     for (i = 0; i < ops.length; i++) acts = acts.concat(this.op(ops[i]));
     this.seq = Array.isArray(f) ? this.seq + 1 : f.q;
     return acts;
@@ -69,7 +69,7 @@
     if (!Array.isArray(b) || typeof b[0] !== 'number') fail('bad body');
     var s = this.st[b[0]];
     if (!s) fail('unknown statics ' + b[0]);
-    if (s[0].length !== b.length) fail('body does not fit its statics');
+    if (s[0].length !== b.length) fail('bad body');
     for (var i = 1; i < b.length; i++) this.dyn(b[i]);
     return b;
   };
@@ -87,7 +87,7 @@
     var seen = {};
     for (var i = 0; i < l.b.length; i++) {
       l.k[i] = key(l.k[i]);
-      if (seen['$' + l.k[i]]) fail('a list with a key twice');
+      if (seen['$' + l.k[i]]) fail('key twice');
       seen['$' + l.k[i]] = 1;
       this.body(l.b[i]);
     }
@@ -112,7 +112,7 @@
   };
 
   Model.prototype.slot = function (id) {
-    if (!this.root) fail('no document yet');
+    if (!this.root) fail('no page');
     var r = this.find(this.root, id);
     if (!r) fail('no fragment ' + id);
     return r;
@@ -166,7 +166,7 @@
       }
       if (op.length === 2 && (Array.isArray(v) || typeof v === 'number')) {
         /* A body, or a constant one by its statics id alone. */
-        if (!Array.isArray(v) && id === '') fail('the page by a statics id');
+        if (!Array.isArray(v) && id === '') fail('bad root');
         b = this.body(Array.isArray(v) ? v : [v]);
         if (id === '') { this.root = b; return { k: 'root' }; }
         r = this.bodyLoc(id); r.o[r.i] = b;
@@ -188,7 +188,7 @@
           at = op[i]; filled = false;
           continue;
         }
-        if (at < 0 || at + 1 >= b.length) fail('slot out of range');
+        if (at < 0 || at + 1 >= b.length) fail('bad slot');
         b[at + 1] = this.dyn(op[i]); at++; filled = true;
       }
       if (!filled) fail('bad slot list');
@@ -313,9 +313,17 @@
     return t.content;
   }
 
+  /* Old and new children pair by position, and by id where they have one:
+   * an element whose id comes later is kept for it (what is new goes in
+   * before it), and one the new list has elsewhere is moved into place. */
   function morphList(parent, olds, news, before) {
-    var i;
+    var i, o, k, had = {}, has = {};
+    for (i = 0; i < olds.length; i++) if (olds[i].id) had[olds[i].id] = olds[i];
+    for (i = 0; i < news.length; i++) if (news[i].id) has[news[i].id] = 1;
     for (i = 0; i < news.length; i++) {
+      o = olds[i]; k = news[i].id && had[news[i].id];
+      if (k && k !== o) { parent.insertBefore(k, o || before); olds.splice(olds.indexOf(k), 1); olds.splice(i, 0, k); }
+      else if (o && o.id && o.id !== news[i].id && has[o.id]) { olds.splice(i, 0, news[i]); remember(news[i]); parent.insertBefore(news[i], o); continue; }
       if (i < olds.length) {
         if (olds[i].nodeType === news[i].nodeType && olds[i].nodeName === news[i].nodeName) morph(olds[i], news[i]);
         else { remember(news[i]); parent.replaceChild(news[i], olds[i]); }
@@ -618,7 +626,7 @@
   Client.prototype.emit = function (m, t, cb) {
     m.r = ++this.ref;
     if (this.out.length >= OUTBOX) {
-      this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions are waiting for the server. Try again in a moment.', r: m.r });
+      this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions waiting. Try again soon.', r: m.r });
       if (cb) cb({ code: 'outbox_full' });
       return;
     }
@@ -640,12 +648,6 @@
       break;
     }
     this.pending();
-  };
-
-  /* Sends event `name` with payload d from element t (the root if none),
-   * like st-click does: for hooks (extras.js) and scripts. cb(err, reply). */
-  Client.prototype.push = function (name, d, t, cb) {
-    this.emit({ t: 'ev', n: name, d: d === undefined ? null : d }, t || this.el, cb);
   };
 
   /* An error: the st:error event on the root (cancelable: an app that
@@ -673,7 +675,7 @@
       document.body.appendChild(box);
     }
     box.setAttribute('data-st-kind', kind);
-    if (box.className === 'st-flash') box.style.background = kind === 'error' ? '#b00020' : kind === 'warning' ? '#8a5a00' : '#1b5e20';
+    if (box.className === 'st-flash') box.style.background = kind === 'error' ? '#b00020' : '#333';
     box.textContent = msg;
     box.hidden = false;
     clearTimeout(this.flashing);

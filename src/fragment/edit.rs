@@ -35,7 +35,8 @@ pub enum At {
 /// would give, frame for frame.
 ///
 /// ```
-/// # use statetemplate::{Edit, At};
+/// # use statetemplate::Edit;
+/// # use statetemplate::fragment::At;
 /// let mut e = Edit::default();
 /// e.assign("title", "Inbox")
 ///     .set("user.name", "Ann")

@@ -271,7 +271,7 @@ pub(crate) enum PatchOp {
     Stream(stream::StreamOp),
     /// The items of `list` from position `from` on recompute their loop
     /// counter slots from their positions (`items`: those whose counters
-    /// changed, for the seed-style updates).
+    /// changed, for the HTML updates).
     Renumber {
         list: Arc<str>,
         from: usize,

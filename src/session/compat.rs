@@ -8,7 +8,8 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::{Session, StateTemplate};
-use crate::{Action, Error, ErrorKind, Result, Update};
+use crate::protocol::{Action, Update};
+use crate::{Error, ErrorKind, Result};
 
 /// One page, one default session, one update channel: the API of the
 /// original seed, for apps that stream [`Update`]s themselves.

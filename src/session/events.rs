@@ -15,9 +15,9 @@ use super::Session;
 use super::StateTemplate;
 use super::pool::Pool;
 use super::state::SessionInner;
-use crate::Update;
 use crate::fragment::{LivePage, Patch};
 use crate::id::SessionId;
+use crate::protocol::Update;
 
 /// What [`StateTemplate::new_session`] returns: everything the page handler
 /// needs. `Debug` hides the token.

@@ -616,8 +616,9 @@ async fn two_engines(store: Arc<dyn SessionStore>) {
 /// fresh render all along.
 pub async fn resume_after_restart<S: SessionStore>(open: impl Fn() -> S) {
     use crate::apply::WireClient;
+    use crate::session::Catchup;
     use crate::token::KeyRing;
-    use crate::{Catchup, SessionEvent, StateTemplate};
+    use crate::{SessionEvent, StateTemplate};
     let env = || {
         let mut env = minijinja::Environment::new();
         env.add_template(

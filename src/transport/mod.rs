@@ -509,7 +509,7 @@ impl Live {
         E: Into<ReadError>,
     {
         let cfg = self.config.clone();
-        if params.v.is_some_and(|v| v != crate::WIRE_VERSION) {
+        if params.v.is_some_and(|v| v != crate::fragment::WIRE_VERSION) {
             out.close(close::VERSION, "unsupported protocol version")
                 .await;
             return;
@@ -694,7 +694,7 @@ impl Live {
 fn hello(epoch: &str, token: &str) -> String {
     format!(
         "{{\"t\":\"hello\",\"v\":{},\"epoch\":\"{}\",\"token\":\"{}\"}}",
-        crate::WIRE_VERSION,
+        crate::fragment::WIRE_VERSION,
         epoch,
         token
     )

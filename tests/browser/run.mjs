@@ -13,7 +13,7 @@
 import { chromium } from 'playwright-core';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -140,17 +140,17 @@ async function freePort() {
 }
 
 /** Which example binary a test runs (by default the one of its name). */
-const BIN = { kill9: 'todos' };
+const BIN = { kill9: 'todos', edits: 'todos' };
 
 /** Starts the server of test `name` on `port`, with its sessions in
  * DBDIR/NAME.db: the same file each time the same test (re)starts it. */
-async function startServer(name, port) {
+async function startServer(name, port, extraEnv = {}) {
   const bin = path.join(ROOT, 'target/debug/examples', BIN[name] || name);
   if (!DBDIR) DBDIR = mkdtempSync(path.join(os.tmpdir(), 'st-browser-'));
   const db = path.join(DBDIR, `${name}.db`);
   const { STATETEMPLATE_STORE: _, ...inherited } = process.env; // never the memory store
   const p = spawn(bin, [], {
-    env: { ...inherited, ADDR: `127.0.0.1:${port}`, STATETEMPLATE_DEBUG: '1', STATETEMPLATE_KEYS: KEY, STATETEMPLATE_DB: db, STATETEMPLATE_UPLOADS: path.join(DBDIR, `${name}-uploads`) },
+    env: { ...inherited, ADDR: `127.0.0.1:${port}`, STATETEMPLATE_DEBUG: '1', STATETEMPLATE_KEYS: KEY, STATETEMPLATE_DB: db, STATETEMPLATE_UPLOADS: path.join(DBDIR, `${name}-uploads`), ...extraEnv },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   servers.add(p);
@@ -1120,6 +1120,50 @@ async function startInstance(port, prefix) {
  * survives the other's changes; when A is killed, B's click made meanwhile
  * is applied once after B took the session over, and A's tab, once A is
  * back, catches up and keeps what was typed in it. */
+/** Live template edits: the todos demo reads its template from a copy;
+ * edited while a page is open, the page shows the edit on its next render
+ * (the clock's), with what the user is typing, the focus and the caret
+ * intact, in the same document and socket. */
+async function liveEdits(browser) {
+  const port = await freePort();
+  const base = `http://127.0.0.1:${port}`;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'st-edits-'));
+  const original = readFileSync(path.join(ROOT, 'templates/todos.html'), 'utf8');
+  writeFileSync(path.join(dir, 'todos.html'), original);
+  const proc = await startServer('edits', port, { STATETEMPLATE_TEMPLATES: dir });
+  const ctx = await newContext(browser);
+  const checks0 = checks;
+  try {
+    const page = await ctx.newPage();
+    await page.goto(base);
+    await connected(page);
+    await checkFresh(page, base, 'edits: initial');
+    await page.click('#new');
+    await page.keyboard.type('half typed');
+    await page.keyboard.press('ArrowLeft');
+    const hellos = await page.evaluate(() => { window.__same = 1; return window.statetemplate.clients[0].hellos; });
+    writeFileSync(path.join(dir, 'todos.html'), original.replace('<h1>Todos</h1>', '<h1 class="edited">Things to do</h1><p id="hint">Edited while you typed.</p>'));
+    await until(page, () => document.querySelector('h1.edited') && document.getElementById('hint'));
+    const s = await page.evaluate(() => {
+      const a = document.activeElement;
+      return [window.__same, window.statetemplate.clients[0].hellos, a.id, a.value, a.selectionStart];
+    });
+    assert(s[0] === 1 && s[1] === hellos, `edits: the same document and socket: ${s}`);
+    assert(s[2] === 'new' && s[3] === 'half typed' && s[4] === 9, `edits: focus, typed text and caret survive the switch: ${s}`);
+    await checkFresh(page, base, 'edits: after the edit', { '#new': 'half typed' });
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'edits.png') });
+    await page.keyboard.press('Enter');
+    await until(page, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'half typed'));
+    await checkFresh(page, base, 'edits: the page diffs as usual after it');
+    assert(checks - checks0 >= 3, 'edits: checks ran');
+    console.log(`ok   edits (${checks - checks0} checks)`);
+  } finally {
+    await ctx.close();
+    await stopServer(proc);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function twoInstances(browser) {
   assert(process.env.STATETEMPLATE_REDIS_URL, 'cluster: STATETEMPLATE_REDIS_URL is not set (scripts/test.sh starts a Redis and sets it)');
   const prefix = `st-browser:${process.pid}:${Date.now()}:`;
@@ -1335,9 +1379,11 @@ async function corpusInTheDom(browser) {
   for (const f of failed) console.log('FAIL corpus ' + f);
   console.log(`corpus in the DOM: ${results.length} runs of ${cases.length} cases, ${steps} frames, ${fields} form fields compared, ${failed.length} failed`);
   // A run that checks nothing fails: every corpus file in both orders, the
-  // form-state cases among them, every frame applied.
+  // form-state cases among them, the live template edits, every frame
+  // applied.
   const files = readdirSync(path.join(ROOT, 'tests/corpus')).filter((f) => f.endsWith('.txt'));
-  assert(cases.length === 2 * files.length, `the fixture has ${cases.length} cases for ${files.length} corpus files (rerun cargo test --test js_client)`);
+  assert(cases.length === 2 * files.length + 1, `the fixture has ${cases.length} cases for ${files.length} corpus files and the edits (rerun cargo test --test js_client)`);
+  assert(cases.some((c) => c.name === 'live-template-edits'), 'the fixture has no live template edits');
   assert(files.length >= 22, `only ${files.length} corpus files`);
   for (const want of ['21_textarea_inputs', '22_select']) {
     assert(cases.some((c) => c.name === want), `the fixture has no case ${want}`);
@@ -1353,9 +1399,9 @@ async function corpusInTheDom(browser) {
   return failed;
 }
 
-const unknown = only.filter((n) => n !== 'corpus' && n !== 'cluster' && !(n in examples));
+const unknown = only.filter((n) => !['corpus', 'cluster', 'edits'].includes(n) && !(n in examples));
 if (unknown.length) {
-  console.log(`unknown test(s): ${unknown.join(', ')} (corpus, ${Object.keys(examples).join(', ')})`);
+  console.log(`unknown test(s): ${unknown.join(', ')} (corpus, cluster, edits, ${Object.keys(examples).join(', ')})`);
   process.exit(2);
 }
 
@@ -1382,6 +1428,15 @@ try {
     } catch (e) {
       failures++;
       console.log(`FAIL corpus: ${e.stack || e}`);
+    }
+    ran++;
+  }
+  if (!only.length || only.includes('edits')) {
+    try {
+      await liveEdits(browser);
+    } catch (e) {
+      failures++;
+      console.log(`FAIL edits: ${e.stack || e}`);
     }
     ran++;
   }
@@ -1431,7 +1486,7 @@ try {
   await browser.close();
   cleanUp();
 }
-const want = only.length ? new Set(only).size : 2 + Object.keys(examples).length;
+const want = only.length ? new Set(only).size : 3 + Object.keys(examples).length;
 console.log(`${ran} test(s) run; in the examples ${checks} DOM-vs-fresh-render checks (markup and ${fieldChecks} form fields); screenshots in ${SHOTS}`);
 if (ran !== want) {
   console.log(`ran ${ran} of ${want} tests`);

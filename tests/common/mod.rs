@@ -6,9 +6,10 @@ use std::path::Path;
 
 use minijinja::Environment;
 use serde_json::Value as Json;
+use statetemplate::FragmentEngine;
+use statetemplate::fragment::register_filters;
 use statetemplate::testing::{WireClient, apply_updates, strip_anchors};
 use statetemplate::transport::WsMessage;
-use statetemplate::{FragmentEngine, register_filters};
 
 pub const MAIN: &str = "main.html";
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// When an acknowledged change is on disk. A render (and the answer to the
-/// event that made it) returns only after [`SessionStore::append`] returned,
+/// event that made it) returns only after [`SessionStore::append`](crate::store::SessionStore::append) returned,
 /// so this decides what "acknowledged" means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -31,7 +31,7 @@ pub enum Durability {
     Async,
 }
 
-/// How a [`SqliteStore`] writes. Build with [`SqliteOptions::default`] and
+/// How a [`SqliteStore`](crate::store::SqliteStore) writes. Build with [`SqliteOptions::default`] and
 /// the setters.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -99,7 +99,7 @@ impl SqliteOptions {
         self
     }
 
-    /// Whether [`SqliteStore::open_with`] runs SQLite's `quick_check` over
+    /// Whether [`SqliteStore::open_with`](crate::store::SqliteStore::open_with) runs SQLite's `quick_check` over
     /// the whole file, so a damaged file is refused at start rather than
     /// when some session is read (default true; its cost grows with the
     /// file: see `docs/benchmarks.md`).
@@ -109,7 +109,7 @@ impl SqliteOptions {
     }
 }
 
-/// What a [`SqliteStore`] wrote since it was opened.
+/// What a [`SqliteStore`](crate::store::SqliteStore) wrote since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SqliteStats {
     /// Appends written.
