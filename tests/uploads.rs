@@ -73,6 +73,11 @@ async fn app() -> App {
             }
         },
     );
+    let live = live.on_upload(
+        "one",
+        UploadOptions::new(1000).max_parallel(1).dir(&dir),
+        |_ctx: EventCtx, _up| async { Ok(()) },
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let router: axum::Router = live.router();
@@ -319,5 +324,50 @@ async fn refused_uploads_leave_nothing_and_say_why() {
     let (status, _) = post(&a, "doc", &token, &origin, &text, Body::Whole(b"fine")).await;
     assert_eq!(status, 200);
     assert_eq!(a.seen.lock().unwrap().len(), 1);
+    let _ = std::fs::remove_dir_all(&a.dir);
+}
+
+#[tokio::test]
+async fn uploads_in_flight_are_bounded() {
+    let a = app().await;
+    let origin = format!("http://{}", a.addr);
+    let token = a.initial.token.clone();
+    // One upload in flight: headers and half its body sent, then a pause.
+    let mut slow = TcpStream::connect(&a.addr).await.unwrap();
+    let head = format!(
+        "POST /statetemplate/upload/one?sid={}&token={token} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello",
+        a.initial.session_id, a.addr
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, j) = post(
+        &a,
+        "one",
+        &token,
+        &origin,
+        &[("Content-Type", "text/plain")],
+        Body::Whole(b"x"),
+    )
+    .await;
+    assert_eq!(status, 503, "a second one at once: {j}");
+    slow.write_all(b"world").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut out)).await;
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let (status, _) = post(
+        &a,
+        "one",
+        &token,
+        &origin,
+        &[("Content-Type", "text/plain")],
+        Body::Whole(b"x"),
+    )
+    .await;
+    assert_eq!(status, 200, "then the next one");
+    assert!(leftovers(&a.dir).is_empty());
     let _ = std::fs::remove_dir_all(&a.dir);
 }

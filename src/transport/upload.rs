@@ -26,6 +26,8 @@ pub(super) type UploadHandler = dyn Fn(super::EventCtx, Upload) -> BoxFuture + S
 pub(super) struct UploadEntry {
     pub opts: UploadOptions,
     pub handler: Arc<UploadHandler>,
+    /// Uploads in flight (at most `opts.max_parallel`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl Live {
@@ -45,8 +47,15 @@ impl Live {
     {
         let handler: Arc<UploadHandler> =
             Arc::new(move |ctx, up| Box::pin(f(ctx, up)) as BoxFuture);
-        Arc::make_mut(&mut self.uploads)
-            .insert(name.to_owned(), Arc::new(UploadEntry { opts, handler }));
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(opts.max_parallel));
+        Arc::make_mut(&mut self.uploads).insert(
+            name.to_owned(),
+            Arc::new(UploadEntry {
+                opts,
+                handler,
+                in_flight,
+            }),
+        );
         self
     }
 
@@ -119,6 +128,12 @@ impl Live {
         if head.length.is_some_and(|n| n > entry.opts.max_bytes) {
             return Err(too_big(entry.opts.max_bytes));
         }
+        let Ok(_slot) = entry.in_flight.clone().try_acquire_owned() else {
+            return Err(Refusal::new(
+                503,
+                "Too many uploads at once; try again in a moment.",
+            ));
+        };
         // An upload is an event: it takes the session's events budget.
         let wait = session.reserve_event(self.config.rate_per_sec, self.config.rate_burst);
         if !wait.is_zero() {
@@ -165,6 +180,7 @@ pub struct UploadOptions {
     pub(crate) max_bytes: u64,
     pub(crate) accept: Vec<String>,
     pub(crate) dir: PathBuf,
+    pub(crate) max_parallel: usize,
 }
 
 impl UploadOptions {
@@ -175,7 +191,17 @@ impl UploadOptions {
             max_bytes,
             accept: Vec::new(),
             dir: std::env::temp_dir(),
+            max_parallel: 8,
         }
+    }
+
+    /// How many files of this upload may arrive at once, from all sessions
+    /// together (default 8): with the size limit, it bounds the disk that
+    /// uploads in flight can take. Beyond it a request is refused at once
+    /// (503), before a byte is read.
+    pub fn max_parallel(mut self, n: usize) -> UploadOptions {
+        self.max_parallel = n.max(1);
+        self
     }
 
     /// Only these types: media types (`image/png`), families (`image/*`)
