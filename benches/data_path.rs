@@ -216,13 +216,49 @@ fn counter(c: &mut Criterion) {
     g.finish();
 }
 
+/// The cost of looking for edited templates (`FragmentEngine::reload`):
+/// the default (at most once a second), off, and on every render (the
+/// worst case), on a 100-row table, in the same run.
+fn reload(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reload_check");
+    let base = table(100);
+    let mut changed = base.clone();
+    changed.rows[50].amount += 1;
+    for (name, every) in [
+        ("default_1s", Some(Duration::from_secs(1))),
+        ("off", None),
+        ("every_render", Some(Duration::ZERO)),
+    ] {
+        let engine = FragmentEngine::new(env());
+        engine.reload_interval(every);
+        let mut page = engine.render("table.html", &base).unwrap();
+        let _ = page.join_frame();
+        g.bench_function(BenchmarkId::new("update_identical", name), |b| {
+            b.iter(|| page.update(&base).unwrap())
+        });
+        g.bench_function(BenchmarkId::new("update_row_changed", name), |b| {
+            b.iter_custom(|iters| {
+                alternate(
+                    &mut page,
+                    iters,
+                    |p| p.update(&changed).unwrap(),
+                    |p| {
+                        p.update(&base).unwrap();
+                    },
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = counter, tables
+    targets = counter, tables, reload
 }
 
 /// `DATA_PATH_COUNT=case:rows:iterations`: runs one case that many times
