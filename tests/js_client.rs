@@ -121,8 +121,13 @@ fn extras_script_is_small_and_parses() {
         client::extras_served().len()
     );
     assert!(n < 3 * 1024, "extras.js is {n} bytes gzipped");
-    let file = std::env::temp_dir().join(format!("st-hooks-{}.js", std::process::id()));
-    std::fs::write(&file, client::extras_served()).unwrap();
+    node_check("extras", client::extras_served());
+}
+
+/// Node parses `script` (`node --check`).
+fn node_check(name: &str, script: &str) {
+    let file = std::env::temp_dir().join(format!("st-{name}-{}.js", std::process::id()));
+    std::fs::write(&file, script).unwrap();
     let out = std::process::Command::new("node")
         .arg("--check")
         .arg(&file)
@@ -131,7 +136,7 @@ fn extras_script_is_small_and_parses() {
     let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),
-        "{}",
+        "node --check {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -161,19 +166,7 @@ fn the_served_client_is_the_script_without_comments() {
     ] {
         assert!(served.contains(lit), "{lit} lost");
     }
-    let file = std::env::temp_dir().join(format!("st-served-{}.js", std::process::id()));
-    std::fs::write(&file, served).unwrap();
-    let out = std::process::Command::new("node")
-        .arg("--check")
-        .arg(&file)
-        .output()
-        .expect("node is required (scripts/test.sh installs it)");
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "node --check: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node_check("served", served);
     // The browser tests run this script (and check the examples serve it).
     std::fs::create_dir_all("target/browser").unwrap();
     std::fs::write("target/browser/client.served.js", served).unwrap();
