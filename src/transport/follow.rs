@@ -9,8 +9,8 @@ use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::{ClientFrame, ConnectParams, Live, Out, ReadError, WsMessage, close, hello};
-use super::{parse_client_frame, shown_read_error};
+use super::connection::{Out, hello, shown_read_error};
+use super::{ClientFrame, ConnectParams, Live, ReadError, WsMessage, close, parse_client_frame};
 use crate::cluster::FeedItem;
 use crate::rate::Bucket;
 use crate::session::{Follower, Start, next_frame};
