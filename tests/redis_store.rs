@@ -473,3 +473,52 @@ async fn only_the_owner_appends_in_a_cluster() {
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     b.shutdown().await;
 }
+
+/// A pushed event (`Session::push`) reaches a tab that follows the session
+/// from another instance, not only the owner's own tabs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_events_reach_followers_on_other_instances() {
+    use statetemplate::cluster::ClusterOptions;
+    use statetemplate::testing::TestClient;
+    let p = prefix("push");
+    let keys = KeyRing::generate().unwrap();
+    let open = || RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+    let (sa, sb) = (open(), open());
+    let opts = ClusterOptions::default().lease(Duration::from_millis(1000));
+    let (ca, cb) = (sa.cluster(opts.clone()).unwrap(), sb.cluster(opts).unwrap());
+    let build = |s: &RedisStore, c| {
+        StateTemplate::builder(env())
+            .keys(keys.clone())
+            .store(s.clone())
+            .cluster(c)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (build(&sa, ca), build(&sb, cb));
+    let init = a.new_session("page.html", &data("t", 2)).await.unwrap();
+    // A tab on B: A owns the session, so B serves it as a follower.
+    let mut tab = TestClient::connect(&statetemplate::Live::new(b.clone()), &init)
+        .await
+        .unwrap();
+    let s = a
+        .get_session(&init.session_id.to_string(), &init.token)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.push("ping", &json!({"n": 1})).unwrap(),
+        0,
+        "no tab on A itself"
+    );
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tab.pushes().is_empty() && tokio::time::Instant::now() < end {
+        let _ = tab.next_frame(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tab.pushes(), &[("ping".to_owned(), json!({"n": 1}))]);
+    // Frames still come in order after it.
+    s.render(&data("after", 2)).await.unwrap();
+    assert!(tab.next_frame(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(tab.html(), s.fresh_render().await.unwrap().1);
+    tab.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

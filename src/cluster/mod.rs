@@ -138,6 +138,8 @@ impl Cluster {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum FeedItem {
     Frame(u64, Arc<str>),
+    /// An event the owner pushed (`Session::push`): its wire frame.
+    Push(Arc<str>),
     Lost,
 }
 
@@ -217,6 +219,8 @@ pub(crate) trait Link: Send + Sync + fmt::Debug + 'static {
     async fn follow(&self, id: &SessionId) -> Result<Feed>;
     /// Sends a broadcast to every instance (this one too).
     async fn broadcast(&self, b: &Broadcast) -> Result<()>;
+    /// Sends a pushed event's frame to the session's followers.
+    async fn push(&self, id: &SessionId, frame: &str) -> Result<()>;
     /// Publishes this instance's count of connections in `group`.
     async fn set_presence(&self, group: &str, count: u64) -> Result<()>;
     /// The connection counts in `group` of the live instances, by name.

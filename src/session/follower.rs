@@ -224,6 +224,7 @@ pub(crate) fn next_frame(
     match item {
         FeedItem::Frame(q, f) if *q == seq + 1 => Ok(Some((*q, f.clone()))),
         FeedItem::Frame(q, _) if *q <= seq => Ok(None),
+        FeedItem::Push(_) => Ok(None),
         _ => Err(()),
     }
 }

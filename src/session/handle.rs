@@ -429,9 +429,10 @@ impl Session {
     /// session now: the JS client fires `st:push` on the page's root (and
     /// on to the hooks that handle `name`, see `docs/hooks.md`). Not a
     /// change of the page: it is not stored, not replayed, and a tab that
-    /// is not connected misses it. In a cluster it reaches the tabs on the
-    /// session's owner only. Returns how many tabs it went to (0 when none
-    /// is connected). `name` is 1 to 128 bytes.
+    /// is not connected misses it. In a cluster it also reaches the tabs
+    /// that follow the session from other instances. Returns how many tabs
+    /// of this instance it went to (0 when none is connected). `name` is 1
+    /// to 128 bytes.
     pub fn push<P: Serialize + ?Sized>(&self, name: &str, payload: &P) -> Result<usize> {
         if name.is_empty() || name.len() > 128 {
             return Err(Error::protocol("a pushed event's name is 1 to 128 bytes"));
@@ -446,6 +447,16 @@ impl Session {
             payload,
             frame,
         });
+        if let Some(link) = self.engine.cluster.clone() {
+            // Tabs that follow from other instances get it too (best effort,
+            // like the event itself).
+            let (id, frame) = (self.inner.id, ev.frame.clone());
+            tokio::spawn(async move {
+                if let Err(e) = link.push(&id, &frame).await {
+                    tracing::debug!(error = %e, "cluster: a pushed event did not reach the followers");
+                }
+            });
+        }
         let outlet = self.inner.outlet.lock().expect("lock");
         Ok(if outlet.push(ev) {
             outlet.subscribers()

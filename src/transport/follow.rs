@@ -243,6 +243,7 @@ async fn feed_step(
     token: &str,
 ) -> Step {
     let gap = match &item {
+        Ok(FeedItem::Push(frame)) => return Step::Send(vec![frame.to_string()]),
         Ok(it) => match next_frame(it, *seq) {
             Ok(Some((q, frame))) => {
                 *seq = q;

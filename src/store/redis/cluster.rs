@@ -214,6 +214,15 @@ impl Shared {
             let Ok(id) = id.parse::<SessionId>() else {
                 return;
             };
+            if let Some(push) = body.strip_prefix(b"p ") {
+                if let (Ok(frame), Some(f)) = (
+                    std::str::from_utf8(push),
+                    self.follows.lock().expect("lock").get(&id),
+                ) {
+                    let _ = f.tx.send(FeedItem::Push(Arc::from(frame)));
+                }
+                return;
+            }
             let Some((seq, frame)) = std::str::from_utf8(&body)
                 .ok()
                 .and_then(|b| b.split_once(' '))
@@ -574,6 +583,12 @@ impl Link for RedisLink {
     async fn broadcast(&self, b: &Broadcast) -> Result<()> {
         let body = serde_json::to_string(b).map_err(|e| Error::store("cluster: broadcast", e))?;
         self.publish(&self.shared.bcast, &body).await?;
+        Ok(())
+    }
+
+    async fn push(&self, id: &SessionId, frame: &str) -> Result<()> {
+        let channel = format!("{}{id}", self.shared.frames);
+        self.publish(&channel, &format!("p {frame}")).await?;
         Ok(())
     }
 
