@@ -164,14 +164,11 @@ impl TestClient {
             if left.is_zero() {
                 return Ok(false);
             }
-            match self.read(left).await {
-                Ok(_) => {}
-                Err(e)
-                    if e.kind() == ErrorKind::Protocol && e.to_string().contains("timed out") =>
-                {
-                    return Ok(false);
+            match self.next_message(left).await? {
+                Some(m) => {
+                    self.take(m).await?;
                 }
-                Err(e) => return Err(e),
+                None => return Ok(false),
             }
         }
         Ok(true)
@@ -245,16 +242,27 @@ impl TestClient {
     /// Reads one message and takes it in: frames are applied, hellos and
     /// pushes kept, and an event's answer returned.
     async fn read(&mut self, timeout: Duration) -> Result<Option<Answer>> {
-        let msg = match tokio::time::timeout(timeout, self.from_server.recv()).await {
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Protocol,
-                    "timed out waiting for the server",
-                ));
-            }
-            Ok(None) => return Err(self.gone()),
-            Ok(Some(m)) => m,
-        };
+        match self.next_message(timeout).await? {
+            Some(m) => self.take(m).await,
+            None => Err(Error::new(
+                ErrorKind::Protocol,
+                "timed out waiting for the server",
+            )),
+        }
+    }
+
+    /// The next message from the server, or `None` when none came within
+    /// `timeout`.
+    async fn next_message(&mut self, timeout: Duration) -> Result<Option<WsMessage>> {
+        match tokio::time::timeout(timeout, self.from_server.recv()).await {
+            Err(_) => Ok(None),
+            Ok(None) => Err(self.gone()),
+            Ok(Some(m)) => Ok(Some(m)),
+        }
+    }
+
+    /// Takes one message in (see [`TestClient::read`]).
+    async fn take(&mut self, msg: WsMessage) -> Result<Option<Answer>> {
         let text = match msg {
             WsMessage::Text(t) => t,
             WsMessage::Ping(p) => {

@@ -420,26 +420,12 @@ async fn only_the_owner_appends_in_a_cluster() {
     use statetemplate::cluster::ClusterOptions;
     use statetemplate::fragment::Delta;
     use statetemplate::store::Append;
-    let p = prefix("fence");
-    let keys = KeyRing::generate().unwrap();
-    let open = || RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
-    let (sa, sb) = (open(), open());
-    let opts = ClusterOptions::default().lease(Duration::from_millis(500));
-    let (ca, cb) = (sa.cluster(opts.clone()).unwrap(), sb.cluster(opts).unwrap());
+    let ((sa, a), (sb, b)) = two_instances("fence", Duration::from_millis(500));
     assert_eq!(
         sa.cluster(ClusterOptions::default()).unwrap_err().kind(),
         ErrorKind::Config,
         "one cluster per store"
     );
-    let build = |s: &RedisStore, c| {
-        StateTemplate::builder(env())
-            .keys(keys.clone())
-            .store(s.clone())
-            .cluster(c)
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (build(&sa, ca), build(&sb, cb));
     let init = a.new_session("page.html", &data("t", 2)).await.unwrap();
     let id = init.session_id;
     // B, with the right version, is still refused: A owns it.
@@ -474,27 +460,36 @@ async fn only_the_owner_appends_in_a_cluster() {
     b.shutdown().await;
 }
 
-/// A pushed event (`Session::push`) reaches a tab that follows the session
-/// from another instance, not only the owner's own tabs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushed_events_reach_followers_on_other_instances() {
-    use statetemplate::cluster::ClusterOptions;
-    use statetemplate::testing::TestClient;
-    let p = prefix("push");
+/// Two engines in one cluster on one Redis (their own stores, one key ring,
+/// a lease of `lease`), as two instances would be.
+fn two_instances(
+    name: &str,
+    lease: Duration,
+) -> ((RedisStore, StateTemplate), (RedisStore, StateTemplate)) {
+    let p = prefix(name);
     let keys = KeyRing::generate().unwrap();
-    let open = || RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
-    let (sa, sb) = (open(), open());
-    let opts = ClusterOptions::default().lease(Duration::from_millis(1000));
-    let (ca, cb) = (sa.cluster(opts.clone()).unwrap(), sb.cluster(opts).unwrap());
-    let build = |s: &RedisStore, c| {
-        StateTemplate::builder(env())
+    let one = || {
+        let s = RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+        let c = s
+            .cluster(statetemplate::cluster::ClusterOptions::default().lease(lease))
+            .unwrap();
+        let e = StateTemplate::builder(env())
             .keys(keys.clone())
             .store(s.clone())
             .cluster(c)
             .build()
-            .unwrap()
+            .unwrap();
+        (s, e)
     };
-    let (a, b) = (build(&sa, ca), build(&sb, cb));
+    (one(), one())
+}
+
+/// A pushed event (`Session::push`) reaches a tab that follows the session
+/// from another instance, not only the owner's own tabs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_events_reach_followers_on_other_instances() {
+    use statetemplate::testing::TestClient;
+    let ((_, a), (_, b)) = two_instances("push", Duration::from_millis(1000));
     let init = a.new_session("page.html", &data("t", 2)).await.unwrap();
     // A tab on B: A owns the session, so B serves it as a follower.
     let mut tab = TestClient::connect(&statetemplate::Live::new(b.clone()), &init)
