@@ -30,9 +30,9 @@ impl Object for Seq {
 }
 
 pub(crate) struct Chunked<T> {
-    chunks: Vec<Arc<Vec<T>>>,
-    /// Index of each chunk's first item.
-    starts: Vec<usize>,
+    /// Each chunk with the index of its first item (one vector, so that a
+    /// short list costs two allocations: this and its one chunk).
+    chunks: Vec<(usize, Arc<Vec<T>>)>,
     len: usize,
 }
 
@@ -40,7 +40,6 @@ impl<T> Clone for Chunked<T> {
     fn clone(&self) -> Self {
         Chunked {
             chunks: self.chunks.clone(),
-            starts: self.starts.clone(),
             len: self.len,
         }
     }
@@ -50,7 +49,6 @@ impl<T> Default for Chunked<T> {
     fn default() -> Self {
         Chunked {
             chunks: Vec::new(),
-            starts: Vec::new(),
             len: 0,
         }
     }
@@ -64,30 +62,28 @@ impl<T: std::fmt::Debug> std::fmt::Debug for Chunked<T> {
 
 impl<T> FromIterator<T> for Chunked<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
-        let mut chunks = Vec::new();
-        let mut starts = Vec::new();
-        let mut cur = Vec::with_capacity(CHUNK);
+        let mut iter = iter.into_iter();
+        // A chunk is sized from what the iterator says is left, so that a
+        // short list does not hold a whole chunk's room (64 items of a
+        // 3-item list were most of an idle session's memory).
+        let room = |iter: &I::IntoIter| iter.size_hint().0.saturating_add(1).min(CHUNK);
+        let mut chunks = Vec::with_capacity(iter.size_hint().0.div_ceil(CHUNK).max(1));
+        let mut cur = Vec::with_capacity(room(&iter));
         let mut len = 0;
-        for item in iter {
+        while let Some(item) = iter.next() {
             if cur.len() == CHUNK {
-                starts.push(len - CHUNK);
-                chunks.push(Arc::new(std::mem::replace(
-                    &mut cur,
-                    Vec::with_capacity(CHUNK),
-                )));
+                let next = Vec::with_capacity(room(&iter));
+                chunks.push((len - CHUNK, Arc::new(std::mem::replace(&mut cur, next))));
             }
             cur.push(item);
             len += 1;
         }
         if !cur.is_empty() {
-            starts.push(len - cur.len());
-            chunks.push(Arc::new(cur));
+            cur.shrink_to_fit();
+            chunks.push((len - cur.len(), Arc::new(cur)));
         }
-        Chunked {
-            chunks,
-            starts,
-            len,
-        }
+        chunks.shrink_to_fit();
+        Chunked { chunks, len }
     }
 }
 
@@ -108,8 +104,8 @@ impl<T> Chunked<T> {
 
     /// The chunk holding item `i`, and the item's place in it.
     fn locate(&self, i: usize) -> (usize, usize) {
-        let c = self.starts.partition_point(|&s| s <= i) - 1;
-        (c, i - self.starts[c])
+        let c = self.chunks.partition_point(|&(s, _)| s <= i) - 1;
+        (c, i - self.chunks[c].0)
     }
 
     pub(crate) fn get(&self, i: usize) -> Option<&T> {
@@ -117,21 +113,21 @@ impl<T> Chunked<T> {
             return None;
         }
         let (c, at) = self.locate(i);
-        self.chunks[c].get(at)
+        self.chunks[c].1.get(at)
     }
 
     pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + '_ {
-        self.chunks.iter().flat_map(|c| c.iter())
+        self.chunks.iter().flat_map(|(_, c)| c.iter())
     }
 
+    /// Renumbers the chunks' starts from chunk `from` on.
     fn restart(&mut self, from: usize) {
-        self.starts.truncate(from);
         let mut s = match from {
             0 => 0,
-            n => self.starts[n - 1] + self.chunks[n - 1].len(),
+            n => self.chunks[n - 1].0 + self.chunks[n - 1].1.len(),
         };
-        for c in &self.chunks[from..] {
-            self.starts.push(s);
+        for (start, c) in &mut self.chunks[from..] {
+            *start = s;
             s += c.len();
         }
         self.len = s;
@@ -142,28 +138,27 @@ impl<T: Clone> Chunked<T> {
     /// Replaces item `i` (which must exist).
     pub(crate) fn set(&mut self, i: usize, v: T) {
         let (c, at) = self.locate(i);
-        Arc::make_mut(&mut self.chunks[c])[at] = v;
+        Arc::make_mut(&mut self.chunks[c].1)[at] = v;
     }
 
     /// Inserts before position `i` (`i == len` appends).
     pub(crate) fn insert(&mut self, i: usize, v: T) {
         if self.chunks.is_empty() {
-            self.chunks.push(Arc::new(vec![v]));
-            self.starts.push(0);
+            self.chunks.push((0, Arc::new(vec![v])));
             self.len = 1;
             return;
         }
         let (c, at) = if i >= self.len {
             let c = self.chunks.len() - 1;
-            (c, self.chunks[c].len())
+            (c, self.chunks[c].1.len())
         } else {
             self.locate(i)
         };
-        let chunk = Arc::make_mut(&mut self.chunks[c]);
+        let chunk = Arc::make_mut(&mut self.chunks[c].1);
         chunk.insert(at, v);
         if chunk.len() > 2 * CHUNK {
             let tail = chunk.split_off(CHUNK);
-            self.chunks.insert(c + 1, Arc::new(tail));
+            self.chunks.insert(c + 1, (0, Arc::new(tail)));
         }
         self.restart(c);
     }
@@ -171,7 +166,7 @@ impl<T: Clone> Chunked<T> {
     /// Removes item `i` (which must exist).
     pub(crate) fn remove(&mut self, i: usize) -> T {
         let (c, at) = self.locate(i);
-        let chunk = Arc::make_mut(&mut self.chunks[c]);
+        let chunk = Arc::make_mut(&mut self.chunks[c].1);
         let v = chunk.remove(at);
         if chunk.is_empty() {
             self.chunks.remove(c);
@@ -218,6 +213,28 @@ mod tests {
                 xs => Value::from_object(Seq(v.into_iter().collect()))
             });
             assert_eq!(as_vec.unwrap(), as_seq.unwrap());
+        }
+    }
+
+    /// A list holds no room for items it does not have: a 3-item list of
+    /// an idle session's page once held a whole chunk (64 items).
+    #[test]
+    fn holds_no_spare_room() {
+        let room = |c: &Chunked<u64>| c.chunks.iter().map(|(_, c)| c.capacity()).sum::<usize>();
+        for n in [0usize, 1, 3, 63, 64, 65, 200] {
+            let exact: Chunked<u64> = (0..n as u64).collect();
+            assert_eq!(
+                (exact.len(), room(&exact)),
+                (n, n),
+                "exact size hint, {n} items"
+            );
+            let unknown: Chunked<u64> = (0..2 * n as u64).filter(|x| x % 2 == 0).collect();
+            assert_eq!(
+                (unknown.len(), room(&unknown)),
+                (n, n),
+                "no size hint, {n} items"
+            );
+            assert!(exact.chunks.capacity() <= n.div_ceil(CHUNK).max(1));
         }
     }
 
