@@ -36,7 +36,7 @@ use minijinja::{AutoEscape, Environment, OutputSpan, OutputSpanKind};
 use serde::Serialize;
 
 use super::compile::{Body, ForNode, Op, Program, Synth};
-use super::tree::{BodyOut, ItemOut, ListOut, SlotOut};
+use super::tree::{BodyOut, ItemOut, ListOut, SlotOut, Text};
 
 /// The marker: raw text of the skeleton, one byte.
 const MARK: &str = "\u{1}";
@@ -464,7 +464,7 @@ impl Run<'_> {
     }
 
     /// A `{{ … }}` leaf's text: the next span if the leaf printed it.
-    fn expr(&mut self, start: u32, end: u32) -> Box<str> {
+    fn expr(&mut self, start: u32, end: u32) -> Text {
         if let Some(s) = self.spans.get(self.next) {
             let src = s.source_range().start;
             let out = s.output_range();
@@ -478,7 +478,7 @@ impl Run<'_> {
                 return self.out[out].into();
             }
         }
-        Box::default()
+        Text::default()
     }
 
     /// The text up to the marker at `at` (a leaf's output).

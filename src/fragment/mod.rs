@@ -37,7 +37,7 @@ pub use edit::{At, Edit};
 use eval::{Scope, eval_names, eval_value, render_leaf};
 use lists::{encode_key, item_keys, key_attr};
 pub use stream::{StreamAt, StreamOps};
-use tree::{BodyOut, ListOut, SlotOut, WireWriter};
+use tree::{BodyOut, ListOut, SlotOut, Text, WireWriter};
 
 /// The version of the wire format written by [`LivePage::encode`].
 pub const WIRE_VERSION: u32 = 2;
@@ -237,7 +237,7 @@ pub struct Patch {
 pub(crate) enum PatchOp {
     Text {
         id: Arc<str>,
-        text: Box<str>,
+        text: Text,
     },
     Body {
         id: String,
@@ -856,7 +856,7 @@ impl Walk<'_> {
                         return Ok((p.clone(), Change::None));
                     }
                 }
-                let text: Box<str> = render_leaf(self.env, synth, scope)?.into();
+                let text: Text = render_leaf(self.env, synth, scope)?.into();
                 let change = match prev {
                     Some(SlotOut::Text(t)) if *t == text => Change::None,
                     None => Change::None,

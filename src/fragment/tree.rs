@@ -20,10 +20,82 @@ pub(crate) struct BodyOut {
 
 #[derive(Debug, Clone)]
 pub(crate) enum SlotOut {
-    Text(Box<str>),
+    Text(Text),
     Branch { index: u16, body: Arc<BodyOut> },
     Sub(Arc<BodyOut>),
     List(Arc<ListOut>),
+}
+
+/// How long a leaf's text can be and still be kept in place.
+const INLINE: usize = 22;
+
+/// A leaf's output. Texts of up to 22 bytes (numbers, short names, class
+/// lists: most leaves) are kept in place, without an allocation of their
+/// own; the enum is as large as a `Box<str>` with its tag, and so is a
+/// `SlotOut` holding it.
+#[derive(Clone)]
+pub(crate) enum Text {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text::Inline {
+            len: 0,
+            buf: [0; INLINE],
+        }
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        if s.len() <= INLINE {
+            let mut buf = [0; INLINE];
+            buf[..s.len()].copy_from_slice(s.as_bytes());
+            Text::Inline {
+                len: s.len() as u8,
+                buf,
+            }
+        } else {
+            Text::Heap(s.into())
+        }
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        if s.len() <= INLINE {
+            Text::from(s.as_str())
+        } else {
+            Text::Heap(s.into_boxed_str())
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            // Always whole UTF-8: it is copied from a `&str` whole.
+            Text::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            Text::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -295,4 +367,36 @@ pub(crate) fn json_key(key: &str, out: &mut String) {
 pub(crate) fn json_str(s: &str, out: &mut String) {
     // serde_json's string escaping, without an intermediate allocation per call.
     out.push_str(&serde_json::to_string(s).expect("strings serialize"));
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn short_texts_are_kept_in_place_and_read_back_whole() {
+        for s in [
+            "",
+            "1",
+            "open",
+            "done pending",
+            "x".repeat(22).as_str(),
+            "é".repeat(11).as_str(),
+            &("a".repeat(20) + "é"),
+        ] {
+            let t = Text::from(s);
+            assert!(matches!(t, Text::Inline { .. }), "{s:?} should be inline");
+            assert_eq!(&*t, s);
+            assert_eq!(Text::from(s.to_string()), t);
+        }
+        for s in ["x".repeat(23), "a".repeat(21) + "é", "<li>".repeat(40)] {
+            let t = Text::from(s.as_str());
+            assert!(matches!(t, Text::Heap(_)), "{s:?} should be on the heap");
+            assert_eq!(&*t, s);
+            assert_eq!(Text::from(s.clone()), t);
+        }
+        assert_ne!(Text::from("a"), Text::from("b"));
+        // A slot is no larger for holding its text in place.
+        assert_eq!(std::mem::size_of::<SlotOut>(), 24);
+    }
 }
