@@ -13,6 +13,12 @@
 //! has its own session and connection (append and remove alternate on one,
 //! n of each).
 //!
+//! The last column is the server's CPU time per click (all its threads,
+//! from `/proc/<server>/task/*/schedstat`, read before the click and after
+//! the quiet period), median: what the server itself spends, apart from the
+//! waiting that latency includes. The first row is the floor: the same
+//! client against a bare axum WebSocket that answers at once.
+//!
 //! Run: `cargo bench --bench e2e` (`-- UPDATES ROWS...`; default 200 and
 //! 100 1000 10000). Bounded: UPDATES clicks per scenario, then both exit.
 
@@ -149,7 +155,26 @@ fn app(engine: &StateTemplate) -> axum::Router {
                 },
             ),
         )
+        .route("/echo", axum::routing::get(echo))
         .merge(live.router())
+}
+
+/// A bare WebSocket: each message is answered with a counter frame and the
+/// ref `1`, as two messages (see [`floor`]).
+async fn echo(ws: axum::extract::ws::WebSocketUpgrade) -> axum::response::Response {
+    use axum::extract::ws::Message as M;
+    ws.on_upgrade(|mut s| async move {
+        while let Some(Ok(m)) = s.next().await {
+            if let M::Text(_) = m {
+                let frame = r#"[[2,"1"],[5,"positive","positive"]]"#;
+                if s.send(M::Text(frame.into())).await.is_err()
+                    || s.send(M::Text("1".into())).await.is_err()
+                {
+                    break;
+                }
+            }
+        }
+    })
 }
 
 /// `GET path`; the body.
@@ -173,8 +198,23 @@ fn attr<'a>(html: &'a str, name: &str) -> &'a str {
     &html[start..start + html[start..].find('"').unwrap()]
 }
 
+/// CPU time the server process (this client's parent) has used so far, in
+/// nanoseconds: the sum of its threads' run time (`schedstat`).
+fn server_cpu_ns() -> u64 {
+    let dir = format!("/proc/{}/task", std::os::unix::process::parent_id());
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 struct Result {
     label: String,
+    /// The server's CPU time per measured click (all its threads).
+    cpu: Vec<Duration>,
     bytes: Vec<usize>,
     lat: Vec<Duration>,
     frames: Vec<usize>,
@@ -186,19 +226,36 @@ struct Result {
 async fn scenario(addr: &str, label: &str, path: &str, buttons: &[&str], n: usize) -> Result {
     let page = get(addr, path).await;
     let (sid, token) = (attr(&page, "data-st-session"), attr(&page, "data-st-token"));
-    let mut ws = flood::join(addr, sid, token).await;
+    let ws = flood::join(addr, sid, token).await;
+    clicks(ws, label, page.len(), buttons, n).await
+}
+
+/// The floor: the same clicks against `/echo`, a bare axum WebSocket that
+/// answers each message at once with a fixed frame and the event's ref
+/// (the two messages a counter click gets), with no session, no template
+/// and no statetemplate code on the way.
+async fn floor(addr: &str, n: usize) -> Result {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/echo"))
+        .await
+        .unwrap();
+    clicks(ws, "floor: bare axum WebSocket echo", 0, &["inc"], n).await
+}
+
+async fn clicks(mut ws: flood::Ws, label: &str, page: usize, buttons: &[&str], n: usize) -> Result {
     let mut r = Result {
         label: label.to_owned(),
+        cpu: Vec::new(),
         bytes: Vec::new(),
         lat: Vec::new(),
         frames: Vec::new(),
-        page: page.len(),
+        page,
     };
     for k in 0..WARMUP + n {
         let b = buttons[k % buttons.len()];
         // As the JS client sends it: with a ref, so the server answers it
         // (the answer, the ref alone, counts in the bytes).
         let click = format!(r#"{{"t":"ev","n":"{b}","d":{{}},"r":{}}}"#, k + 1);
+        let cpu = server_cpu_ns();
         let sent = Instant::now();
         ws.send(Message::Text(click.into())).await.unwrap();
         let (mut bytes, mut frames, mut last) = (0, 0, sent);
@@ -215,6 +272,9 @@ async fn scenario(addr: &str, label: &str, path: &str, buttons: &[&str], n: usiz
         }
         assert!(frames > 0, "{label}: click {k} got no frame");
         if k >= WARMUP {
+            // Read after the quiet period: the server has long finished.
+            r.cpu
+                .push(Duration::from_nanos(server_cpu_ns().saturating_sub(cpu)));
             r.bytes.push(bytes);
             r.lat.push(last - sent);
             r.frames.push(frames);
@@ -239,6 +299,7 @@ fn nearest_rank(v: &mut [Duration], p: f64) -> Duration {
 
 async fn client(addr: String, updates: usize, rows: Vec<usize>) {
     let mut all = vec![
+        floor(&addr, updates).await,
         scenario(
             &addr,
             "counter +1 (status const)",
@@ -280,6 +341,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         for (which, start) in [("append 1 row", 0), ("remove 1 row", 1)] {
             all.push(Result {
                 label: format!("table N={n}: {which}"),
+                cpu: every_other(&both.cpu, start),
                 bytes: every_other(&both.bytes, start),
                 lat: every_other(&both.lat, start),
                 frames: every_other(&both.frames, start),
@@ -288,7 +350,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         }
     }
     println!(
-        "{:<32} {:>5} {:>15} {:>14} {:>11} {:>11} {:>11} {:>15}",
+        "{:<32} {:>5} {:>15} {:>14} {:>11} {:>11} {:>11} {:>15} {:>14}",
         "scenario",
         "n",
         "bytes/upd(med)",
@@ -296,7 +358,8 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         "lat med ms",
         "lat p99 ms",
         "frames/upd",
-        "initial page B"
+        "initial page B",
+        "server CPU µs"
     );
     for mut r in all {
         let (lo, hi) = (
@@ -304,7 +367,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             *r.bytes.iter().max().unwrap(),
         );
         println!(
-            "{:<32} {:>5} {:>15} {:>14} {:>11.3} {:>11.3} {:>11} {:>15}",
+            "{:<32} {:>5} {:>15} {:>14} {:>11.3} {:>11.3} {:>11} {:>15} {:>14.1}",
             r.label,
             r.lat.len(),
             median(&mut r.bytes),
@@ -312,7 +375,8 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             median(&mut r.lat).as_secs_f64() * 1e3,
             nearest_rank(&mut r.lat, 0.99).as_secs_f64() * 1e3,
             median(&mut r.frames),
-            r.page
+            r.page,
+            median(&mut r.cpu).as_secs_f64() * 1e6
         );
     }
 }
