@@ -262,6 +262,8 @@ criterion_group! {
 }
 
 /// `DATA_PATH_COUNT=case:rows:iterations`: runs one case that many times
+/// (`bare`, `identical`, `changed`, `apply`; `counter` and `counter_bare`
+/// for the counter page, rows ignored)
 /// and exits, for instruction counts (`valgrind --tool=callgrind`): run with
 /// 0 and with N iterations; the difference over N is one operation's cost,
 /// repeatable on a busy machine.
@@ -276,6 +278,33 @@ fn count_mode(spec: &str) {
     );
     let engine = FragmentEngine::new(env());
     let plain = env();
+    if let Some(which) = case.strip_prefix("counter") {
+        // `counter` (an update with 3 values changed, and its frame) or
+        // `counter_bare` (a bare render); `n` is ignored.
+        let a = Counter {
+            count: 0,
+            status: "zero",
+            ts: "1764547200.000001".into(),
+        };
+        let b = Counter {
+            count: 1,
+            status: "positive",
+            ts: "1764547200.000002".into(),
+        };
+        let t = plain.get_template("counter.html").unwrap();
+        let mut page = engine.render("counter.html", &a).unwrap();
+        let _ = page.join_frame();
+        for i in 0..k {
+            let to = if i % 2 == 0 { &b } else { &a };
+            if which == "_bare" {
+                drop(std::hint::black_box(t.render(Serde(to)).unwrap()));
+            } else {
+                let p = page.update(to).unwrap();
+                std::hint::black_box(page.encode(&p));
+            }
+        }
+        return;
+    }
     let base = table(n);
     let mut changed = base.clone();
     changed.rows[n / 2].amount += 1;

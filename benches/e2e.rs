@@ -17,10 +17,14 @@
 //! from `/proc/<server>/task/*/schedstat`, read before the click and after
 //! the quiet period), median: what the server itself spends, apart from the
 //! waiting that latency includes. The first row is the floor: the same
-//! client against a bare axum WebSocket that answers at once.
+//! client against a bare axum WebSocket that answers at once. The two
+//! after it are per click, averaged over the measured clicks (append and
+//! remove share theirs): the server's read and write system calls
+//! (`/proc/<server>/io`) and its threads' context switches.
 //!
 //! Run: `cargo bench --bench e2e` (`-- UPDATES ROWS...`; default 200 and
-//! 100 1000 10000). Bounded: UPDATES clicks per scenario, then both exit.
+//! 100 1000 10000; with `E2E_ONLY=counter`, the floor and the counter
+//! only). Bounded: UPDATES clicks per scenario, then both exit.
 
 mod support;
 
@@ -211,7 +215,31 @@ fn server_cpu_ns() -> u64 {
         .sum()
 }
 
+/// The server's read and write system calls (`/proc/<server>/io`) and its
+/// threads' context switches so far.
+fn server_calls() -> (u64, u64) {
+    let pid = std::os::unix::process::parent_id();
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    };
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let calls = field(&io, "syscr:") + field(&io, "syscw:");
+    let switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+        .map(|s| field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:"))
+        .sum();
+    (calls, switches)
+}
+
 struct Result {
+    /// Per measured click, on average: the server's read and write system
+    /// calls, and its context switches.
+    calls: (f64, f64),
     label: String,
     /// The server's CPU time per measured click (all its threads).
     cpu: Vec<Duration>,
@@ -244,13 +272,18 @@ async fn floor(addr: &str, n: usize) -> Result {
 async fn clicks(mut ws: flood::Ws, label: &str, page: usize, buttons: &[&str], n: usize) -> Result {
     let mut r = Result {
         label: label.to_owned(),
+        calls: (0.0, 0.0),
         cpu: Vec::new(),
         bytes: Vec::new(),
         lat: Vec::new(),
         frames: Vec::new(),
         page,
     };
+    let mut calls = (0, 0);
     for k in 0..WARMUP + n {
+        if k == WARMUP {
+            calls = server_calls();
+        }
         let b = buttons[k % buttons.len()];
         // As the JS client sends it: with a ref, so the server answers it
         // (the answer, the ref alone, counts in the bytes).
@@ -280,6 +313,11 @@ async fn clicks(mut ws: flood::Ws, label: &str, page: usize, buttons: &[&str], n
             r.frames.push(frames);
         }
     }
+    let (c, w) = server_calls();
+    r.calls = (
+        (c - calls.0) as f64 / n as f64,
+        (w - calls.1) as f64 / n as f64,
+    );
     r
 }
 
@@ -317,6 +355,11 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         )
         .await,
     ];
+    // `E2E_ONLY=counter`: the floor and the counter only (for a profile).
+    let rows = match std::env::var("E2E_ONLY").as_deref() {
+        Ok("counter") => Vec::new(),
+        _ => rows,
+    };
     for n in rows {
         let path = format!("/table?rows={n}");
         all.push(
@@ -341,6 +384,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         for (which, start) in [("append 1 row", 0), ("remove 1 row", 1)] {
             all.push(Result {
                 label: format!("table N={n}: {which}"),
+                calls: both.calls,
                 cpu: every_other(&both.cpu, start),
                 bytes: every_other(&both.bytes, start),
                 lat: every_other(&both.lat, start),
@@ -350,7 +394,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         }
     }
     println!(
-        "{:<32} {:>5} {:>15} {:>14} {:>11} {:>11} {:>11} {:>15} {:>14}",
+        "{:<32} {:>5} {:>15} {:>14} {:>11} {:>11} {:>11} {:>15} {:>14} {:>13} {:>13}",
         "scenario",
         "n",
         "bytes/upd(med)",
@@ -359,7 +403,9 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         "lat p99 ms",
         "frames/upd",
         "initial page B",
-        "server CPU µs"
+        "server CPU µs",
+        "r/w calls",
+        "ctx switches"
     );
     for mut r in all {
         let (lo, hi) = (
@@ -367,7 +413,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             *r.bytes.iter().max().unwrap(),
         );
         println!(
-            "{:<32} {:>5} {:>15} {:>14} {:>11.3} {:>11.3} {:>11} {:>15} {:>14.1}",
+            "{:<32} {:>5} {:>15} {:>14} {:>11.3} {:>11.3} {:>11} {:>15} {:>14.1} {:>13.1} {:>13.1}",
             r.label,
             r.lat.len(),
             median(&mut r.bytes),
@@ -376,7 +422,9 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             nearest_rank(&mut r.lat, 0.99).as_secs_f64() * 1e3,
             median(&mut r.frames),
             r.page,
-            median(&mut r.cpu).as_secs_f64() * 1e6
+            median(&mut r.cpu).as_secs_f64() * 1e6,
+            r.calls.0,
+            r.calls.1
         );
     }
 }

@@ -136,7 +136,7 @@ impl Delta {
                 if !dotted.is_empty() {
                     dotted.push('.');
                 }
-                dotted.push_str(&step.to_string());
+                push_step(&mut dotted, step);
                 cur = c.get_item(step).ok().filter(|v| !v.is_undefined());
             }
             if whole && !path.is_empty() && old.kind() != ValueKind::Map {
@@ -150,6 +150,19 @@ impl Delta {
             return vec![String::new()];
         }
         out
+    }
+}
+
+/// Appends one step of a path to a dotted path: a key as it is (without the
+/// formatting machinery, which cost most of a small page's update), other
+/// values as they print.
+fn push_step(dotted: &mut String, step: &Value) {
+    match step.as_str() {
+        Some(s) => dotted.push_str(s),
+        None => {
+            use std::fmt::Write;
+            let _ = write!(dotted, "{step}");
+        }
     }
 }
 
@@ -209,7 +222,7 @@ impl Delta {
                 if !dotted.is_empty() {
                     dotted.push('.');
                 }
-                dotted.push_str(&step.to_string());
+                push_step(&mut dotted, step);
                 match cur.get_item(step).ok().filter(|v| !v.is_undefined()) {
                     Some(v) => cur = v,
                     None => {

@@ -84,9 +84,20 @@ impl std::ops::Deref for Text {
     }
 }
 
+impl Text {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, buf } => &buf[..*len as usize],
+            Text::Heap(s) => s.as_bytes(),
+        }
+    }
+}
+
 impl PartialEq for Text {
+    /// Compares the bytes (no UTF-8 check of either side: both are whole
+    /// strings).
     fn eq(&self, other: &Text) -> bool {
-        **self == **other
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -365,13 +376,50 @@ pub(crate) fn json_key(key: &str, out: &mut String) {
 }
 
 pub(crate) fn json_str(s: &str, out: &mut String) {
-    // serde_json's string escaping, without an intermediate allocation per call.
+    // serde_json escapes `"`, `\\` and control characters, nothing else: a
+    // string without them (most leaf texts) is copied as it is.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     out.push_str(&serde_json::to_string(s).expect("strings serialize"));
 }
 
 #[cfg(test)]
 mod text_tests {
     use super::*;
+
+    #[test]
+    fn json_strings_are_serde_json_s() {
+        let mut all: Vec<String> = [
+            "",
+            "plain",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "nl\n",
+            "\u{7f}del",
+            "é ü 😀",
+            "</script>",
+            "\u{1}\u{1f}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        all.push((0u8..=127).map(char::from).collect());
+        for s in all {
+            let mut out = String::from("x");
+            json_str(&s, &mut out);
+            assert_eq!(
+                out,
+                format!("x{}", serde_json::to_string(&s).unwrap()),
+                "{s:?}"
+            );
+        }
+    }
 
     #[test]
     fn short_texts_are_kept_in_place_and_read_back_whole() {
