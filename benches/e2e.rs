@@ -17,10 +17,9 @@
 //! from `/proc/<server>/task/*/schedstat`, read before the click and after
 //! the quiet period), median: what the server itself spends, apart from the
 //! waiting that latency includes. The first row is the floor: the same
-//! client against a bare axum WebSocket that answers at once. The two
-//! after it are per click, averaged over the measured clicks (append and
-//! remove share theirs): the server's read and write system calls
-//! (`/proc/<server>/io`) and its threads' context switches.
+//! client against a bare axum WebSocket that answers at once. The column
+//! after it is the server threads' context switches per click, averaged
+//! over the measured clicks (append and remove share theirs).
 //!
 //! Run: `cargo bench --bench e2e` (`-- UPDATES ROWS...`; default 200 and
 //! 100 1000 10000; with `E2E_ONLY=counter`, the floor and the counter
@@ -108,6 +107,23 @@ fn app(engine: &StateTemplate) -> axum::Router {
                 let i = (k as usize).wrapping_mul(7919) % t.rows.len();
                 t.rows[i].amount += 1;
             }
+            Ok(())
+        })
+        // What an app that knows what changed does (`Session::edit`): the
+        // clicked row's index and its new amount come with the click, as a
+        // row's own button would send them.
+        .on("edit", |ctx: statetemplate::EventCtx| async move {
+            #[derive(Deserialize)]
+            struct Click {
+                i: usize,
+                v: i64,
+            }
+            let c: Click = ctx.payload()?;
+            ctx.session
+                .edit(|e| {
+                    e.set(&format!("rows.{}.amount", c.i), &c.v);
+                })
+                .await?;
             Ok(())
         })
         .on_update("append", |t: &mut Table, _: Json| {
@@ -215,31 +231,25 @@ fn server_cpu_ns() -> u64 {
         .sum()
 }
 
-/// The server's read and write system calls (`/proc/<server>/io`) and its
-/// threads' context switches so far.
-fn server_calls() -> (u64, u64) {
+/// The server's threads' context switches so far (voluntary and not).
+fn server_switches() -> u64 {
     let pid = std::os::unix::process::parent_id();
-    let field = |text: &str, name: &str| -> u64 {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
-    };
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let calls = field(&io, "syscr:") + field(&io, "syscw:");
-    let switches = std::fs::read_dir(format!("/proc/{pid}/task"))
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
-        .map(|s| field(&s, "voluntary_ctxt_switches:") + field(&s, "nonvoluntary_ctxt_switches:"))
-        .sum();
-    (calls, switches)
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 struct Result {
-    /// Per measured click, on average: the server's read and write system
-    /// calls, and its context switches.
-    calls: (f64, f64),
+    /// The server's context switches per measured click, on average.
+    switches: f64,
     label: String,
     /// The server's CPU time per measured click (all its threads).
     cpu: Vec<Duration>,
@@ -255,7 +265,26 @@ async fn scenario(addr: &str, label: &str, path: &str, buttons: &[&str], n: usiz
     let page = get(addr, path).await;
     let (sid, token) = (attr(&page, "data-st-session"), attr(&page, "data-st-token"));
     let ws = flood::join(addr, sid, token).await;
-    clicks(ws, label, page.len(), buttons, n).await
+    clicks(ws, label, page.len(), buttons, n, |_| "{}".to_owned()).await
+}
+
+/// A table scenario whose clicks carry the row and its new amount (the
+/// `edit` handler, a targeted change through `Session::edit`).
+async fn edit_scenario(addr: &str, rows: usize, n: usize) -> Result {
+    let path = format!("/table?rows={rows}");
+    let page = get(addr, &path).await;
+    let (sid, token) = (attr(&page, "data-st-session"), attr(&page, "data-st-token"));
+    let ws = flood::join(addr, sid, token).await;
+    let label = format!("table N={rows}: change 1, targeted");
+    // The same rows as the `update` handler picks; each new amount is new.
+    let payload = move |k: usize| {
+        format!(
+            r#"{{"i":{},"v":{}}}"#,
+            k.wrapping_mul(7919) % rows,
+            2 * k + 1
+        )
+    };
+    clicks(ws, &label, page.len(), &["edit"], n, payload).await
 }
 
 /// The floor: the same clicks against `/echo`, a bare axum WebSocket that
@@ -266,28 +295,43 @@ async fn floor(addr: &str, n: usize) -> Result {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/echo"))
         .await
         .unwrap();
-    clicks(ws, "floor: bare axum WebSocket echo", 0, &["inc"], n).await
+    clicks(
+        ws,
+        "floor: bare axum WebSocket echo",
+        0,
+        &["inc"],
+        n,
+        |_| "{}".to_owned(),
+    )
+    .await
 }
 
-async fn clicks(mut ws: flood::Ws, label: &str, page: usize, buttons: &[&str], n: usize) -> Result {
+async fn clicks(
+    mut ws: flood::Ws,
+    label: &str,
+    page: usize,
+    buttons: &[&str],
+    n: usize,
+    payload: impl Fn(usize) -> String,
+) -> Result {
     let mut r = Result {
         label: label.to_owned(),
-        calls: (0.0, 0.0),
+        switches: 0.0,
         cpu: Vec::new(),
         bytes: Vec::new(),
         lat: Vec::new(),
         frames: Vec::new(),
         page,
     };
-    let mut calls = (0, 0);
+    let mut switches = 0;
     for k in 0..WARMUP + n {
         if k == WARMUP {
-            calls = server_calls();
+            switches = server_switches();
         }
         let b = buttons[k % buttons.len()];
         // As the JS client sends it: with a ref, so the server answers it
         // (the answer, the ref alone, counts in the bytes).
-        let click = format!(r#"{{"t":"ev","n":"{b}","d":{{}},"r":{}}}"#, k + 1);
+        let click = format!(r#"{{"t":"ev","n":"{b}","d":{},"r":{}}}"#, payload(k), k + 1);
         let cpu = server_cpu_ns();
         let sent = Instant::now();
         ws.send(Message::Text(click.into())).await.unwrap();
@@ -313,11 +357,7 @@ async fn clicks(mut ws: flood::Ws, label: &str, page: usize, buttons: &[&str], n
             r.frames.push(frames);
         }
     }
-    let (c, w) = server_calls();
-    r.calls = (
-        (c - calls.0) as f64 / n as f64,
-        (w - calls.1) as f64 / n as f64,
-    );
+    r.switches = server_switches().saturating_sub(switches) as f64 / n as f64;
     r
 }
 
@@ -372,6 +412,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             )
             .await,
         );
+        all.push(edit_scenario(&addr, n, updates).await);
         // Append and remove alternate on one connection, so N stays N or N+1.
         let both = scenario(
             &addr,
@@ -384,7 +425,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         for (which, start) in [("append 1 row", 0), ("remove 1 row", 1)] {
             all.push(Result {
                 label: format!("table N={n}: {which}"),
-                calls: both.calls,
+                switches: both.switches,
                 cpu: every_other(&both.cpu, start),
                 bytes: every_other(&both.bytes, start),
                 lat: every_other(&both.lat, start),
@@ -394,7 +435,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         }
     }
     println!(
-        "{:<32} {:>5} {:>15} {:>14} {:>11} {:>11} {:>11} {:>15} {:>14} {:>13} {:>13}",
+        "{:<32} {:>5} {:>15} {:>14} {:>11} {:>11} {:>11} {:>15} {:>14} {:>13}",
         "scenario",
         "n",
         "bytes/upd(med)",
@@ -404,7 +445,6 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
         "frames/upd",
         "initial page B",
         "server CPU µs",
-        "r/w calls",
         "ctx switches"
     );
     for mut r in all {
@@ -413,7 +453,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             *r.bytes.iter().max().unwrap(),
         );
         println!(
-            "{:<32} {:>5} {:>15} {:>14} {:>11.3} {:>11.3} {:>11} {:>15} {:>14.1} {:>13.1} {:>13.1}",
+            "{:<32} {:>5} {:>15} {:>14} {:>11.3} {:>11.3} {:>11} {:>15} {:>14.1} {:>13.1}",
             r.label,
             r.lat.len(),
             median(&mut r.bytes),
@@ -423,8 +463,7 @@ async fn client(addr: String, updates: usize, rows: Vec<usize>) {
             median(&mut r.frames),
             r.page,
             median(&mut r.cpu).as_secs_f64() * 1e6,
-            r.calls.0,
-            r.calls.1
+            r.switches
         );
     }
 }
