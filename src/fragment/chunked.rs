@@ -66,9 +66,10 @@ impl<T> FromIterator<T> for Chunked<T> {
         // A chunk is sized from what the iterator says is left, so that a
         // short list does not hold a whole chunk's room (64 items of a
         // 3-item list were most of an idle session's memory).
+        // (A new chunk is made with an item in hand: room for it too.)
         let room = |iter: &I::IntoIter| iter.size_hint().0.saturating_add(1).min(CHUNK);
         let mut chunks = Vec::with_capacity(iter.size_hint().0.div_ceil(CHUNK).max(1));
-        let mut cur = Vec::with_capacity(room(&iter));
+        let mut cur = Vec::with_capacity(iter.size_hint().0.min(CHUNK));
         let mut len = 0;
         while let Some(item) = iter.next() {
             if cur.len() == CHUNK {
