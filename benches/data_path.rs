@@ -181,10 +181,8 @@ fn tables(c: &mut Criterion) {
     }
 }
 
-fn counter(c: &mut Criterion) {
-    let engine = FragmentEngine::new(env());
-    let plain = env();
-    let mut g = c.benchmark_group("counter");
+/// The counter's two states: an update between them changes three values.
+fn counters() -> (Counter, Counter) {
     let a = Counter {
         count: 0,
         status: "zero",
@@ -195,6 +193,14 @@ fn counter(c: &mut Criterion) {
         status: "positive",
         ts: "1764547200.000002".into(),
     };
+    (a, b)
+}
+
+fn counter(c: &mut Criterion) {
+    let engine = FragmentEngine::new(env());
+    let plain = env();
+    let mut g = c.benchmark_group("counter");
+    let (a, b) = counters();
     g.bench_function("bare_minijinja_render", |bench| {
         let t = plain.get_template("counter.html").unwrap();
         bench.iter(|| t.render(Serde(&b)).unwrap())
@@ -281,16 +287,7 @@ fn count_mode(spec: &str) {
     if let Some(which) = case.strip_prefix("counter") {
         // `counter` (an update with 3 values changed, and its frame) or
         // `counter_bare` (a bare render); `n` is ignored.
-        let a = Counter {
-            count: 0,
-            status: "zero",
-            ts: "1764547200.000001".into(),
-        };
-        let b = Counter {
-            count: 1,
-            status: "positive",
-            ts: "1764547200.000002".into(),
-        };
+        let (a, b) = counters();
         let t = plain.get_template("counter.html").unwrap();
         let mut page = engine.render("counter.html", &a).unwrap();
         let _ = page.join_frame();
