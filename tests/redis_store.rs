@@ -489,7 +489,10 @@ fn two_instances(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_events_reach_followers_on_other_instances() {
     use statetemplate::testing::TestClient;
-    let ((_, a), (_, b)) = two_instances("push", Duration::from_millis(1000));
+    // The default lease: with a short one, a loaded machine that delays
+    // the owner's beat makes the follower see it as gone and close the tab
+    // (4004), which is failover, not what this test is about.
+    let ((_, a), (_, b)) = two_instances("push", Duration::from_secs(5));
     let init = a.new_session("page.html", &data("t", 2)).await.unwrap();
     // A tab on B: A owns the session, so B serves it as a follower.
     let mut tab = TestClient::connect(&statetemplate::Live::new(b.clone()), &init)
