@@ -216,61 +216,96 @@ impl ser::SerializeMap for MapB<'_, '_> {
 /// order, and nothing allocated while they are all unchanged.
 pub(super) struct StructB<'a, 'c> {
     b: B<'a, 'c>,
-    variant: Option<&'static str>,
-    /// The old fields when the old value is a struct we built.
-    old: Option<&'a [(&'static str, Value)]>,
-    /// An old value of another kind that still has fields (a map).
-    old_any: Option<&'a Value>,
+    /// What the fields are compared with, or the variant's name. One
+    /// field, so that the builder stays small enough to move in registers
+    /// (it is moved into `end` for every struct in the data).
+    src: Src<'a>,
     fields: Vec<(&'static str, Value)>,
     n: usize,
+    cap: u32,
     own: bool,
-    cap: usize,
     /// The struct's own step is on the path.
     pushed: bool,
 }
 
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    /// Nothing to compare with: a fresh struct.
+    None,
+    /// The old fields, when the old value is a struct we built.
+    Fields(&'a [(&'static str, Value)]),
+    /// An old value of another kind that still has fields (a map).
+    Map(&'a Value),
+    /// A struct variant (built fresh, compared whole).
+    Variant(&'static str),
+}
+
 impl<'a, 'c> StructB<'a, 'c> {
+    #[inline]
     pub(super) fn new(
         mut b: B<'a, 'c>,
         len: usize,
         variant: Option<&'static str>,
     ) -> StructB<'a, 'c> {
-        let (old, old_any) = match (b.old, variant) {
+        let src = match (b.old, variant) {
+            (_, Some(name)) => Src::Variant(name),
             (Old::Cmp(o) | Old::Dry(o), None) => match o.downcast_object_ref::<Fields>() {
-                Some(f) => (Some(f.0.as_slice()), None),
-                None if o.kind() == ValueKind::Map => (None, Some(o)),
-                None => (None, None),
+                Some(f) => Src::Fields(f.0.as_slice()),
+                None if o.kind() == ValueKind::Map => Src::Map(o),
+                None => Src::None,
             },
-            _ => (None, None),
+            _ => Src::None,
         };
-        let own = old.is_none();
-        let pushed = (old.is_some() || old_any.is_some()) && b.enter();
+        let own = !matches!(src, Src::Fields(_));
+        let pushed = matches!(src, Src::Fields(_) | Src::Map(_)) && b.enter();
         StructB {
             b,
-            variant,
-            old,
-            old_any,
+            src,
             fields: Vec::with_capacity(if own { len.min(4096) } else { 0 }),
             n: 0,
+            cap: u32::try_from(len).unwrap_or(u32::MAX),
             own,
-            cap: len,
             pushed,
+        }
+    }
+
+    /// The old fields, when the old value is a struct we built.
+    fn old(&self) -> Option<&'a [(&'static str, Value)]> {
+        match self.src {
+            Src::Fields(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// An old map standing for the struct.
+    fn old_any(&self) -> Option<&'a Value> {
+        match self.src {
+            Src::Map(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    fn variant(&self) -> Option<&'static str> {
+        match self.src {
+            Src::Variant(name) => Some(name),
+            _ => None,
         }
     }
 
     fn materialize(&mut self) {
         if !self.own {
-            let old = self.old.expect("old fields");
-            self.fields = Vec::with_capacity(self.cap.max(old.len()));
+            let old = self.old().expect("old fields");
+            self.fields = Vec::with_capacity((self.cap as usize).max(old.len()));
             self.fields.extend_from_slice(&old[..self.n]);
             self.own = true;
         }
     }
 
+    #[inline]
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> R<()> {
         // The common case first: the old struct has this field at this
         // place, and nothing before it changed.
-        if let (Some(old), false, Old::Cmp(_)) = (self.old, self.own, self.b.old) {
+        if let (Some(old), false, Old::Cmp(_)) = (self.old(), self.own, self.b.old) {
             if let Some((k, p)) = old.get(self.n) {
                 if std::ptr::eq(*k, key) || *k == key {
                     let r = v.serialize(B {
@@ -279,21 +314,33 @@ impl<'a, 'c> StructB<'a, 'c> {
                         seg: Some(Seg::Field(key)),
                     });
                     if let Some(nv) = r? {
-                        self.materialize();
-                        self.fields.push((key, nv));
+                        self.changed(key, nv);
                     }
                     self.n += 1;
                     return Ok(());
                 }
             }
         }
+        self.field_slow(key, v)
+    }
+
+    /// A field of the old struct found changed in place.
+    #[cold]
+    fn changed(&mut self, key: &'static str, nv: Value) {
+        self.materialize();
+        self.fields.push((key, nv));
+    }
+
+    /// `field` off the common path: a fresh struct, a dry run, an old map,
+    /// or fields out of their old order.
+    fn field_slow<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> R<()> {
         let dry = matches!(self.b.old, Old::Dry(_));
         let same_key = |k: &'static str| std::ptr::eq(k, key) || k == key;
         // The old value of this field: borrowed from the old struct (by
         // position, else by name), or looked up in an old map.
         let mut in_place = false;
         let looked_up: Option<Value>;
-        let prev: Option<&Value> = match (self.old, self.old_any) {
+        let prev: Option<&Value> = match (self.old(), self.old_any()) {
             (Some(old), _) => match old.get(self.n) {
                 Some((k, v)) if same_key(k) => {
                     in_place = true;
@@ -307,7 +354,7 @@ impl<'a, 'c> StructB<'a, 'c> {
             }
             (None, None) => None,
         };
-        let compared = matches!(self.b.old, Old::Cmp(_) | Old::Dry(_)) && self.variant.is_none();
+        let compared = matches!(self.b.old, Old::Cmp(_) | Old::Dry(_)) && self.variant().is_none();
         let nv = match (prev, dry) {
             (Some(p), true) => v.serialize(B {
                 old: Old::Dry(p),
@@ -345,14 +392,26 @@ impl<'a, 'c> StructB<'a, 'c> {
         Ok(())
     }
 
-    fn finish(mut self) -> R<Out> {
+    #[inline]
+    fn finish(self) -> R<Out> {
+        // The common case: every field is the old one, in its old place.
+        if let (Some(old), false, true) = (self.old(), self.own, self.pushed) {
+            if self.n == old.len() {
+                self.b.cx.path.pop();
+                return Ok(None);
+            }
+        }
+        self.finish_slow()
+    }
+
+    fn finish_slow(mut self) -> R<Out> {
         if self.pushed {
             let r = self.finish_compared();
             self.b.cx.path.pop();
             return r;
         }
         let dry = matches!(self.b.old, Old::Dry(_));
-        if let Some(old) = self.old {
+        if let Some(old) = self.old() {
             if !self.own && self.n == old.len() {
                 return Ok(None);
             }
@@ -362,12 +421,12 @@ impl<'a, 'c> StructB<'a, 'c> {
             self.materialize();
         }
         // Old fields the new struct no longer has.
-        let old_keys: Vec<Value> = match (self.old, self.old_any) {
+        let old_keys: Vec<Value> = match (self.old(), self.old_any()) {
             (Some(old), _) => old.iter().map(|(k, _)| Value::from(*k)).collect(),
             (None, Some(o)) => o.try_iter().map(|i| i.collect()).unwrap_or_default(),
             _ => Vec::new(),
         };
-        if self.variant.is_none() {
+        if self.variant().is_none() {
             for k in old_keys {
                 if !self.fields.iter().any(|(f, _)| Some(*f) == k.as_str()) {
                     if dry {
@@ -380,14 +439,15 @@ impl<'a, 'c> StructB<'a, 'c> {
                 }
             }
         }
+        let (variant, fresh) = (self.variant(), matches!(self.src, Src::None));
         let v = Value::from_object(Fields(self.fields));
-        match self.variant {
+        match variant {
             None => {
                 if dry {
                     return Err(Fail::Differs);
                 }
                 // A struct whose old value was another kind records itself.
-                if let (Old::Cmp(_), None, None) = (self.b.old, self.old, self.old_any) {
+                if let (Old::Cmp(_), true) = (self.b.old, fresh) {
                     self.b.cx.set(self.b.seg, &v);
                 }
                 Ok(Some(v))
@@ -404,13 +464,13 @@ impl StructB<'_, '_> {
     /// `finish` for a struct compared with an old struct or map (its step
     /// is on the path, so what it records lands under it).
     fn finish_compared(&mut self) -> R<Out> {
-        if let Some(old) = self.old {
+        if let Some(old) = self.old() {
             if !self.own && self.n == old.len() {
                 return Ok(None);
             }
             self.materialize();
         }
-        let old_keys: Vec<Value> = match (self.old, self.old_any) {
+        let old_keys: Vec<Value> = match (self.old(), self.old_any()) {
             (Some(old), _) => old.iter().map(|(k, _)| Value::from(*k)).collect(),
             (None, Some(o)) => o.try_iter().map(|i| i.collect()).unwrap_or_default(),
             _ => Vec::new(),
@@ -432,12 +492,14 @@ impl StructB<'_, '_> {
 impl ser::SerializeStruct for StructB<'_, '_> {
     type Ok = Out;
     type Error = Fail;
+    #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> R<()> {
         self.field(key, v)
     }
     fn skip_field(&mut self, _: &'static str) -> R<()> {
         Ok(())
     }
+    #[inline]
     fn end(self) -> R<Out> {
         self.finish()
     }

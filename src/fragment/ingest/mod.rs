@@ -261,6 +261,7 @@ struct B<'a, 'c> {
 impl B<'_, '_> {
     /// A container about to compare its children: its own step goes onto
     /// the path. Returns whether it pushed.
+    #[inline]
     fn enter(&mut self) -> bool {
         match (self.old, self.seg) {
             (Old::Cmp(_), Some(seg)) => {
@@ -281,6 +282,7 @@ impl B<'_, '_> {
     }
 
     /// A plain value with a cheap equality test that does not build it.
+    #[inline]
     fn cheap(self, eq: impl Fn(&Value) -> bool, make: impl FnOnce() -> Value) -> R<Out> {
         match self.old {
             Old::Cmp(o) | Old::Dry(o) if eq(o) => Ok(None),
@@ -333,13 +335,23 @@ impl B<'_, '_> {
 /// Whether `o` is an integer equal to `v` (any of minijinja's integer
 /// kinds: they render alike). The common case, a small non-negative
 /// number, takes minijinja's inlined `as_usize`.
-fn same_int(o: &Value, v: i128) -> bool {
+#[inline]
+fn same_u64(o: &Value, v: u64) -> bool {
     if !o.is_integer() {
         return false;
     }
     match usize::try_from(v) {
         Ok(u) => o.as_usize() == Some(u),
-        Err(_) => i128::try_from(o.clone()).ok() == Some(v),
+        Err(_) => u64::try_from(o.clone()).ok() == Some(v),
+    }
+}
+
+/// [`same_u64`] for a signed integer.
+#[inline]
+fn same_i64(o: &Value, v: i64) -> bool {
+    match u64::try_from(v) {
+        Ok(u) => same_u64(o, u),
+        Err(_) => o.is_integer() && i64::try_from(o.clone()).ok() == Some(v),
     }
 }
 
@@ -410,7 +422,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
         self.serialize_i64(v as i64)
     }
     fn serialize_i64(self, v: i64) -> R<Out> {
-        self.cheap(|o| same_int(o, v as i128), || Value::from(v))
+        self.cheap(|o| same_i64(o, v), || Value::from(v))
     }
     fn serialize_i128(self, v: i128) -> R<Out> {
         self.plain(Value::from(v))
@@ -425,7 +437,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
         self.serialize_u64(v as u64)
     }
     fn serialize_u64(self, v: u64) -> R<Out> {
-        self.cheap(|o| same_int(o, v as i128), || Value::from(v))
+        self.cheap(|o| same_u64(o, v), || Value::from(v))
     }
     fn serialize_u128(self, v: u128) -> R<Out> {
         self.plain(Value::from(v))
@@ -518,6 +530,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
             reused: true,
         })
     }
+    #[inline]
     fn serialize_struct(self, _: &'static str, len: usize) -> R<StructB<'a, 'c>> {
         Ok(StructB::new(self, len, None))
     }

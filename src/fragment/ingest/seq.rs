@@ -30,6 +30,7 @@ enum OldItems<'a> {
 }
 
 impl OldItems<'_> {
+    #[inline]
     fn len(&self) -> usize {
         match self {
             OldItems::Shared(s) => s.len(),
@@ -38,6 +39,7 @@ impl OldItems<'_> {
         }
     }
 
+    #[inline]
     fn at(&self, i: usize) -> &Value {
         match self {
             OldItems::Shared(s) => &s[i],
@@ -63,6 +65,7 @@ impl OldItems<'_> {
 
 impl std::ops::Index<usize> for OldItems<'_> {
     type Output = Value;
+    #[inline]
     fn index(&self, i: usize) -> &Value {
         self.at(i)
     }
@@ -115,6 +118,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
 
     /// An old item kept: nothing to copy while the new list is still the
     /// old one's prefix.
+    #[inline]
     fn push_old(&mut self, v: &Value, in_place: bool) {
         if !in_place || self.own {
             self.materialize();
@@ -270,6 +274,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
 impl ser::SerializeSeq for SeqB<'_, '_> {
     type Ok = Out;
     type Error = Fail;
+    #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
         self.element(v)
     }

@@ -316,3 +316,25 @@ fn deltas_that_do_not_fit_are_errors() {
         .contains("not a list")
     );
 }
+
+#[derive(serde::Serialize, Clone)]
+struct Tail {
+    a: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b: Option<u32>,
+}
+
+/// A struct's last field skipped (or back): the fields that are left all
+/// match the old ones in place, which must not pass for "unchanged".
+#[test]
+fn a_trailing_field_that_goes_away_is_unset() {
+    let with = vec![Tail { a: 1, b: Some(2) }, Tail { a: 3, b: None }];
+    let without = vec![Tail { a: 1, b: None }, Tail { a: 3, b: Some(4) }];
+    for (x, y) in [(&with, &without), (&without, &with)] {
+        let vx = ingest(None, x).unwrap().value;
+        let next = ingest(Some(&vx), y).unwrap();
+        assert!(diff::same(&next.value, &mj(y)), "{}", next.value);
+        assert!(diff::same(&next.delta.apply(&vx).unwrap(), &mj(y)));
+        assert_eq!(next.delta.ops().len(), 2, "{:?}", next.delta);
+    }
+}
