@@ -520,3 +520,62 @@ async fn pushed_events_reach_followers_on_other_instances() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// An instance owns nothing before the other instances can see it: right
+/// after start, its first session is written (naming it the owner) only
+/// once its instance key is in Redis. Without that, a tab that opened the
+/// session on another instance before the first beat took it over, and the
+/// owner's pushes never reached it (seen as a flaky
+/// `pushed_events_reach_followers_on_other_instances` on a loaded machine).
+/// Many instances start at once, so that some first beats come late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_claims_sessions_only_once_it_is_announced() {
+    let p = prefix("announced");
+    let one = |p: String| async move {
+        let s = RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+        let c = s
+            .cluster(statetemplate::cluster::ClusterOptions::default())
+            .unwrap();
+        let me = c.instance().to_owned();
+        let e = StateTemplate::builder(env())
+            .keys(KeyRing::generate().unwrap())
+            .store(s)
+            .cluster(c)
+            .build()
+            .unwrap();
+        let init = e.new_session("page.html", &data("t", 2)).await.unwrap();
+        let mut r = raw().await;
+        let alive: i64 = redis::cmd("EXISTS")
+            .arg(format!("{p}inst:{me}"))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(format!("{p}{}:owner", init.session_id))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        e.shutdown().await;
+        (me, owner, alive)
+    };
+    let all = futures_join(
+        (0..40)
+            .map(|_| tokio::spawn(one(p.clone())))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let mut early = 0;
+    for (me, owner, alive) in all {
+        assert_eq!(owner.as_deref(), Some(me.as_str()));
+        early += usize::from(alive != 1);
+    }
+    assert_eq!(early, 0, "instances that owned a session before they beat");
+}
+
+async fn futures_join<T>(hs: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(hs.len());
+    for h in hs {
+        out.push(h.await.unwrap());
+    }
+    out
+}

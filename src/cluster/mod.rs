@@ -200,6 +200,12 @@ pub(crate) trait Link: Send + Sync + fmt::Debug + 'static {
     /// Starts beating and listening; what arrives for this instance goes
     /// to `inbox`. Called once, by the engine's build.
     fn start(self: Arc<Self>, inbox: mpsc::UnboundedSender<Inbound>);
+    /// Waits until the other instances can see this one (its first beat):
+    /// before that, a session it made would look orphaned to them. An
+    /// error when that does not happen in reasonable time.
+    async fn ready(&self) -> Result<()> {
+        Ok(())
+    }
     /// Claims session `id` for this instance: `None` when it is now (or
     /// was) this instance's, else the live owner's name.
     async fn claim(&self, id: &SessionId) -> Result<Option<String>>;

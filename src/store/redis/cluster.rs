@@ -93,6 +93,10 @@ pub(super) struct RedisLink {
     claim: Script,
     release: Script,
     beat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Becomes `true` after the first beat: the instance key says this
+    /// instance is alive, and it listens for calls. Before that, other
+    /// instances would take it for gone, so it claims nothing.
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -168,6 +172,7 @@ impl RedisStore {
                 claim: Script::new(CLAIM),
                 release: Script::new(RELEASE),
                 beat: Mutex::new(None),
+                ready: tokio::sync::watch::channel(false).0,
             }),
         })
     }
@@ -292,6 +297,20 @@ impl RedisLink {
         self.store.err(what, e)
     }
 
+    /// Waits for the first beat (at most a lease): an instance that other
+    /// instances cannot see yet must not own sessions, or the first of them
+    /// to open one would take it over while this one still serves it.
+    async fn until_ready(&self) -> Result<()> {
+        let mut rx = self.ready.subscribe();
+        match tokio::time::timeout(self.opts.lease, rx.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::Store,
+                "redis cluster: this instance has not announced itself yet (no beat within a lease); is Redis reachable?",
+            )),
+        }
+    }
+
     fn instance_key(&self, name: &str) -> String {
         format!("{}inst:{name}", self.shared.prefix)
     }
@@ -390,8 +409,11 @@ impl RedisLink {
                 }
             }
             if listening {
-                if let Err(e) = l.beat().await {
-                    tracing::warn!(error = %e, "cluster: beat failed");
+                match l.beat().await {
+                    Ok(()) => {
+                        l.ready.send_if_modified(|r| !std::mem::replace(r, true));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cluster: beat failed"),
                 }
             }
             drop(l);
@@ -439,7 +461,12 @@ impl Link for RedisLink {
         *self.beat.lock().expect("lock") = Some(task);
     }
 
+    async fn ready(&self) -> Result<()> {
+        self.until_ready().await
+    }
+
     async fn claim(&self, id: &SessionId) -> Result<Option<String>> {
+        self.until_ready().await?;
         let mut inv = self.claim.prepare_invoke();
         inv.key(self.store.owner_key(id))
             .arg(&self.shared.me)
