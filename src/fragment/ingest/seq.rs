@@ -20,7 +20,23 @@ pub(super) struct SeqB<'a, 'c> {
     pending: Option<usize>,
     /// The list's own step is on the path.
     pushed: bool,
+    /// For an old list kept in chunks: what to do to a copy of it to get
+    /// the new one, in order, instead of building the new one item by
+    /// item (so one changed row copies one chunk, not the list). Each
+    /// index is a place in the list as the edits before it left it: the
+    /// first `n` items are the new ones, the rest the old from `j` on.
+    edits: Option<Vec<Edit>>,
 }
+
+enum Edit {
+    Set(usize, Value),
+    Insert(usize, Value),
+    Remove(usize),
+}
+
+/// A changed list this long or longer is kept in chunks, so that its next
+/// change copies a chunk instead of the list.
+const CHUNKED_FROM: usize = 128;
 
 #[derive(Clone)]
 enum OldItems<'a> {
@@ -30,7 +46,7 @@ enum OldItems<'a> {
 }
 
 impl OldItems<'_> {
-    #[inline]
+    #[inline(always)]
     fn len(&self) -> usize {
         match self {
             OldItems::Shared(s) => s.len(),
@@ -39,11 +55,11 @@ impl OldItems<'_> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn at(&self, i: usize) -> &Value {
         match self {
             OldItems::Shared(s) => &s[i],
-            OldItems::Chunked(c) => &c.0[i],
+            OldItems::Chunked(c) => c.0.at(i),
             OldItems::Owned(v) => &v[i],
         }
     }
@@ -65,7 +81,7 @@ impl OldItems<'_> {
 
 impl std::ops::Index<usize> for OldItems<'_> {
     type Output = Value;
-    #[inline]
+    #[inline(always)]
     fn index(&self, i: usize) -> &Value {
         self.at(i)
     }
@@ -89,6 +105,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
         };
         let own = old.is_none();
         let pushed = old.is_some() && b.enter();
+        let edits = matches!(old, Some(OldItems::Chunked(_))).then(Vec::new);
         SeqB {
             b,
             old,
@@ -98,6 +115,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             own,
             pending: None,
             pushed,
+            edits,
         }
     }
 
@@ -120,7 +138,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
     /// old one's prefix.
     #[inline]
     fn push_old(&mut self, v: &Value, in_place: bool) {
-        if !in_place || self.own {
+        if (!in_place || self.own) && self.edits.is_none() {
             self.materialize();
             self.out.push(v.clone());
         }
@@ -140,6 +158,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
         }
     }
 
+    #[inline(always)]
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
         let Some(items) = self.old.clone() else {
             let v = B::fresh(v)?;
@@ -155,7 +174,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             }
             let nv = B::fresh(v)?;
             self.record_insert(self.n, &nv);
-            self.push(nv);
+            self.put(Edit::Insert(self.n, nv));
             self.pending = None;
             return Ok(());
         }
@@ -194,8 +213,16 @@ impl<'a, 'c> SeqB<'a, 'c> {
                 index: self.n,
             });
             self.j += 2;
-            let o = old[j + 1].clone();
-            self.push(o);
+            match &mut self.edits {
+                Some(e) => {
+                    e.push(Edit::Remove(self.n));
+                    self.n += 1;
+                }
+                None => {
+                    let o = old[j + 1].clone();
+                    self.push(o);
+                }
+            }
             self.pending = None;
             return Ok(());
         }
@@ -203,10 +230,23 @@ impl<'a, 'c> SeqB<'a, 'c> {
         if let Some(start) = self.pending {
             if Self::dry_eq(v, &old[j - 1])? {
                 self.b.cx.ops.truncate(start);
-                let prev = self.out[self.n - 1].clone();
-                self.record_insert(self.n - 1, &prev);
-                let o = old[j - 1].clone();
-                self.push(o);
+                match &mut self.edits {
+                    Some(e) => {
+                        // The last edit took it for a change of that one.
+                        let Some(Edit::Set(at, prev)) = e.pop() else {
+                            return Err(Fail::Custom("internal: no pending change".into()));
+                        };
+                        self.record_insert(at, &prev);
+                        self.edits_mut().push(Edit::Insert(at, prev));
+                        self.n += 1;
+                    }
+                    None => {
+                        let prev = self.out[self.n - 1].clone();
+                        self.record_insert(self.n - 1, &prev);
+                        let o = old[j - 1].clone();
+                        self.push(o);
+                    }
+                }
                 self.pending = None;
                 return Ok(());
             }
@@ -214,8 +254,24 @@ impl<'a, 'c> SeqB<'a, 'c> {
         // A change of the old item in place.
         self.pending = Some(mark);
         self.j += 1;
-        self.push(nv);
+        self.put(Edit::Set(self.n, nv));
         Ok(())
+    }
+
+    /// A new item at place `n`: an edit of the old chunks, or pushed.
+    fn put(&mut self, edit: Edit) {
+        match (&mut self.edits, edit) {
+            (Some(e), edit) => {
+                e.push(edit);
+                self.n += 1;
+            }
+            (None, Edit::Set(_, v) | Edit::Insert(_, v)) => self.push(v),
+            (None, Edit::Remove(_)) => {}
+        }
+    }
+
+    fn edits_mut(&mut self) -> &mut Vec<Edit> {
+        self.edits.get_or_insert_with(Vec::new)
     }
 
     fn record_insert(&mut self, index: usize, v: &Value) {
@@ -260,6 +316,23 @@ impl<'a, 'c> SeqB<'a, 'c> {
                 });
             }
         }
+        if let (Some(edits), OldItems::Chunked(c)) = (self.edits.take(), &old) {
+            if edits.is_empty() && left == 0 && self.n == old_items.len() {
+                return Ok(None);
+            }
+            let mut list = c.0.clone();
+            for e in edits {
+                match e {
+                    Edit::Set(i, v) => list.set(i, v),
+                    Edit::Insert(i, v) => list.insert(i, v),
+                    Edit::Remove(i) => drop(list.remove(i)),
+                }
+            }
+            for _ in 0..left {
+                drop(list.remove(self.n));
+            }
+            return Ok(Some(Value::from_object(Seq(list))));
+        }
         if !self.own && left == 0 && self.n == old_items.len() {
             return Ok(None);
         }
@@ -267,7 +340,11 @@ impl<'a, 'c> SeqB<'a, 'c> {
             let n = self.n;
             self.out = old_items.prefix_vec(n);
         }
-        Ok(Some(Value::from_object(std::mem::take(&mut self.out))))
+        let out = std::mem::take(&mut self.out);
+        if out.len() >= CHUNKED_FROM {
+            return Ok(Some(Value::from_object(Seq(out.into()))));
+        }
+        Ok(Some(Value::from_object(out)))
     }
 }
 

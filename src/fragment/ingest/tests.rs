@@ -147,6 +147,57 @@ proptest! {
             prev = if kind % 2 == 0 { applied } else { next.value };
         }
     }
+
+    /// Several edits at once (changes, inserts, removes, swaps) between two
+    /// passes, on lists long enough that the ingest keeps them in chunks
+    /// and builds the next one as edits of the old chunks.
+    #[test]
+    fn several_edits_at_once_on_chunked_lists(
+        n in 128usize..260,
+        steps in prop::collection::vec(
+            prop::collection::vec((0u8..5, any::<usize>(), -5i64..5), 1..5),
+            1..4,
+        ),
+    ) {
+        let row = |i: usize| json!({"id": i, "name": format!("r{i}"), "amount": i});
+        let mut rows: Vec<J> = (0..n).map(row).collect();
+        let mut prev = ingest(None, &json!({"rows": rows})).unwrap().value;
+        // A first change makes the list a chunked one.
+        rows[0]["amount"] = json!(-1);
+        prev = ingest(Some(&prev), &json!({"rows": rows})).unwrap().value;
+        prop_assert!(prev.get_attr("rows").unwrap().downcast_object_ref::<Seq>().is_some());
+        let mut next_id = 10_000;
+        for edits in steps {
+            for (kind, at, x) in edits {
+                let at = at % rows.len().max(1);
+                match kind {
+                    0 if !rows.is_empty() => rows[at]["amount"] = json!(x),
+                    1 => {
+                        next_id += 1;
+                        rows.insert(at.min(rows.len()), row(next_id));
+                    }
+                    2 if !rows.is_empty() => {
+                        rows.remove(at);
+                    }
+                    3 if !rows.is_empty() => {
+                        let to = (at + x.unsigned_abs() as usize) % rows.len();
+                        rows.swap(at, to);
+                    }
+                    _ => {
+                        next_id += 1;
+                        rows.push(row(next_id));
+                    }
+                }
+            }
+            let data = json!({"rows": rows});
+            let next = ingest(Some(&prev), &data).unwrap();
+            let want = mj(&data);
+            prop_assert!(diff::same(&next.value, &want));
+            let applied = next.delta.apply(&prev).unwrap();
+            prop_assert!(diff::same(&applied, &want), "{:?}", next.delta);
+            prev = next.value;
+        }
+    }
 }
 
 #[derive(serde::Serialize, Clone)]
