@@ -558,24 +558,12 @@ async fn an_instance_claims_sessions_only_once_it_is_announced() {
         e.shutdown().await;
         (me, owner, alive)
     };
-    let all = futures_join(
-        (0..40)
-            .map(|_| tokio::spawn(one(p.clone())))
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let started: Vec<_> = (0..40).map(|_| tokio::spawn(one(p.clone()))).collect();
     let mut early = 0;
-    for (me, owner, alive) in all {
+    for h in started {
+        let (me, owner, alive) = h.await.unwrap();
         assert_eq!(owner.as_deref(), Some(me.as_str()));
         early += usize::from(alive != 1);
     }
     assert_eq!(early, 0, "instances that owned a session before they beat");
-}
-
-async fn futures_join<T>(hs: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::with_capacity(hs.len());
-    for h in hs {
-        out.push(h.await.unwrap());
-    }
-    out
 }

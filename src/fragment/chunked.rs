@@ -115,6 +115,11 @@ impl<T> Chunked<T> {
                 return (g, i - s);
             }
         }
+        self.search(i)
+    }
+
+    /// [`Chunked::locate`] when the guess missed.
+    fn search(&self, i: usize) -> (usize, usize) {
         let c = self.chunks.partition_point(|&(s, _)| s <= i) - 1;
         (c, i - self.chunks[c].0)
     }
@@ -128,7 +133,8 @@ impl<T> Chunked<T> {
                 return v;
             }
         }
-        &self[i]
+        let (c, k) = self.search(i);
+        &self.chunks[c].1[k]
     }
 
     #[inline]

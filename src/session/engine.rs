@@ -184,19 +184,16 @@ impl StateTemplate {
                     "at capacity: every session slot is held by a joined session",
                 ));
             }
-            // In a cluster, the record names this instance as its owner:
-            // the others must be able to see it first.
-            let ready = match &e.cluster {
-                Some(link) => link.ready().await,
-                None => Ok(()),
-            };
             let record = e.record(&s, &*s.state.lock().await);
-            if let Err(err) = ready {
-                e.pools.lock().expect("lock").remove(&s.id);
-                e.live.remove(&s.id);
-                return Err(err);
-            }
-            if let Err(err) = e.store.create(&record).await {
+            let created = async {
+                // In a cluster, the record names this instance as its
+                // owner: the others must be able to see it first.
+                if let Some(link) = &e.cluster {
+                    link.ready().await?;
+                }
+                e.store.create(&record).await
+            };
+            if let Err(err) = created.await {
                 e.pools.lock().expect("lock").remove(&s.id);
                 e.live.remove(&s.id);
                 return Err(err);

@@ -236,8 +236,8 @@ impl<'a, 'c> SeqB<'a, 'c> {
                         let Some(Edit::Set(at, prev)) = e.pop() else {
                             return Err(Fail::Custom("internal: no pending change".into()));
                         };
+                        e.push(Edit::Insert(at, prev.clone()));
                         self.record_insert(at, &prev);
-                        self.edits_mut().push(Edit::Insert(at, prev));
                         self.n += 1;
                     }
                     None => {
@@ -268,10 +268,6 @@ impl<'a, 'c> SeqB<'a, 'c> {
             (None, Edit::Set(_, v) | Edit::Insert(_, v)) => self.push(v),
             (None, Edit::Remove(_)) => {}
         }
-    }
-
-    fn edits_mut(&mut self) -> &mut Vec<Edit> {
-        self.edits.get_or_insert_with(Vec::new)
     }
 
     fn record_insert(&mut self, index: usize, v: &Value) {

@@ -301,6 +301,9 @@ impl RedisLink {
     /// instances cannot see yet must not own sessions, or the first of them
     /// to open one would take it over while this one still serves it.
     async fn until_ready(&self) -> Result<()> {
+        if *self.ready.borrow() {
+            return Ok(());
+        }
         let mut rx = self.ready.subscribe();
         match tokio::time::timeout(self.opts.lease, rx.wait_for(|r| *r)).await {
             Ok(Ok(_)) => Ok(()),
