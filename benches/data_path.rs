@@ -268,7 +268,8 @@ criterion_group! {
 }
 
 /// `DATA_PATH_COUNT=case:rows:iterations`: runs one case that many times
-/// (`bare`, `identical`, `changed`, `apply`; `counter` and `counter_bare`
+/// (`bare`, `identical`, `changed`, `appended`, `removed` (each
+/// alternating with the base data), `apply`; `counter` and `counter_bare`
 /// for the counter page, rows ignored)
 /// and exits, for instruction counts (`valgrind --tool=callgrind`): run with
 /// 0 and with N iterations; the difference over N is one operation's cost,
@@ -305,6 +306,10 @@ fn count_mode(spec: &str) {
     let base = table(n);
     let mut changed = base.clone();
     changed.rows[n / 2].amount += 1;
+    let mut appended = base.clone();
+    appended.rows.push(row(n as u64 + 1));
+    let mut removed = base.clone();
+    removed.rows.remove(n / 2);
     let mut page = engine.render("table.html", &base).unwrap();
     let _ = page.join_frame();
     let t = plain.get_template("table.html").unwrap();
@@ -317,8 +322,13 @@ fn count_mode(spec: &str) {
         match case {
             "bare" => drop(std::hint::black_box(t.render(Serde(&changed)).unwrap())),
             "identical" => drop(std::hint::black_box(page.update(&base).unwrap())),
-            "changed" => {
-                let to = if i % 2 == 0 { &changed } else { &base };
+            "changed" | "appended" | "removed" => {
+                let other = match case {
+                    "changed" => &changed,
+                    "appended" => &appended,
+                    _ => &removed,
+                };
+                let to = if i % 2 == 0 { other } else { &base };
                 let p = page.update(to).unwrap();
                 std::hint::black_box(page.encode(&p));
             }

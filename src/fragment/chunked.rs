@@ -124,6 +124,14 @@ impl<T> Chunked<T> {
         (c, i - self.chunks[c].0)
     }
 
+    /// The chunk holding item `i` (which must exist): its first item's
+    /// index and its items.
+    pub(crate) fn chunk_of(&self, i: usize) -> (usize, &[T]) {
+        let (c, _) = self.locate(i);
+        let (s, chunk) = &self.chunks[c];
+        (*s, chunk.as_slice())
+    }
+
     /// Item `i` (which must exist), with the guess of [`Chunked::locate`]
     /// inlined: for a walk through the list.
     #[inline(always)]

@@ -8,6 +8,14 @@ pub(super) struct SeqB<'a, 'c> {
     b: B<'a, 'c>,
     /// The old items, when there is an old sequence to compare with.
     old: Option<OldItems<'a>>,
+    /// How many old items there are.
+    old_len: usize,
+    /// Where the last old item was found: the whole old slice, or the
+    /// chunk that held it, and the index of its first item. A walk through
+    /// a chunked list reads its items from here and steps to the next
+    /// chunk once per chunk. Empty for an old list held by value.
+    win: &'a [Value],
+    win_at: usize,
     /// Cursor in the old items.
     j: usize,
     /// New items so far (only counted while they are the old prefix).
@@ -104,11 +112,19 @@ impl<'a, 'c> SeqB<'a, 'c> {
             Old::Fresh => None,
         };
         let own = old.is_none();
+        let old_len = old.as_ref().map_or(0, OldItems::len);
+        let win: &'a [Value] = match old {
+            Some(OldItems::Shared(s)) => s,
+            _ => &[],
+        };
         let pushed = old.is_some() && b.enter();
         let edits = matches!(old, Some(OldItems::Chunked(_))).then(Vec::new);
         SeqB {
             b,
             old,
+            old_len,
+            win,
+            win_at: 0,
             j: 0,
             out: Vec::with_capacity(if own { len.unwrap_or(0).min(4096) } else { 0 }),
             n: 0,
@@ -158,17 +174,47 @@ impl<'a, 'c> SeqB<'a, 'c> {
         }
     }
 
+    /// Old item `j` (which must exist) from the window, or from the chunk
+    /// that holds it, which becomes the window; `None` for an old list held
+    /// by value.
+    #[inline(always)]
+    fn old_ref(&mut self, j: usize) -> Option<&'a Value> {
+        match self.win.get(j.wrapping_sub(self.win_at)) {
+            Some(v) => Some(v),
+            None => self.slide(j),
+        }
+    }
+
+    #[inline(never)]
+    fn slide(&mut self, j: usize) -> Option<&'a Value> {
+        let Some(OldItems::Chunked(c)) = &self.old else {
+            return None;
+        };
+        let c: &'a Seq = c;
+        let (at, items) = c.0.chunk_of(j);
+        self.win = items;
+        self.win_at = at;
+        items.get(j - at)
+    }
+
+    /// Old item `i` (which must exist), off the common path.
+    fn old_at(&self, i: usize) -> Value {
+        match &self.old {
+            Some(items) => items.at(i).clone(),
+            None => Value::UNDEFINED,
+        }
+    }
+
     #[inline(always)]
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
-        let Some(items) = self.old.clone() else {
+        if self.old.is_none() {
             let v = B::fresh(v)?;
             self.push(v);
             return Ok(());
-        };
-        let old = &items;
+        }
         let dry = matches!(self.b.old, Old::Dry(_));
         let j = self.j;
-        if j >= old.len() {
+        if j >= self.old_len {
             if dry {
                 return Err(Fail::Differs);
             }
@@ -178,9 +224,17 @@ impl<'a, 'c> SeqB<'a, 'c> {
             self.pending = None;
             return Ok(());
         }
+        let held;
+        let o: &Value = match self.old_ref(j) {
+            Some(o) => o,
+            None => {
+                held = self.old.clone().expect("old");
+                &held[j]
+            }
+        };
         if dry {
             v.serialize(B {
-                old: Old::Dry(&old[j]),
+                old: Old::Dry(o),
                 cx: self.b.cx,
                 seg: None,
             })?;
@@ -190,7 +244,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
         }
         let mark = self.b.cx.ops.len();
         let r = v.serialize(B {
-            old: Old::Cmp(&old[j]),
+            old: Old::Cmp(o),
             cx: self.b.cx,
             seg: Some(Seg::Index(self.n)),
         });
@@ -198,14 +252,26 @@ impl<'a, 'c> SeqB<'a, 'c> {
             None => {
                 self.j += 1;
                 let in_place = j == self.n;
-                self.push_old(&old[j], in_place);
+                self.push_old(o, in_place);
                 self.pending = None;
                 return Ok(());
             }
             Some(nv) => nv,
         };
+        self.changed_element(v, j, mark, nv)
+    }
+
+    /// Item `j` of the old list is not the new one: a removal before it,
+    /// an insert, or a change in place.
+    fn changed_element<T: Serialize + ?Sized>(
+        &mut self,
+        v: &T,
+        j: usize,
+        mark: usize,
+        nv: Value,
+    ) -> R<()> {
         // Not the old item at this place: was that one removed?
-        if j + 1 < old.len() && Self::dry_eq(v, &old[j + 1])? {
+        if j + 1 < self.old_len && Self::dry_eq(v, &self.old_at(j + 1))? {
             self.b.cx.ops.truncate(mark);
             let path = self.b.cx.path();
             self.b.cx.ops.push(DeltaOp::Remove {
@@ -219,7 +285,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
                     self.n += 1;
                 }
                 None => {
-                    let o = old[j + 1].clone();
+                    let o = self.old_at(j + 1);
                     self.push(o);
                 }
             }
@@ -228,7 +294,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
         }
         // Or was the previous new item inserted before this old one?
         if let Some(start) = self.pending {
-            if Self::dry_eq(v, &old[j - 1])? {
+            if Self::dry_eq(v, &self.old_at(j - 1))? {
                 self.b.cx.ops.truncate(start);
                 match &mut self.edits {
                     Some(e) => {
@@ -243,7 +309,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
                     None => {
                         let prev = self.out[self.n - 1].clone();
                         self.record_insert(self.n - 1, &prev);
-                        let o = old[j - 1].clone();
+                        let o = self.old_at(j - 1);
                         self.push(o);
                     }
                 }
