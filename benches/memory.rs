@@ -3,7 +3,11 @@
 //! resident memory per session, idle and in the steady state.
 //! Run: `cargo bench --bench memory` (`-- N R` for N sessions and R renders
 //! per session per phase; defaults 100,000 and 64; `-- N R K` also sets the
-//! replay buffer to K frames, `Builder::replay_frames`, instead of 64).
+//! replay buffer to K frames, `Builder::replay_frames`, instead of 64;
+//! `--rest` lets every page rest as soon as it is made,
+//! `Builder::rest_unjoined_after(Some(Duration::ZERO))`, where by default
+//! the bench keeps every tree, `None`, so that no sweep in the middle of a
+//! phase changes what it measures).
 //!
 //! Method: the data snapshots are built first (as template values) and the
 //! RSS growth they cause is measured on its own. The sessions are then
@@ -40,6 +44,7 @@ fn main() {
     let n = nums.first().copied().unwrap_or(100_000);
     let renders = nums.get(1).copied().unwrap_or(64);
     let replay = nums.get(2).copied();
+    let rest = std::env::args().any(|a| a == "--rest");
     let rt = support::runtime(0);
     rt.block_on(async {
         let mut env = Environment::new();
@@ -52,7 +57,8 @@ fn main() {
             // the first phase (renders are not client activity) may take
             // longer than the default 5 minutes' unjoined expiration.
             .max_unjoined(n + 1)
-            .unjoined_expiration(std::time::Duration::from_secs(3600));
+            .unjoined_expiration(std::time::Duration::from_secs(3600))
+            .rest_unjoined_after(rest.then_some(Duration::ZERO));
         if let Some(k) = replay {
             builder = builder.replay_frames(k);
         }
@@ -122,8 +128,9 @@ fn main() {
         let kb = |b: f64| b / 1024.0;
         let data_per = per(rss0, rss1);
         println!(
-            "sessions: {n} (all live: {}), {renders} renders per phase",
-            engine.live_sessions()
+            "sessions: {n} (all live: {}), {renders} renders per phase{}",
+            engine.live_sessions(),
+            if rest { ", pages rest when made" } else { "" }
         );
         println!("data snapshot, per session: {data_per:.0} B");
         println!(

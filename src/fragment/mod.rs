@@ -153,7 +153,7 @@ impl FragmentEngine {
             engine: self.clone(),
             program,
             data,
-            root,
+            root: Some(root),
             sent: HashSet::new(),
             seq: 0,
             typed: None,
@@ -206,7 +206,9 @@ pub struct LivePage {
     engine: FragmentEngine,
     program: Arc<Program>,
     data: Value,
-    root: Arc<BodyOut>,
+    /// The rendered tree; `None` while the page rests (see
+    /// [`LivePage::rest`]).
+    root: Option<Arc<BodyOut>>,
     sent: HashSet<u32>,
     seq: u64,
     /// The app's own typed data that `data` was made from, kept by
@@ -380,7 +382,7 @@ impl Patch {
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
     data: Value,
-    root: Arc<BodyOut>,
+    root: Option<Arc<BodyOut>>,
     seq: u64,
     program: Arc<Program>,
     generation: u64,
@@ -433,10 +435,55 @@ impl LivePage {
         }
     }
 
+    /// Drops what the page keeps only to diff against: the rendered tree
+    /// and the app's typed copy of the data. For a page no client holds (a
+    /// session nobody joined): its memory is then its data. The next call
+    /// that needs the tree ([`LivePage::update`] and the others, a join
+    /// frame, the HTML) renders it again from the data, which gives the
+    /// tree the page had, since the program and the data are the ones it
+    /// was rendered from.
+    #[doc(hidden)]
+    pub fn rest(&mut self) {
+        self.root = None;
+        self.typed = None;
+    }
+
+    /// Whether the page is resting (see [`LivePage::rest`]).
+    pub(crate) fn is_resting(&self) -> bool {
+        self.root.is_none()
+    }
+
+    /// The rendered tree, rendered again from the data if the page rests.
+    pub(crate) fn wake(&mut self) -> Result<&Arc<BodyOut>> {
+        if self.root.is_none() {
+            let root = self.render_tree()?;
+            tracing::trace!(template = %self.program.name, "a resting page is rendered again");
+            self.root = Some(root);
+        }
+        Ok(self.root.as_ref().expect("just rendered"))
+    }
+
+    /// A fresh render of the page's data with its program.
+    fn render_tree(&self) -> Result<Arc<BodyOut>> {
+        let env = self.engine.inner.env.read().expect("lock");
+        match fresh::render(&env, &self.program, &self.data) {
+            Some(root) => Ok(root),
+            None => render_fresh(&env, &self.program.root, &self.data),
+        }
+    }
+
     /// The annotated HTML of the page as it is now.
     pub fn html(&self) -> String {
         let mut s = String::new();
-        tree::write_body(&self.root, &mut s);
+        match &self.root {
+            Some(root) => tree::write_body(root, &mut s),
+            None => match self.render_tree() {
+                Ok(root) => tree::write_body(&root, &mut s),
+                Err(e) => {
+                    tracing::error!(error = %e, "a resting page no longer renders");
+                }
+            },
+        }
         s
     }
 
@@ -489,6 +536,7 @@ impl LivePage {
                 delta,
             });
         }
+        let old = self.wake()?.clone();
         let hints = delta.list_hints(&self.data);
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
@@ -498,11 +546,7 @@ impl LivePage {
             ops: Vec::new(),
             hints: Some(&hints),
         };
-        let (root, dirty) = w.body(
-            &self.program.root,
-            &Scope::new(data.clone()),
-            Some(&self.root),
-        )?;
+        let (root, dirty) = w.body(&self.program.root, &Scope::new(data.clone()), Some(&old))?;
         let mut ops = w.ops;
         drop(env);
         if !dirty.is_empty() {
@@ -512,7 +556,7 @@ impl LivePage {
                 slots: dirty,
             });
         }
-        self.root = root;
+        self.root = Some(root);
         self.data = data;
         if !ops.is_empty() {
             self.seq += 1;
@@ -560,7 +604,7 @@ impl LivePage {
         self.generation = generation;
         self.sent.clear();
         self.typed = None;
-        self.root = root.clone();
+        self.root = Some(root.clone());
         self.data = data;
         self.seq += 1;
         Ok(Patch {
@@ -625,13 +669,24 @@ impl LivePage {
     /// (`{"q":SEQ,"s":{…},"o":[["",ROOT]]}`). Resets what the page believes
     /// the client holds.
     pub fn join_frame(&mut self) -> String {
+        let root = match self.wake() {
+            Ok(root) => root.clone(),
+            Err(e) => {
+                // Only a page that rests can fail here, and only with a
+                // template that renders the same data differently (a
+                // function that fails at random): the client cannot take
+                // a join without operations, and reconnects.
+                tracing::error!(error = %e, "a resting page no longer renders");
+                return format!("{{\"q\":{},\"o\":[]}}", self.seq);
+            }
+        };
         self.sent.clear();
         let mut w = WireWriter {
             sent: &mut self.sent,
             new_statics: Vec::new(),
         };
         let mut ops = String::from("[\"\",");
-        w.body(&self.root, &mut ops);
+        w.body(&root, &mut ops);
         ops.push(']');
         let mut out = format!("{{\"q\":{}", self.seq);
         if !w.new_statics.is_empty() {

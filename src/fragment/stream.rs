@@ -467,15 +467,17 @@ impl LivePage {
                 ),
             ));
         }
+        let seq = self.seq;
         let empty = || Patch {
             ops: Vec::new(),
-            seq: self.seq,
+            seq,
             delta: Delta::default(),
         };
         if ops.steps.is_empty() {
             return Ok(empty());
         }
         let changed = [format!("{PSEUDO}{}", ops.name)];
+        let old = self.wake()?.clone();
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
             env: &env,
@@ -486,7 +488,7 @@ impl LivePage {
         };
         let scope =
             Scope::new(self.data.clone()).bind(PENDING, Value::from_object(Pending(ops.clone())));
-        let (root, dirty) = w.body(&self.program.root, &scope, Some(&self.root))?;
+        let (root, dirty) = w.body(&self.program.root, &scope, Some(&old))?;
         let mut out = w.ops;
         drop(env);
         if !dirty.is_empty() {
@@ -498,7 +500,7 @@ impl LivePage {
                 slots: dirty,
             });
         }
-        self.root = root;
+        self.root = Some(root);
         if out.is_empty() {
             return Ok(empty());
         }

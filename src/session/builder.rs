@@ -47,6 +47,7 @@ pub(super) struct Config {
     pub(super) token_ttl: Duration,
     pub(super) subscriber_capacity: usize,
     pub(super) replay_frames: usize,
+    pub(super) rest_unjoined_after: Option<Duration>,
 }
 
 /// Wall-clock milliseconds that follow tokio's clock, so that tests with a
@@ -114,6 +115,22 @@ impl Builder {
     /// At most `max_sessions`. Default: 10,000.
     pub fn max_unjoined(mut self, n: usize) -> Builder {
         self.config.max_unjoined = n;
+        self
+    }
+
+    /// How long a session that no client has joined keeps its rendered
+    /// page tree (what the next render diffs against) after its last
+    /// activity. After that, the background task drops it (at its next
+    /// round, see [`Builder::cleanup_interval`]), and the session holds
+    /// little more than its data: for the page loads whose socket never
+    /// connects (an abandoned tab, a crawler, a flood of anonymous loads).
+    /// A client that joins later, a render and a stream operation render
+    /// the tree again first, from the session's data, with the same
+    /// template: what they send does not change, and a render's errors
+    /// are still reported by that render. `Some(Duration::ZERO)` drops it
+    /// as soon as the page is made; `None` never. Default: 10 seconds.
+    pub fn rest_unjoined_after(mut self, after: Option<Duration>) -> Builder {
+        self.config.rest_unjoined_after = after;
         self
     }
 
@@ -295,6 +312,7 @@ impl StateTemplate {
                 token_ttl: day,
                 subscriber_capacity: 32,
                 replay_frames: 64,
+                rest_unjoined_after: Some(Duration::from_secs(10)),
             },
             keys: None,
             store: None,

@@ -101,6 +101,7 @@ impl Session {
         if self.is_closed() {
             return Err(Error::new(ErrorKind::SessionClosed, "closed"));
         }
+        page.wake()?;
         let r = snapshot(&mut page, self.inner.page_epoch);
         if self.engine.config.replay_frames > 0 {
             let mut outlet = self.inner.outlet.lock().expect("lock");

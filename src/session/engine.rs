@@ -156,8 +156,11 @@ impl StateTemplate {
     ) -> Result<InitialRender> {
         let e = &self.inner;
         e.check_running()?;
-        let page = e.fragments.render(template, data)?;
+        let mut page = e.fragments.render(template, data)?;
         let html = page.html();
+        if e.config.rest_unjoined_after == Some(Duration::ZERO) {
+            page.rest();
+        }
         let id = SessionId::generate()?;
         let now = e.clock.now_ms();
         let s = Arc::new(
@@ -584,8 +587,40 @@ impl EngineInner {
         }
     }
 
+    /// Lets the pages of sessions that no client joined, idle for
+    /// `rest_unjoined_after`, drop their trees (see `LivePage::rest`).
+    /// A page that is busy now is left for the next round.
+    fn rest_unjoined(&self, now: u64) -> usize {
+        let Some(after) = self.config.rest_unjoined_after else {
+            return 0;
+        };
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        let mut rested = 0;
+        for s in self.live.iter() {
+            if s.joined.load(Ordering::SeqCst)
+                || s.connections.load(Ordering::SeqCst) > 0
+                || now.saturating_sub(s.last_access.load(Ordering::Relaxed)) < after
+            {
+                continue;
+            }
+            if let Ok(mut page) = s.state.try_lock() {
+                // Checked again under the page lock, which a join holds
+                // while it takes the page.
+                if !page.is_resting() && !s.joined.load(Ordering::SeqCst) {
+                    page.rest();
+                    rested += 1;
+                }
+            }
+        }
+        rested
+    }
+
     async fn sweep(&self) -> Result<usize> {
         let now = self.clock.now_ms();
+        let rested = self.rest_unjoined(now);
+        if rested > 0 {
+            tracing::debug!(rested, "pages of unjoined sessions rest");
+        }
         let idle: Vec<Arc<SessionInner>> = self
             .live
             .iter()
@@ -723,5 +758,95 @@ mod tests {
         assert!(Arc::ptr_eq(&a.inner.template(), &b.inner.template()));
         let rec = engine.store().load(&b.id()).await.unwrap().unwrap();
         assert!(Arc::ptr_eq(&rec.template, &a.inner.template()));
+    }
+
+    /// A session nobody joined drops its tree once idle for
+    /// `rest_unjoined_after` (at the sweep), renders it again for a render
+    /// or a join, and gives what a session that never rested gives. A
+    /// joined session and one with a connection keep theirs.
+    #[tokio::test(start_paused = true)]
+    async fn unjoined_sessions_rest_and_wake_to_the_same_frames() {
+        let engine = |rest| {
+            let mut env = Environment::new();
+            env.add_template(
+                "p.html",
+                "<p class=\"{{ 'on' if a > 1 }}\">{{ a }} {{ 12 // a }}</p>{% for r in rows %}<i>{{ loop.index }} {{ r.t }}</i>{% endfor %}",
+            )
+            .unwrap();
+            StateTemplate::builder(env)
+                .keys(KeyRing::generate().unwrap())
+                .rest_unjoined_after(rest)
+                .cleanup_interval(Duration::from_secs(3600))
+                .build()
+                .unwrap()
+        };
+        let (kept, rests) = (engine(None), engine(Some(Duration::from_secs(10))));
+        let d = |a: i64, ts: &[&str]| {
+            let rows: Vec<_> = ts
+                .iter()
+                .map(|t| serde_json::json!({"id": t, "t": t}))
+                .collect();
+            serde_json::json!({"a": a, "rows": rows})
+        };
+        let open = |e: StateTemplate| async move {
+            let init = e.new_session("p.html", &d(1, &["x", "y"])).await.unwrap();
+            e.session_unchecked(&init.session_id).unwrap()
+        };
+        let (k, r, joined, connected) = (
+            open(kept.clone()).await,
+            open(rests.clone()).await,
+            open(rests.clone()).await,
+            open(rests.clone()).await,
+        );
+        let (_resync, _sub) = joined.join().await.unwrap();
+        let conn = connected.connection();
+        let resting = |s: &Session| s.inner.state.try_lock().unwrap().is_resting();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        rests.cleanup().await.unwrap();
+        assert!(!resting(&r), "rested before its time");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        kept.cleanup().await.unwrap();
+        rests.cleanup().await.unwrap();
+        assert!(resting(&r), "an idle unjoined session keeps its tree");
+        assert!(!resting(&k), "rested without rest_unjoined_after");
+        assert!(
+            !resting(&joined) && !resting(&connected),
+            "a joined session rested"
+        );
+        drop(conn);
+
+        // A render of a resting page: the same seq and, once joined, the
+        // same page and frames.
+        for (a, ts) in [
+            (2, vec!["x", "z", "y"]),
+            (2, vec!["x", "z", "y"]),
+            (3, vec!["z"]),
+        ] {
+            assert_eq!(
+                k.render(&d(a, &ts)).await.unwrap(),
+                r.render(&d(a, &ts)).await.unwrap()
+            );
+            r.inner.state.try_lock().unwrap().rest();
+        }
+        // A failed render of a resting page reports its error and leaves
+        // the page as it was (with its tree rendered again).
+        let before = k.html().await;
+        assert!(r.render(&d(0, &["x"])).await.is_err());
+        assert_eq!(r.html().await, before);
+        r.inner.state.try_lock().unwrap().rest();
+        let ((kj, mut ks), (rj, mut rs)) = (k.join().await.unwrap(), r.join().await.unwrap());
+        assert_eq!(
+            (kj.seq(), kj.html(), kj.frame()),
+            (rj.seq(), rj.html(), rj.frame())
+        );
+        assert!(!resting(&r), "a joined page rests");
+        k.render(&d(4, &["y", "z"])).await.unwrap();
+        r.render(&d(4, &["y", "z"])).await.unwrap();
+        match (ks.recv().await, rs.recv().await) {
+            (Some(crate::SessionEvent::Patch(a)), Some(crate::SessionEvent::Patch(b))) => {
+                assert_eq!(a.frame(), b.frame())
+            }
+            other => panic!("expected two patches, got {other:?}"),
+        }
     }
 }

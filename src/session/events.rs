@@ -66,6 +66,8 @@ impl Drop for Connection {
 }
 
 pub(super) fn snapshot(page: &mut LivePage, epoch: u64) -> Resync {
+    // A resting page renders its tree once, for both.
+    let _ = page.wake();
     Resync {
         seq: page.seq(),
         html: page.html(),

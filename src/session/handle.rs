@@ -242,6 +242,7 @@ impl Session {
         if self.is_closed() {
             return Err(Session::closed_error());
         }
+        page.wake()?;
         let mut sub = self.updates();
         let resync = snapshot(&mut page, self.inner.page_epoch);
         sub.floor = resync.seq;

@@ -93,8 +93,18 @@ pub fn run_against(
             strip_anchors(&html0)
         ));
     }
+    // A twin of the page that rests (drops its tree, as a session nobody
+    // joined does) before every step: it must give the same frames.
+    let mut resting = engine
+        .render(MAIN, &steps[0])
+        .map_err(|e| format!("{e:#}"))?;
+    resting.rest();
     let mut client = WireClient::new();
     let join = page.join_frame();
+    resting.rest();
+    if resting.join_frame() != join {
+        return Err("a resting page's join frame differs".into());
+    }
     client.apply(&join).map_err(|e| format!("join: {e}"))?;
     if client.html() != html0 {
         return Err(format!(
@@ -112,9 +122,14 @@ pub fn run_against(
     let mut prev = html0;
     let mut prev_data = &steps[0];
     for (n, data) in steps.iter().enumerate().skip(1) {
+        resting.rest();
+        let rested = resting.update(data);
         let (patch, bare) = match (page.update(data), bare_render(data)) {
             (Ok(p), Ok(b)) => (p, b),
             (Err(e), Err(_)) => {
+                if rested.is_ok() || resting.html() != prev {
+                    return Err(format!("step {n}: a resting page took a failed update"));
+                }
                 if page.html() != prev {
                     return Err(format!(
                         "step {n}: a failed update changed the page ({e:#})"
@@ -165,6 +180,14 @@ want: {data}",
             ));
         }
         let frame = page.encode(&patch);
+        let rested = rested
+            .map(|p| resting.encode(&p))
+            .map_err(|e| format!("step {n}: a resting page fails: {e:#}"))?;
+        if rested != frame || resting.html() != fresh {
+            return Err(format!(
+                "step {n}: a resting page differs\nresting: {rested:?}\nframe:   {frame:?}"
+            ));
+        }
         if let Some(f) = &frame {
             client
                 .apply(f)
