@@ -137,6 +137,12 @@ fn tuned(mut b: statetemplate::Builder) -> statetemplate::Builder {
     if let Some(n) = num("STATETEMPLATE_REPLAY_FRAMES") {
         b = b.replay_frames(n);
     }
+    if let Some(ms) = num("STATETEMPLATE_REST_UNJOINED_MS") {
+        // (The browser tests run some examples with 0: every page rests
+        // before its socket connects, so each connect renders it again.)
+        println!("pages of unjoined sessions rest after {ms} ms");
+        b = b.rest_unjoined_after(Some(std::time::Duration::from_millis(ms as u64)));
+    }
     b
 }
 
