@@ -595,14 +595,20 @@ impl EngineInner {
             return 0;
         };
         let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        // Picked first, rested after: dropping a tree (a big page's takes
+        // a while) does not hold a shard of the live map.
+        let idle: Vec<Arc<SessionInner>> = self
+            .live
+            .iter()
+            .filter(|s| {
+                !s.joined.load(Ordering::SeqCst)
+                    && s.connections.load(Ordering::SeqCst) == 0
+                    && now.saturating_sub(s.last_access.load(Ordering::Relaxed)) >= after
+            })
+            .map(|s| s.value().clone())
+            .collect();
         let mut rested = 0;
-        for s in self.live.iter() {
-            if s.joined.load(Ordering::SeqCst)
-                || s.connections.load(Ordering::SeqCst) > 0
-                || now.saturating_sub(s.last_access.load(Ordering::Relaxed)) < after
-            {
-                continue;
-            }
+        for s in idle {
             if let Ok(mut page) = s.state.try_lock() {
                 // Checked again under the page lock, which a join holds
                 // while it takes the page.
