@@ -46,7 +46,7 @@ impl<'a, 'c> TupleB<'a, 'c> {
             }
             TupleKind::Variant(name) => {
                 let pairs = [(Value::from(name), Value::from_object(self.items))];
-                replay(ReplayKind::Map(&pairs))
+                map_of(pairs)
             }
         };
         self.b.built(v)
@@ -154,7 +154,7 @@ impl MapB<'_, '_> {
             _ => None,
         };
         let Some(om) = om else {
-            let v = replay(ReplayKind::Map(&pairs));
+            let v = map_of(pairs);
             return b.built(v);
         };
         let dry = matches!(b.old, Old::Dry(_));
@@ -185,7 +185,7 @@ impl MapB<'_, '_> {
         if dry {
             return Err(Fail::Differs);
         }
-        let v = replay(ReplayKind::Map(&pairs));
+        let v = map_of(pairs);
         if v.kind() == ValueKind::Invalid {
             return Err(Fail::Custom(v.to_string()));
         }
@@ -454,7 +454,7 @@ impl<'a, 'c> StructB<'a, 'c> {
             }
             Some(name) => {
                 let pairs = [(Value::from(name), v)];
-                self.b.built(replay(ReplayKind::Map(&pairs)))
+                self.b.built(map_of(pairs))
             }
         }
     }

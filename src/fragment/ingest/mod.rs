@@ -359,22 +359,14 @@ fn same_i64(o: &Value, v: i64) -> bool {
 struct Replay<'a>(ReplayKind<'a>);
 
 enum ReplayKind<'a> {
-    Map(&'a [(Value, Value)]),
     Tuple(&'a [Value]),
     Handle(u32),
 }
 
 impl Serialize for Replay<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use ser::{SerializeMap, SerializeTuple, SerializeTupleStruct};
+        use ser::{SerializeTuple, SerializeTupleStruct};
         match &self.0 {
-            ReplayKind::Map(pairs) => {
-                let mut m = s.serialize_map(Some(pairs.len()))?;
-                for (k, v) in pairs.iter() {
-                    m.serialize_entry(k, v)?;
-                }
-                m.end()
-            }
             ReplayKind::Tuple(items) => {
                 let mut t = s.serialize_tuple(items.len())?;
                 for v in items.iter() {
@@ -389,6 +381,12 @@ impl Serialize for Replay<'_> {
             }
         }
     }
+}
+
+/// The map minijinja's serializer makes of these entries (its own map
+/// object, in its key order), built directly instead of through serde.
+fn map_of(pairs: impl IntoIterator<Item = (Value, Value)>) -> Value {
+    Value::from_pairs(pairs)
 }
 
 fn replay(r: ReplayKind<'_>) -> Value {
@@ -494,7 +492,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
     ) -> R<Out> {
         let inner = B::fresh(v)?;
         let pairs = [(Value::from(variant), inner)];
-        self.built(replay(ReplayKind::Map(&pairs)))
+        self.built(map_of(pairs))
     }
     fn serialize_seq(self, len: Option<usize>) -> R<SeqB<'a, 'c>> {
         Ok(SeqB::new(self, len))
