@@ -536,7 +536,7 @@ impl LivePage {
                 delta,
             });
         }
-        let old = self.wake()?.clone();
+        self.wake()?;
         let hints = delta.list_hints(&self.data);
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
@@ -546,7 +546,11 @@ impl LivePage {
             ops: Vec::new(),
             hints: Some(&hints),
         };
-        let (root, dirty) = w.body(&self.program.root, &Scope::new(data.clone()), Some(&old))?;
+        let (root, dirty) = w.body(
+            &self.program.root,
+            &Scope::new(data.clone()),
+            self.root.as_ref(),
+        )?;
         let mut ops = w.ops;
         drop(env);
         if !dirty.is_empty() {

@@ -477,7 +477,7 @@ impl LivePage {
             return Ok(empty());
         }
         let changed = [format!("{PSEUDO}{}", ops.name)];
-        let old = self.wake()?.clone();
+        self.wake()?;
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
             env: &env,
@@ -488,7 +488,7 @@ impl LivePage {
         };
         let scope =
             Scope::new(self.data.clone()).bind(PENDING, Value::from_object(Pending(ops.clone())));
-        let (root, dirty) = w.body(&self.program.root, &scope, Some(&old))?;
+        let (root, dirty) = w.body(&self.program.root, &scope, self.root.as_ref())?;
         let mut out = w.ops;
         drop(env);
         if !dirty.is_empty() {

@@ -587,28 +587,23 @@ impl EngineInner {
         }
     }
 
-    /// Lets the pages of sessions that no client joined, idle for
-    /// `rest_unjoined_after`, drop their trees (see `LivePage::rest`).
-    /// A page that is busy now is left for the next round.
-    fn rest_unjoined(&self, now: u64) -> usize {
+    /// Whether `s` is a session no client joined whose page may rest:
+    /// idle for `rest_unjoined_after` (see `LivePage::rest`).
+    fn may_rest(&self, s: &SessionInner, now: u64) -> bool {
         let Some(after) = self.config.rest_unjoined_after else {
-            return 0;
+            return false;
         };
         let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
-        // Picked first, rested after: dropping a tree (a big page's takes
-        // a while) does not hold a shard of the live map.
-        let idle: Vec<Arc<SessionInner>> = self
-            .live
-            .iter()
-            .filter(|s| {
-                !s.joined.load(Ordering::SeqCst)
-                    && s.connections.load(Ordering::SeqCst) == 0
-                    && now.saturating_sub(s.last_access.load(Ordering::Relaxed)) >= after
-            })
-            .map(|s| s.value().clone())
-            .collect();
+        !s.joined.load(Ordering::SeqCst)
+            && s.connections.load(Ordering::SeqCst) == 0
+            && now.saturating_sub(s.last_access.load(Ordering::Relaxed)) >= after
+    }
+
+    /// Lets these pages rest. A page that is busy now is left for the
+    /// next round.
+    fn rest(sessions: Vec<Arc<SessionInner>>) -> usize {
         let mut rested = 0;
-        for s in idle {
+        for s in sessions {
             if let Ok(mut page) = s.state.try_lock() {
                 // Checked again under the page lock, which a join holds
                 // while it takes the page.
@@ -623,16 +618,21 @@ impl EngineInner {
 
     async fn sweep(&self) -> Result<usize> {
         let now = self.clock.now_ms();
-        let rested = self.rest_unjoined(now);
+        // One pass picks the expired sessions and the pages to rest; both
+        // are handled after it, so that neither a store call nor dropping
+        // a tree (a big page's takes a while) holds a shard of the map.
+        let (mut idle, mut resting) = (Vec::new(), Vec::new());
+        for s in self.live.iter() {
+            if self.is_idle(&s, now) {
+                idle.push(s.value().clone());
+            } else if self.may_rest(&s, now) {
+                resting.push(s.value().clone());
+            }
+        }
+        let rested = Self::rest(resting);
         if rested > 0 {
             tracing::debug!(rested, "pages of unjoined sessions rest");
         }
-        let idle: Vec<Arc<SessionInner>> = self
-            .live
-            .iter()
-            .filter(|s| self.is_idle(s, now))
-            .map(|s| s.value().clone())
-            .collect();
         let mut removed = 0;
         for s in idle {
             if self.cluster.is_some() {

@@ -185,11 +185,7 @@ impl MapB<'_, '_> {
         if dry {
             return Err(Fail::Differs);
         }
-        let v = map_of(pairs);
-        if v.kind() == ValueKind::Invalid {
-            return Err(Fail::Custom(v.to_string()));
-        }
-        Ok(Some(v))
+        Ok(Some(map_of(pairs)))
     }
 }
 
