@@ -23,6 +23,7 @@
 //!
 //! Run: `cargo bench --bench e2e` (`-- UPDATES ROWS...`; default 200 and
 //! 100 1000 10000; with `E2E_ONLY=counter`, the floor and the counter
+//! only; with `E2E_ONLY=targeted`, the floor and the targeted tables
 //! only). Bounded: UPDATES clicks per scenario, then both exit.
 
 mod support;
@@ -180,21 +181,27 @@ fn app(engine: &StateTemplate) -> axum::Router {
 }
 
 /// A bare WebSocket: each message is answered with a counter frame and the
-/// ref `1`, as two messages (see [`floor`]).
+/// ref `1`, as two messages in one write (see [`floor`]).
 async fn echo(ws: axum::extract::ws::WebSocketUpgrade) -> axum::response::Response {
     use axum::extract::ws::Message as M;
-    ws.on_upgrade(|mut s| async move {
-        while let Some(Ok(m)) = s.next().await {
-            if let M::Text(_) = m {
-                let frame = r#"[[2,"1"],[5,"positive","positive"]]"#;
-                if s.send(M::Text(frame.into())).await.is_err()
-                    || s.send(M::Text("1".into())).await.is_err()
-                {
-                    break;
+    // The socket settings `Live`'s own upgrade uses (a 4 KiB read buffer,
+    // where tungstenite's default of 128 KiB is zeroed on every read).
+    ws.read_buffer_size(4 << 10)
+        .write_buffer_size(4 << 10)
+        .on_upgrade(|mut s| async move {
+            while let Some(Ok(m)) = s.next().await {
+                if let M::Text(_) = m {
+                    let frame = r#"[[2,"1"],[5,"positive","positive"]]"#;
+                    // Queued, then written with the ref: one write, as `Live`
+                    // writes a click's frame and reply.
+                    if s.feed(M::Text(frame.into())).await.is_err()
+                        || s.send(M::Text("1".into())).await.is_err()
+                    {
+                        break;
+                    }
                 }
             }
-        }
-    })
+        })
 }
 
 /// `GET path`; the body.
@@ -376,31 +383,36 @@ fn nearest_rank(v: &mut [Duration], p: f64) -> Duration {
 }
 
 async fn client(addr: String, updates: usize, rows: Vec<usize>) {
-    let mut all = vec![
-        floor(&addr, updates).await,
-        scenario(
-            &addr,
-            "counter +1 (status const)",
-            "/counter",
-            &["inc"],
-            updates,
-        )
-        .await,
-        scenario(
-            &addr,
-            "counter +1/-1 (status flips)",
-            "/counter",
-            &["inc", "dec"],
-            updates,
-        )
-        .await,
-    ];
-    // `E2E_ONLY=counter`: the floor and the counter only (for a profile).
-    let rows = match std::env::var("E2E_ONLY").as_deref() {
-        Ok("counter") => Vec::new(),
-        _ => rows,
-    };
+    // `E2E_ONLY=counter`: the floor and the counter only; `E2E_ONLY=targeted`:
+    // the floor and the targeted table scenarios only (for a profile).
+    let only = std::env::var("E2E_ONLY").unwrap_or_default();
+    let mut all = vec![floor(&addr, updates).await];
+    if only != "targeted" {
+        all.extend([
+            scenario(
+                &addr,
+                "counter +1 (status const)",
+                "/counter",
+                &["inc"],
+                updates,
+            )
+            .await,
+            scenario(
+                &addr,
+                "counter +1/-1 (status flips)",
+                "/counter",
+                &["inc", "dec"],
+                updates,
+            )
+            .await,
+        ]);
+    }
+    let rows = if only == "counter" { Vec::new() } else { rows };
     for n in rows {
+        if only == "targeted" {
+            all.push(edit_scenario(&addr, n, updates).await);
+            continue;
+        }
         let path = format!("/table?rows={n}");
         all.push(
             scenario(

@@ -711,3 +711,100 @@ async fn the_debug_listing_needs_its_token_and_shows_each_session() {
     assert_eq!(s["frames"][0]["seq"], 1, "{s}");
     assert!(s["frames"][0]["bytes"].as_u64().unwrap() > 0);
 }
+
+/// What a connection did to its socket, in order.
+#[derive(Debug, PartialEq)]
+enum Wrote {
+    Text(String),
+    Flush,
+}
+
+/// A sink that records each message and each flush.
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<Wrote>>>);
+
+impl futures_util::Sink<WsMessage> for Recorder {
+    type Error = std::convert::Infallible;
+    fn poll_ready(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn start_send(self: std::pin::Pin<&mut Self>, m: WsMessage) -> Result<(), Self::Error> {
+        if let WsMessage::Text(t) = m {
+            self.0.lock().unwrap().push(Wrote::Text(t));
+        }
+        Ok(())
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let mut log = self.0.lock().unwrap();
+        if log.last().is_some_and(|w| *w != Wrote::Flush) {
+            log.push(Wrote::Flush);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A click's frame and its reply are written together and flushed once
+/// (one system call and one wakeup of the client on a real socket), and so
+/// are the hello and the join frame of a connect.
+#[tokio::test]
+async fn a_click_is_answered_in_one_write() {
+    let engine = engine(8);
+    let live = live(&engine);
+    let i = new_counter(&engine).await;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (to_server, from_client) = tokio::sync::mpsc::channel::<Result<WsMessage, String>>(8);
+    let stream = futures_util::stream::unfold(from_client, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    });
+    let params = ConnectParams {
+        sid: i.session_id.to_string(),
+        token: i.token.clone(),
+        ..Default::default()
+    };
+    let sink = Recorder(log.clone());
+    let task = tokio::spawn(async move { live.connect(params, sink, Box::pin(stream)).await });
+    let settle = || async {
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let l = log.lock().unwrap();
+            if l.last() == Some(&Wrote::Flush) && l.len() >= 3 {
+                return;
+            }
+        }
+        panic!("nothing was flushed: {:?}", log.lock().unwrap());
+    };
+    settle().await;
+    let taken: Vec<Wrote> = std::mem::take(&mut *log.lock().unwrap());
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert!(matches!(&taken[0], Wrote::Text(t) if t.contains("\"hello\"")));
+    assert!(matches!(&taken[1], Wrote::Text(_)));
+    assert_eq!(taken[2], Wrote::Flush);
+    for r in 1..=3 {
+        to_server
+            .send(Ok(WsMessage::Text(
+                json!({"t":"ev","n":"inc","r":r}).to_string(),
+            )))
+            .await
+            .unwrap();
+        settle().await;
+        let taken: Vec<Wrote> = std::mem::take(&mut *log.lock().unwrap());
+        let [Wrote::Text(frame), Wrote::Text(reply), Wrote::Flush] = &taken[..] else {
+            panic!("click {r}: {taken:?}");
+        };
+        assert!(frame.starts_with('['), "click {r}: {frame}");
+        assert_eq!(reply, &r.to_string(), "click {r}");
+    }
+    to_server.send(Ok(WsMessage::Close(None))).await.unwrap();
+    task.await.unwrap();
+}

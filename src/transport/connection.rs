@@ -98,17 +98,17 @@ impl Live {
             .and_then(|c| u64::from_str_radix(c, 16).ok());
         let ok = match catchup {
             Catchup::Frames(frames) => {
-                let mut ok = out.text(hello(&session.epoch(), &token)).await;
+                let mut ok = out.queue(hello(&session.epoch(), &token)).await;
                 for f in frames {
                     if !ok {
                         break;
                     }
-                    ok = out.text(f.frame().to_owned()).await;
+                    ok = out.queue(f.frame().to_owned()).await;
                 }
-                ok
+                ok && out.flush().await
             }
             Catchup::Resync(r) => {
-                out.text(hello(r.epoch(), &token)).await && out.text(r.frame().to_owned()).await
+                out.queue(hello(r.epoch(), &token)).await && out.text(r.frame().to_owned()).await
             }
         };
         if !ok {
@@ -124,7 +124,7 @@ impl Live {
         loop {
             tokio::select! {
                 ev = sub.recv() => {
-                    if !forward(out, ev, &token, &session).await {
+                    if !forward(out, ev, &token, &session, true).await {
                         break;
                     }
                 }
@@ -174,7 +174,8 @@ impl Live {
                             }
                             if let Some(reply) = reply {
                                 // What the event rendered goes out before its
-                                // reply, so a client sees the two in order.
+                                // reply, so a client sees the two in order
+                                // (queued, then written with the reply).
                                 // A subscriber that lagged owes a resync (which
                                 // holds the event's change): awaited, since it
                                 // takes the page lock.
@@ -194,7 +195,7 @@ impl Live {
                                             None => break,
                                         }
                                     };
-                                    open = forward(out, ev, &token, &session).await;
+                                    open = forward(out, ev, &token, &session, false).await;
                                     if !open {
                                         break;
                                     }
@@ -258,26 +259,38 @@ pub(super) async fn shown_read_error<Si: Sink<WsMessage> + Unpin>(
 
 /// Sends one session event to the client; `false` once the connection is
 /// done (the socket failed, or the session ended and was closed with 4002).
+///
+/// With `flush` false the frames are only queued: the caller writes them
+/// out with what it sends next.
 pub(super) async fn forward<Si: Sink<WsMessage> + Unpin>(
     out: &mut Out<'_, Si>,
     ev: Option<SessionEvent>,
     token: &str,
     session: &Session,
+    flush: bool,
 ) -> bool {
-    match ev {
-        Some(SessionEvent::Patch(p)) => out.text(p.frame().to_owned()).await,
-        Some(SessionEvent::Push(p)) => out.text(p.frame().to_owned()).await,
+    let frame = match ev {
+        Some(SessionEvent::Patch(p)) => p.frame().to_owned(),
+        Some(SessionEvent::Push(p)) => p.frame().to_owned(),
         Some(SessionEvent::Resync(r)) => {
-            out.text(hello(r.epoch(), token)).await && out.text(r.frame().to_owned()).await
+            if !out.queue(hello(r.epoch(), token)).await {
+                return false;
+            }
+            r.frame().to_owned()
         }
         None if session.is_moved() => {
             out.close(close::MOVED, "the session moved").await;
-            false
+            return false;
         }
         None => {
             out.close(close::SESSION_ENDED, "session ended").await;
-            false
+            return false;
         }
+    };
+    if flush {
+        out.text(frame).await
+    } else {
+        out.queue(frame).await
     }
 }
 
@@ -306,20 +319,29 @@ pub(super) struct Out<'a, Si> {
 }
 
 impl<Si: Sink<WsMessage> + Unpin> Out<'_, Si> {
-    /// Sends; false if the client is gone or too slow (then closed).
+    /// Sends and flushes (with whatever was queued before it); false if the
+    /// client is gone or too slow (then closed).
     pub(super) async fn send(&mut self, m: WsMessage) -> bool {
-        match tokio::time::timeout(self.timeout, self.sink.send(m)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
-                tracing::debug!("client too slow; dropped");
-                false
-            }
-        }
+        written(tokio::time::timeout(self.timeout, self.sink.send(m)).await)
     }
 
+    /// Sends a text message and flushes.
     pub(super) async fn text(&mut self, t: String) -> bool {
         self.send(WsMessage::Text(t)).await
+    }
+
+    /// Queues a text message without flushing: it goes out with the next
+    /// [`Out::text`], [`Out::send`] or [`Out::flush`], in one write when
+    /// they fit the socket's write buffer (a click's frames and its reply
+    /// then cost one system call and one wakeup of the client, not one
+    /// each).
+    pub(super) async fn queue(&mut self, t: String) -> bool {
+        written(tokio::time::timeout(self.timeout, self.sink.feed(WsMessage::Text(t))).await)
+    }
+
+    /// Writes out what was queued.
+    pub(super) async fn flush(&mut self) -> bool {
+        written(tokio::time::timeout(self.timeout, self.sink.flush()).await)
     }
 
     pub(super) async fn close(&mut self, code: u16, reason: &str) {
@@ -327,5 +349,20 @@ impl<Si: Sink<WsMessage> + Unpin> Out<'_, Si> {
         let _ = self
             .send(WsMessage::Close(Some((code, reason.to_owned()))))
             .await;
+    }
+}
+
+/// Whether a bounded write went through (false if the client is gone or
+/// too slow).
+fn written<E>(
+    r: std::result::Result<std::result::Result<(), E>, tokio::time::error::Elapsed>,
+) -> bool {
+    match r {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!("client too slow; dropped");
+            false
+        }
     }
 }

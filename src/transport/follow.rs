@@ -109,7 +109,7 @@ impl Live {
                 item = feed.rx.recv() => {
                     match feed_step(&f, item, &mut seq, &token).await {
                         Step::Send(frames) => {
-                            if !send_all(out, frames).await {
+                            if !(queue_all(out, frames).await && out.flush().await) {
                                 break;
                             }
                         }
@@ -180,7 +180,7 @@ impl Live {
                         let mut open = true;
                         while let Some(item) = tokio::task::unconstrained(feed.rx.recv()).now_or_never() {
                             match feed_step(&f, item, &mut seq, &token).await {
-                                Step::Send(frames) => open = send_all(out, frames).await,
+                                Step::Send(frames) => open = queue_all(out, frames).await,
                                 Step::Nothing => {}
                                 Step::Done => open = false,
                             }
@@ -222,12 +222,18 @@ async fn send_start<Si: Sink<WsMessage> + Unpin>(
     start: &Start,
     token: &str,
 ) -> bool {
-    out.text(hello(&start.epoch, token)).await && send_all(out, start.frames.clone()).await
+    out.queue(hello(&start.epoch, token)).await
+        && queue_all(out, start.frames.clone()).await
+        && out.flush().await
 }
 
-async fn send_all<Si: Sink<WsMessage> + Unpin>(out: &mut Out<'_, Si>, frames: Vec<String>) -> bool {
+/// Queues frames; they go out with what is sent or flushed next.
+async fn queue_all<Si: Sink<WsMessage> + Unpin>(
+    out: &mut Out<'_, Si>,
+    frames: Vec<String>,
+) -> bool {
     for f in frames {
-        if !out.text(f).await {
+        if !out.queue(f).await {
             return false;
         }
     }

@@ -37,14 +37,15 @@ pub async fn serve(listener: TcpListener, live: Live) -> std::io::Result<()> {
 impl Live {
     /// The tungstenite settings the plain server uses: messages and frames
     /// capped at [`Live::max_message`], a 4 KiB read buffer (tungstenite's
-    /// default is 128 KiB), writes not buffered.
+    /// default is 128 KiB), writes buffered up to 4 KiB until a flush (a
+    /// click's frames and its reply go out in one write).
     pub fn websocket_config(&self) -> WebSocketConfig {
         let max = self.config.max_message;
         WebSocketConfig::default()
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
             .read_buffer_size(4 << 10)
-            .write_buffer_size(0)
+            .write_buffer_size(4 << 10)
     }
 
     /// Runs the WebSocket handshake on one TCP connection, then the
