@@ -350,12 +350,15 @@ impl Build<'_> {
 }
 
 /// The keys `super::item_keys` gives, with one allocation per key (the
-/// oracle harness compares the two through `check_fresh_render`).
-fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
+/// oracle harness compares the two through `check_fresh_render`), and
+/// whether any is relative: an item without a key of its own (keyed by its
+/// position) or a duplicate (`~N`; an encoded key never holds a `~`).
+fn item_keys(f: &ForNode, items: &[Value]) -> (Vec<Arc<str>>, bool) {
     let attr = f.key.as_deref().unwrap_or("id");
     let mut seen: HashMap<Arc<str>, u32> = HashMap::with_capacity(items.len());
-    let (mut text, mut key) = (String::new(), String::new());
-    items
+    let mut key = String::new();
+    let mut relative = false;
+    let keys = items
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -368,12 +371,9 @@ fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
                 None
             };
             match k {
-                Some(k) => {
-                    text.clear();
-                    let _ = write!(text, "{k}");
-                    super::lists::push_key(&text, &mut key);
-                }
+                Some(k) => super::lists::push_key_value(&k, &mut key),
                 None => {
+                    relative = true;
                     let _ = write!(key, "{i}");
                 }
             }
@@ -381,12 +381,14 @@ fn item_keys(f: &ForNode, items: &[Value]) -> Vec<Arc<str>> {
             let n = seen.entry(base.clone()).or_insert(0);
             *n += 1;
             if *n > 1 {
+                relative = true;
                 Arc::from(format!("{base}~{n}"))
             } else {
                 base
             }
         })
-        .collect()
+        .collect();
+    (keys, relative)
 }
 
 /// A loop or `with` target: one name, or a tuple to unpack into.
@@ -552,12 +554,8 @@ impl Run<'_> {
                             f.else_body.ops.is_empty() && f.else_body.statics.parts[0].is_empty();
                         empty = (!trivial).then_some(e);
                     }
-                    let keys = item_keys(f, &items);
+                    let (keys, relative_keys) = item_keys(f, &items);
                     let len = items.len();
-                    let relative_keys = keys
-                        .iter()
-                        .zip(&items)
-                        .any(|(k, v)| k.contains('~') || super::key_attr(f, v).is_none());
                     let items = items
                         .into_iter()
                         .zip(keys)

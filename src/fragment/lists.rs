@@ -635,7 +635,51 @@ pub(super) fn key_attr(f: &ForNode, v: &Value) -> Option<String> {
     v.get_attr(attr)
         .ok()
         .filter(|k| !k.is_undefined() && !k.is_none())
-        .map(|k| encode_key(&k.to_string()))
+        .map(|k| key_text(&k))
+}
+
+/// A key value as text, encoded: what `encode_key(&k.to_string())` gives.
+fn key_text(k: &Value) -> String {
+    let mut out = String::new();
+    push_key_value(k, &mut out);
+    out
+}
+
+/// [`key_text`], appended to `out`, without the formatting machinery for
+/// the common keys: a string is encoded as it is, and an integer's digits
+/// never need escaping.
+pub(super) fn push_key_value(k: &Value, out: &mut String) {
+    if k.kind() == ValueKind::String
+        && let Some(s) = k.as_str()
+    {
+        return push_key(s, out);
+    }
+    if k.is_integer()
+        && let Some(i) = k.as_i64()
+    {
+        return push_int(i, out);
+    }
+    push_key(&k.to_string(), out);
+}
+
+/// An integer's decimal digits (as `Display` writes them), appended to
+/// `out` without the formatting machinery: most keys are integer ids.
+pub(super) fn push_int(i: i64, out: &mut String) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = i.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if i < 0 {
+        out.push('-');
+    }
+    out.extend(buf[at..].iter().map(|&d| d as char));
 }
 
 /// A key as it travels in anchors (`<!--[LIST:KEY-->`) and frames: letters,
@@ -670,4 +714,47 @@ fn plain(b: &[u8], i: usize, c: u8) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(c, b'_' | b'.' | b':')
         || c == b'-' && i + 1 < b.len() && b[i + 1] != b'-'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast paths give what `Display` and `encode_key` give.
+    #[test]
+    fn key_text_is_the_encoded_display() {
+        let values = [
+            Value::from(0),
+            Value::from(7),
+            Value::from(-1),
+            Value::from(i64::MAX),
+            Value::from(i64::MIN),
+            Value::from(u64::MAX),
+            Value::from(1.5),
+            Value::from(true),
+            Value::from("todo-3"),
+            Value::from("a--b~2 c"),
+            Value::from(""),
+            Value::from_safe_string("<b>".into()),
+        ];
+        for v in values {
+            assert_eq!(key_text(&v), encode_key(&v.to_string()), "{v:?}");
+        }
+        for i in [
+            0i64,
+            9,
+            10,
+            99,
+            100,
+            -9,
+            -10,
+            1234567890123,
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut s = String::new();
+            push_int(i, &mut s);
+            assert_eq!(s, i.to_string());
+        }
+    }
 }

@@ -28,7 +28,7 @@ impl<'a, 'c> TupleB<'a, 'c> {
     }
 
     fn field<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
-        self.items.push(B::fresh(v)?);
+        self.items.push(B::fresh(v, self.b.cx)?);
         Ok(())
     }
 
@@ -96,7 +96,7 @@ impl MapB<'_, '_> {
             _ => None,
         };
         let Some(om) = old_map else {
-            let v = B::fresh(v)?;
+            let v = B::fresh(v, self.b.cx)?;
             self.pairs.push((key, v));
             return Ok(());
         };
@@ -123,7 +123,7 @@ impl MapB<'_, '_> {
                 r?
             }
             (None, false) => {
-                let nv = B::fresh(v)?;
+                let nv = B::fresh(v, self.b.cx)?;
                 self.b.cx.path.push(PathSeg::Key(key.clone()));
                 self.b.cx.set(None, &nv);
                 self.b.cx.path.pop();
@@ -193,7 +193,7 @@ impl ser::SerializeMap for MapB<'_, '_> {
     type Ok = Out;
     type Error = Fail;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> R<()> {
-        self.key = Some(B::fresh(key)?);
+        self.key = Some(B::fresh(key, self.b.cx)?);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
@@ -364,11 +364,11 @@ impl<'a, 'c> StructB<'a, 'c> {
                 seg: Some(Seg::Field(key)),
             })?,
             (None, false) if compared => {
-                let nv = B::fresh(v)?;
+                let nv = B::fresh(v, self.b.cx)?;
                 self.b.cx.set(Some(Seg::Field(key)), &nv);
                 Some(nv)
             }
-            _ => Some(B::fresh(v)?),
+            _ => Some(B::fresh(v, self.b.cx)?),
         };
         match nv {
             None if in_place && !self.own => {}

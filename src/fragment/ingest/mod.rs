@@ -321,14 +321,22 @@ impl B<'_, '_> {
         self.plain(v)
     }
 
-    fn fresh<T: Serialize + ?Sized>(v: &T) -> R<Value> {
-        let mut cx = Cx::default();
-        v.serialize(B {
+    /// Builds a value that has no old one to compare with. Nothing is
+    /// recorded and no step pushed in that mode, so it borrows the caller's
+    /// context rather than making (and dropping) one per value.
+    fn fresh<T: Serialize + ?Sized>(v: &T, cx: &mut Cx) -> R<Value> {
+        let before = (cx.path.len(), cx.ops.len());
+        let built = v.serialize(B {
             old: Old::Fresh,
-            cx: &mut cx,
+            cx: &mut *cx,
             seg: None,
-        })?
-        .ok_or_else(|| Fail::Custom("internal: nothing built".into()))
+        })?;
+        debug_assert_eq!(
+            before,
+            (cx.path.len(), cx.ops.len()),
+            "a fresh value recorded"
+        );
+        built.ok_or_else(|| Fail::Custom("internal: nothing built".into()))
     }
 }
 
@@ -490,7 +498,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
         variant: &'static str,
         v: &T,
     ) -> R<Out> {
-        let inner = B::fresh(v)?;
+        let inner = B::fresh(v, self.cx)?;
         let pairs = [(Value::from(variant), inner)];
         self.built(map_of(pairs))
     }

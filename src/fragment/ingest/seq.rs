@@ -208,7 +208,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
     #[inline(always)]
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> R<()> {
         if self.old.is_none() {
-            let v = B::fresh(v)?;
+            let v = B::fresh(v, self.b.cx)?;
             self.push(v);
             return Ok(());
         }
@@ -218,7 +218,7 @@ impl<'a, 'c> SeqB<'a, 'c> {
             if dry {
                 return Err(Fail::Differs);
             }
-            let nv = B::fresh(v)?;
+            let nv = B::fresh(v, self.b.cx)?;
             self.record_insert(self.n, &nv);
             self.put(Edit::Insert(self.n, nv));
             self.pending = None;
