@@ -133,7 +133,8 @@
    * st-upload=NAME> goes to {prefix}/upload/NAME over HTTP, one at a time,
    * with the session's token. A <progress st-upload-progress=NAME> shows
    * its progress (and goes back to what the server rendered after), an
-   * element with st-upload-cancel=NAME aborts it, and the input fires
+   * element with st-upload-cancel=NAME aborts it (until it is sent whole:
+   * then the server has it, and it ends as it ends), and the input fires
    * st:upload events ({name, file, loaded, total, done, error}). A refusal
    * shows in the page's [st-flash] element. */
   var sending = {};
@@ -169,6 +170,8 @@
     };
     x.onerror = function () { end('The upload failed.'); };
     x.onabort = function () { end('The upload was cancelled.'); };
+    /* Sent whole: the server has the file, a cancel could only lie. */
+    x.upload.onload = function () { x.sent = 1; };
     x.send(f);
   }
   document.addEventListener('change', function (e) {
@@ -178,6 +181,6 @@
   document.addEventListener('click', function (e) {
     var b = e.target.closest && e.target.closest('[st-upload-cancel]');
     var x = b && sending[b.getAttribute('st-upload-cancel')];
-    if (x) { e.preventDefault(); x.abort(); }
+    if (x && !x.sent) { e.preventDefault(); x.abort(); }
   });
 })();

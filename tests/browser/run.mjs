@@ -485,8 +485,10 @@ const examples = {
     // Cancel: a slow upload (the browser throttled), aborted mid-way. The
     // cancel is clicked only once the file is partly sent; if the browser
     // still let the whole file through first (its throttling does not
-    // always hold), that file was rightly kept, and the cancel is tried
-    // again with another file.
+    // always hold), the cancel does nothing (the client ignores a cancel
+    // once the file is sent whole, so it never says "cancelled" about a
+    // file the server kept), the file is rightly kept, and the cancel is
+    // tried again with another file.
     const cdp = await ctx.newCDPSession(page);
     await cdp.send('Network.enable');
     await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 16 * 1024 });
