@@ -29,7 +29,8 @@ pub fn served() -> &'static str {
     SERVED.get_or_init(|| strip(JS))
 }
 
-/// Drops `/* */` and `//` comments, leading whitespace and empty lines,
+/// Drops `/* */` and `//` comments, leading whitespace, empty lines and
+/// the spaces that separate nothing (next to an operator or a bracket),
 /// leaving strings and regular expression literals as they are. Line breaks
 /// between code stay, so automatic semicolon insertion is unchanged.
 fn strip(js: &str) -> String {
@@ -106,6 +107,23 @@ fn strip(js: &str) -> String {
                     i += 1;
                 }
             }
+            b' ' | b'\t' => {
+                // Spaces between code go unless both sides are parts of
+                // words (`var x`, `return a`) or would join into another
+                // operator (`a - -b`).
+                let mut j = i;
+                while j < b.len() && matches!(b[j], b' ' | b'\t') {
+                    j += 1;
+                }
+                let next = b.get(j).copied().unwrap_or(b'\n');
+                let word = |x: u8| x.is_ascii_alphanumeric() || x == b'_' || x == b'$' || x >= 0x80;
+                let joins = b"+-".contains(&prev) && b"+-".contains(&next);
+                if (word(prev) && word(next)) || joins {
+                    out.push(b' ');
+                }
+                i = j;
+                continue;
+            }
             _ => {
                 out.push(c);
                 i += 1;
@@ -172,4 +190,35 @@ pub(crate) fn not_modified_for(etag: &str, if_none_match: Option<&str>) -> bool 
             .map(str::trim)
             .any(|t| t == "*" || t.trim_start_matches("W/") == etag)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip;
+
+    #[test]
+    fn strip_drops_only_the_spaces_that_separate_nothing() {
+        let cases = [
+            ("var x = a + b;", "var x=a+b;"),
+            ("return 'x' + y;", "return'x'+y;"),
+            ("if (a) { b(); } else { c(); }", "if(a){b();}else{c();}"),
+            (
+                "x = a - -b; y = a + +b; z = a - +b;",
+                "x=a- -b;y=a+ +b;z=a- +b;",
+            ),
+            ("x = a++ + b;", "x=a++ +b;"),
+            (
+                "typeof d === 'object' && k in s",
+                "typeof d==='object'&&k in s",
+            ),
+            ("s = ' a  b ' + \"c d\";", "s=' a  b '+\"c d\";"),
+            ("t = /a b/.test(s) ? 1 : 2;", "t=/a b/.test(s)?1:2;"),
+            ("x = 1; // a comment\n  y = 2;", "x=1;\ny=2;"),
+            ("a = b /* c */ + d;", "a=b+d;"),
+            ("v = $a && _b", "v=$a&&_b"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(strip(src), want, "{src}");
+        }
+    }
 }
