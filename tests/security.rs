@@ -477,7 +477,11 @@ async fn the_default_message_limit_is_64_kib_whole_or_in_fragments() {
         let i = new_page(&engine).await;
         let open = || async {
             let mut raw = Raw::open(&addr, &query(&i)).await;
-            raw.json().await; // hello
+            let hello = raw.json().await;
+            assert_eq!(
+                hello["max"], LIMIT,
+                "{kind:?}: the hello tells the limit: {hello}"
+            );
             raw.json().await; // join
             raw
         };
@@ -520,6 +524,29 @@ async fn the_default_message_limit_is_64_kib_whole_or_in_fragments() {
             .await
             .unwrap();
         assert_eq!(s.seq().await, 0);
+    }
+}
+
+/// A limit set with `Live::max_message` is the one the hello tells the
+/// client (which refuses bigger events itself) and the one the server
+/// holds to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_tells_the_message_limit_the_server_holds() {
+    const LIMIT: usize = 4000;
+    let engine = engine();
+    let live = live(&engine).max_message(LIMIT);
+    for kind in [Server::Axum, Server::Plain] {
+        let addr = serve(&live, kind).await;
+        let i = new_page(&engine).await;
+        let mut raw = Raw::open(&addr, &query(&i)).await;
+        let hello = raw.json().await;
+        assert_eq!(hello["t"], "hello");
+        assert_eq!(hello["max"], LIMIT, "{kind:?}: {hello}");
+        raw.json().await; // join
+        raw.send(1, &ping_of(LIMIT)).await;
+        assert_eq!(raw.json().await["t"], "pong", "{kind:?}: at the limit");
+        raw.send(1, &ping_of(LIMIT + 1)).await;
+        assert_eq!(raw.close_code().await, close::TOO_BIG, "{kind:?}: over it");
     }
 }
 

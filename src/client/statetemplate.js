@@ -496,6 +496,7 @@
     this.epoch = null;
     this.tries = 0;
     this.ref = 0;
+    this.max = 65536; // the largest message the server reads (hello says)
     this.timers = new WeakMap();
     remember(el);
     this.recovered = recover(el);
@@ -625,6 +626,9 @@
    * loading. */
   Client.prototype.emit = function (m, t, cb) {
     m.r = ++this.ref;
+    // Over the server's limit it would close the connection (1009) on
+    // every resend: refused here, and what the user typed stays put.
+    if (!this.fits(m)) return this.big({ m: m, cb: cb });
     if (this.out.length >= OUTBOX) {
       this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions waiting. Try again soon.', r: m.r });
       if (cb) cb({ code: 'outbox_full' });
@@ -633,7 +637,29 @@
     this.out.push({ m: m, t: t, cb: cb });
     busy(t, true);
     this.pending();
-    this.send(m);
+    // Before the hello it waits: the hello's resend sends it, once the
+    // server's limit is known.
+    if (this.greeted === this.ws) this.send(m);
+  };
+
+  /* Whether m is within the server's limit (in UTF-8 bytes). */
+  Client.prototype.fits = function (m) {
+    var s = JSON.stringify(m);
+    return s.length * 3 <= this.max || new Blob([s]).size <= this.max;
+  };
+
+  /* Event o ({m, cb}) is refused as too large. */
+  Client.prototype.big = function (o) {
+    this.flash({ t: 'error', code: 'too_large', msg: 'That is too large to send (at most ' + (this.max >> 10) + ' KB).', r: o.m.r, max: this.max });
+    if (o.cb) o.cb({ code: 'too_large' });
+  };
+
+  /* Waiting event i is refused as too large. */
+  Client.prototype.drop = function (i) {
+    var o = this.out.splice(i, 1)[0];
+    if (!this.out.some(function (x) { return x.t === o.t; })) busy(o.t, false);
+    this.pending();
+    this.big(o);
   };
 
   /* The event with ref r is answered (applied, with the handler's reply d,
@@ -652,13 +678,13 @@
 
   /* An error: the st:error event on the root (cancelable: an app that
    * calls preventDefault shows it itself), then, for what the user should
-   * see (code user, handler, outbox_full), its message in the page's
-   * [st-flash] element (outside the root, or morphs clear it), or a
+   * see (code user, handler, outbox_full, too_large), its message in the
+   * page's [st-flash] element (outside the root, or morphs clear it), or a
    * default one, for 6 s. */
   Client.prototype.flash = function (f) {
     if (window.console) console.warn('statetemplate:', f.code, f.msg);
     var ev = new CustomEvent('st:error', { detail: f, bubbles: true, cancelable: true });
-    if (!this.el.dispatchEvent(ev) || !/^(user|handler|outbox_full)$/.test(f.code)) return;
+    if (!this.el.dispatchEvent(ev) || !/^(user|handler|outbox_full|too_large)$/.test(f.code)) return;
     this.show(f.msg, 'error');
   };
 
@@ -716,11 +742,13 @@
       if (f.t === 'hello') {
         this.epoch = f.epoch;
         if (f.token) this.token = f.token;
+        if (f.max > 0) this.max = f.max;
+        this.greeted = this.ws;
         this.tries = 0;
         this.hellos = (this.hellos || 0) + 1;
         sessionStorage.removeItem('st-reloads');
         setState('connected');
-        for (var k = 0; k < this.out.length; k++) this.send(this.out[k].m);
+        for (var k = 0; k < this.out.length; k++) if (this.fits(this.out[k].m)) this.send(this.out[k].m); else this.drop(k--);
         var rec = this.recovered;
         this.recovered = [];
         for (k = 0; k < rec.length; k++) {

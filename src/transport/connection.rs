@@ -27,6 +27,7 @@ impl Live {
             sink: &mut sink,
             timeout: self.config.write_timeout,
             closed: false,
+            max: self.config.max_message,
         };
         self.run(params, &mut out, &mut stream).await;
         if out.closed {
@@ -98,7 +99,7 @@ impl Live {
             .and_then(|c| u64::from_str_radix(c, 16).ok());
         let ok = match catchup {
             Catchup::Frames(frames) => {
-                let mut ok = out.queue(hello(&session.epoch(), &token)).await;
+                let mut ok = out.queue(hello(&session.epoch(), &token, out.max)).await;
                 for f in frames {
                     if !ok {
                         break;
@@ -108,7 +109,8 @@ impl Live {
                 ok && out.flush().await
             }
             Catchup::Resync(r) => {
-                out.queue(hello(r.epoch(), &token)).await && out.text(r.frame().to_owned()).await
+                out.queue(hello(r.epoch(), &token, out.max)).await
+                    && out.text(r.frame().to_owned()).await
             }
         };
         if !ok {
@@ -233,12 +235,17 @@ impl Live {
     }
 }
 
-pub(super) fn hello(epoch: &str, token: &str) -> String {
+/// The first message of a connection (and of a resync): the protocol
+/// version, the page incarnation, a fresh token, and the largest message
+/// the server reads (`max`, bytes), so that the client refuses a bigger
+/// event itself instead of having the connection closed with 1009.
+pub(super) fn hello(epoch: &str, token: &str, max: usize) -> String {
     format!(
-        "{{\"t\":\"hello\",\"v\":{},\"epoch\":\"{}\",\"token\":\"{}\"}}",
+        "{{\"t\":\"hello\",\"v\":{},\"epoch\":\"{}\",\"token\":\"{}\",\"max\":{}}}",
         crate::fragment::WIRE_VERSION,
         epoch,
-        token
+        token,
+        max
     )
 }
 
@@ -273,7 +280,7 @@ pub(super) async fn forward<Si: Sink<WsMessage> + Unpin>(
         Some(SessionEvent::Patch(p)) => p.frame().to_owned(),
         Some(SessionEvent::Push(p)) => p.frame().to_owned(),
         Some(SessionEvent::Resync(r)) => {
-            if !out.queue(hello(r.epoch(), token)).await {
+            if !out.queue(hello(r.epoch(), token, out.max)).await {
                 return false;
             }
             r.frame().to_owned()
@@ -316,6 +323,8 @@ pub(super) struct Out<'a, Si> {
     timeout: Duration,
     /// Whether we sent a close.
     closed: bool,
+    /// The largest message the server reads (told to the client in `hello`).
+    pub(super) max: usize,
 }
 
 impl<Si: Sink<WsMessage> + Unpin> Out<'_, Si> {

@@ -107,7 +107,7 @@ impl Live {
         loop {
             tokio::select! {
                 item = feed.rx.recv() => {
-                    match feed_step(&f, item, &mut seq, &token).await {
+                    match feed_step(&f, item, &mut seq, &token, out.max).await {
                         Step::Send(frames) => {
                             if !(queue_all(out, frames).await && out.flush().await) {
                                 break;
@@ -179,7 +179,7 @@ impl Live {
                         // coop budget, which could make a ready frame wait).
                         let mut open = true;
                         while let Some(item) = tokio::task::unconstrained(feed.rx.recv()).now_or_never() {
-                            match feed_step(&f, item, &mut seq, &token).await {
+                            match feed_step(&f, item, &mut seq, &token, out.max).await {
                                 Step::Send(frames) => open = queue_all(out, frames).await,
                                 Step::Nothing => {}
                                 Step::Done => open = false,
@@ -222,7 +222,7 @@ async fn send_start<Si: Sink<WsMessage> + Unpin>(
     start: &Start,
     token: &str,
 ) -> bool {
-    out.queue(hello(&start.epoch, token)).await
+    out.queue(hello(&start.epoch, token, out.max)).await
         && queue_all(out, start.frames.clone()).await
         && out.flush().await
 }
@@ -247,6 +247,7 @@ async fn feed_step(
     item: std::result::Result<FeedItem, RecvError>,
     seq: &mut u64,
     token: &str,
+    max: usize,
 ) -> Step {
     let gap = match &item {
         Ok(FeedItem::Push(frame)) => return Step::Send(vec![frame.to_string()]),
@@ -267,7 +268,7 @@ async fn feed_step(
             *seq = start.seq;
             let mut frames = Vec::with_capacity(start.frames.len() + 1);
             if start.joined {
-                frames.push(hello(&start.epoch, token));
+                frames.push(hello(&start.epoch, token, max));
             }
             frames.extend(start.frames);
             Step::Send(frames)

@@ -341,7 +341,12 @@ impl Live {
         self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The largest message (and frame) accepted from a client, in bytes.
+    /// The largest message (and frame) accepted from a client, in bytes
+    /// (64 KiB by default). A bigger one closes the connection with 1009.
+    /// The `hello` tells the client this limit, and the statetemplate
+    /// client refuses a bigger event itself (`st:error` `too_large`)
+    /// instead of sending it; behind a proxy with a lower limit, set the
+    /// proxy's here.
     pub fn max_message(mut self, bytes: usize) -> Live {
         self.config_mut().max_message = bytes;
         self

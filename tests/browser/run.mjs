@@ -392,6 +392,55 @@ async function typingKeepsFocus(page, base, name) {
   await checkFresh(page, base, `${name}: after typing`);
 }
 
+/** An event over the server's message limit (a 70 KB paste into the
+ * counter's #note, st-input): the page refuses it itself, with a message
+ * (the hello told it the limit), the text stays in the field, the
+ * connection stays up and the click after it counts. Then a client that
+ * believes in a larger limit sends it anyway: the server closes the
+ * connection (1009, or a reset that loses it), the client refuses that
+ * event and resends the rest after the reconnect, so the click queued
+ * behind it is not lost either. */
+async function tooLargeIsRefused(page, base) {
+  const client = () => page.evaluate(() => {
+    const c = window.statetemplate.clients[0];
+    const f = document.querySelector('[st-flash]');
+    return { hellos: c.hellos, pending: c.out.length, flash: f && !f.hidden ? f.textContent : '' };
+  });
+  const count = async () => Number(await text(page, '#count'));
+  const hellos = (await client()).hellos;
+  const before = await count();
+  const big = 'x'.repeat(70000);
+  await page.fill('#note', big);
+  await until(page, () => /^That is too large to send \(at most 64 KB\)\.$/.test((document.querySelector('[st-flash]') || {}).textContent || ''));
+  await page.click('#inc');
+  await until(page, (n) => document.getElementById('count').textContent === String(n), before + 1);
+  let c = await client();
+  assert(c.hellos === hellos, `counter: a refused event reconnected (${hellos} -> ${c.hellos} hellos)`);
+  assert(c.pending === 0, `counter: ${c.pending} events still waiting after the refusal`);
+  assert((await page.inputValue('#note')) === big, 'counter: the refused text left the field');
+  await checkFresh(page, base, 'counter: after a refused event', { '#note': big });
+  await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'counter-too-large.png') });
+  // The same past a client that thinks the limit is 1 GiB.
+  await page.evaluate(() => { window.statetemplate.clients[0].max = 1 << 30; });
+  await page.evaluate(() => { document.querySelector('[st-flash]').hidden = true; });
+  await page.fill('#note', big + 'y');
+  await page.waitForTimeout(400); // st-debounce="300": the big event is sent
+  await page.click('#inc');
+  await until(page, (n) => document.getElementById('count').textContent === String(n), before + 2);
+  c = await client();
+  assert(c.hellos === hellos + 1, `counter: the oversize event did not reconnect once (${hellos} -> ${c.hellos} hellos)`);
+  assert(c.pending === 0, `counter: ${c.pending} events still waiting after the reconnect`);
+  assert(/too large to send/.test(c.flash), `counter: no message for the event refused after the close: ${JSON.stringify(c.flash)}`);
+  assert((await page.inputValue('#note')) === big + 'y', 'counter: the text sent too large left the field');
+  // Back to an empty note, which the server holds, and the count before.
+  await page.fill('#note', '');
+  await untilServer(page, base, '#note', '', 'counter: the note emptied');
+  await page.click('#dec');
+  await page.click('#dec');
+  await until(page, (n) => document.getElementById('count').textContent === String(n), before);
+  await checkFresh(page, base, 'counter: after the oversize events');
+}
+
 /** What the user typed and never sent, by example: it must survive a
  * server restart. */
 const UNSENT = { counter: '#keys', todos: '#new', chat: '#text', kill9: '#new' };
@@ -623,6 +672,7 @@ const examples = {
     await page.click('#dec');
     await until(page, () => document.getElementById('count').textContent === '2');
     await checkFresh(page, base, 'counter: after keys');
+    await tooLargeIsRefused(page, base);
     await typingKeepsFocus(page, base, 'counter');
     const tab2 = await ctx.newPage();
     await tab2.goto(base);
