@@ -237,7 +237,7 @@ enum Src<'a> {
 }
 
 impl<'a, 'c> StructB<'a, 'c> {
-    #[inline]
+    #[inline(always)]
     pub(super) fn new(
         mut b: B<'a, 'c>,
         len: usize,
@@ -297,7 +297,7 @@ impl<'a, 'c> StructB<'a, 'c> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> R<()> {
         // The common case first: the old struct has this field at this
         // place, and nothing before it changed.
@@ -388,12 +388,16 @@ impl<'a, 'c> StructB<'a, 'c> {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn finish(self) -> R<Out> {
         // The common case: every field is the old one, in its old place.
         if let (Some(old), false, true) = (self.old(), self.own, self.pushed) {
             if self.n == old.len() {
                 self.b.cx.path.pop();
+                // Nothing was built (`fields` never allocated, and nothing
+                // else here owns anything): skip the drop call.
+                debug_assert_eq!(self.fields.capacity(), 0);
+                std::mem::forget(self);
                 return Ok(None);
             }
         }
@@ -488,14 +492,14 @@ impl StructB<'_, '_> {
 impl ser::SerializeStruct for StructB<'_, '_> {
     type Ok = Out;
     type Error = Fail;
-    #[inline]
+    #[inline(always)]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> R<()> {
         self.field(key, v)
     }
     fn skip_field(&mut self, _: &'static str) -> R<()> {
         Ok(())
     }
-    #[inline]
+    #[inline(always)]
     fn end(self) -> R<Out> {
         self.finish()
     }

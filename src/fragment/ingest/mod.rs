@@ -282,7 +282,7 @@ impl B<'_, '_> {
     }
 
     /// A plain value with a cheap equality test that does not build it.
-    #[inline]
+    #[inline(always)]
     fn cheap(self, eq: impl Fn(&Value) -> bool, make: impl FnOnce() -> Value) -> R<Out> {
         match self.old {
             Old::Cmp(o) | Old::Dry(o) if eq(o) => Ok(None),
@@ -427,6 +427,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
     fn serialize_i32(self, v: i32) -> R<Out> {
         self.serialize_i64(v as i64)
     }
+    #[inline(always)]
     fn serialize_i64(self, v: i64) -> R<Out> {
         self.cheap(|o| same_i64(o, v), || Value::from(v))
     }
@@ -442,6 +443,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
     fn serialize_u32(self, v: u32) -> R<Out> {
         self.serialize_u64(v as u64)
     }
+    #[inline(always)]
     fn serialize_u64(self, v: u64) -> R<Out> {
         self.cheap(|o| same_u64(o, v), || Value::from(v))
     }
@@ -460,6 +462,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
     fn serialize_char(self, v: char) -> R<Out> {
         self.plain(Value::from(v))
     }
+    #[inline(always)]
     fn serialize_str(self, v: &str) -> R<Out> {
         // Compare before allocating: most strings did not change.
         self.cheap(
@@ -536,7 +539,7 @@ impl<'a, 'c> Serializer for B<'a, 'c> {
             reused: true,
         })
     }
-    #[inline]
+    #[inline(always)]
     fn serialize_struct(self, _: &'static str, len: usize) -> R<StructB<'a, 'c>> {
         Ok(StructB::new(self, len, None))
     }
