@@ -615,8 +615,9 @@
     try { ms ? sessionStorage.setItem(LAT, ms) : sessionStorage.removeItem(LAT); } catch (x) { /* storage off */ }
   }
 
+  /* Sends m (a message, or one already in JSON). */
   Client.prototype.send = function (m) {
-    var ws = this.ws, s = JSON.stringify(m);
+    var ws = this.ws, s = typeof m === 'string' ? m : JSON.stringify(m);
     if (ws && ws.readyState === 1) later(function () { if (ws.readyState === 1) ws.send(s); });
   };
 
@@ -626,9 +627,10 @@
    * loading. */
   Client.prototype.emit = function (m, t, cb) {
     m.r = ++this.ref;
+    var s = JSON.stringify(m);
     // Over the server's limit it would close the connection (1009) on
     // every resend: refused here, and what the user typed stays put.
-    if (!this.fits(m)) return this.big({ m: m, cb: cb });
+    if (!this.fits(s)) return this.big({ m: m, cb: cb });
     if (this.out.length >= OUTBOX) {
       this.flash({ t: 'error', code: 'outbox_full', msg: 'Too many actions waiting. Try again soon.', r: m.r });
       if (cb) cb({ code: 'outbox_full' });
@@ -639,12 +641,11 @@
     this.pending();
     // Before the hello it waits: the hello's resend sends it, once the
     // server's limit is known.
-    if (this.greeted === this.ws) this.send(m);
+    if (this.greeted === this.ws) this.send(s);
   };
 
-  /* Whether m is within the server's limit (in UTF-8 bytes). */
-  Client.prototype.fits = function (m) {
-    var s = JSON.stringify(m);
+  /* Whether the JSON text s is within the server's limit (UTF-8 bytes). */
+  Client.prototype.fits = function (s) {
     return s.length * 3 <= this.max || new Blob([s]).size <= this.max;
   };
 
@@ -654,12 +655,13 @@
     if (o.cb) o.cb({ code: 'too_large' });
   };
 
-  /* Waiting event i is refused as too large. */
-  Client.prototype.drop = function (i) {
+  /* Takes waiting event i out of the outbox: its element stops showing
+   * as loading once nothing of it waits. */
+  Client.prototype.take = function (i) {
     var o = this.out.splice(i, 1)[0];
     if (!this.out.some(function (x) { return x.t === o.t; })) busy(o.t, false);
     this.pending();
-    this.big(o);
+    return o;
   };
 
   /* The event with ref r is answered (applied, with the handler's reply d,
@@ -667,11 +669,9 @@
   Client.prototype.done = function (r, d, err) {
     for (var i = 0; i < this.out.length; i++) {
       if (this.out[i].m.r !== r) continue;
-      var t = this.out[i].t, cb = this.out[i].cb;
-      this.out.splice(i, 1);
-      if (cb) cb(err, d);
-      if (!this.out.some(function (o) { return o.t === t; })) busy(t, false);
-      break;
+      var o = this.take(i);
+      if (o.cb) o.cb(err, d);
+      return;
     }
     this.pending();
   };
@@ -748,7 +748,10 @@
         this.hellos = (this.hellos || 0) + 1;
         sessionStorage.removeItem('st-reloads');
         setState('connected');
-        for (var k = 0; k < this.out.length; k++) if (this.fits(this.out[k].m)) this.send(this.out[k].m); else this.drop(k--);
+        for (var k = 0, s; k < this.out.length; k++) {
+          s = JSON.stringify(this.out[k].m);
+          if (this.fits(s)) this.send(s); else this.big(this.take(k--));
+        }
         var rec = this.recovered;
         this.recovered = [];
         for (k = 0; k < rec.length; k++) {

@@ -899,7 +899,11 @@ const examples = {
       window.__sent = [];
       window.__answers = [];
       const send = c.send.bind(c);
-      c.send = (m) => { if (m.t === 'ev' && c.ws && c.ws.readyState === 1) window.__sent.push(m); send(m); };
+      c.send = (m) => {
+        const o = typeof m === 'string' ? JSON.parse(m) : m; // events go as their JSON
+        if (o.t === 'ev' && c.ws && c.ws.readyState === 1) window.__sent.push(o);
+        send(m);
+      };
       const frame = c.frame.bind(c);
       c.frame = (t) => { if (/^\d+$/.test(t)) window.__answers.push(Number(t)); frame(t); };
     });
