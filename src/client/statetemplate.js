@@ -624,7 +624,7 @@
   /* An event from element t: numbered when sent (the server takes a ref at
    * or below the highest it applied as a resend, so refs follow the send
    * order, debounced events included), queued until answered, shown as
-   * loading. */
+   * loading. Returns true once queued (nothing when refused). */
   Client.prototype.emit = function (m, t, cb) {
     m.r = ++this.ref;
     var s = JSON.stringify(m);
@@ -642,6 +642,7 @@
     // Before the hello it waits: the hello's resend sends it, once the
     // server's limit is known.
     if (this.greeted === this.ws) this.send(s);
+    return true;
   };
 
   /* Whether the JSON text s is within the server's limit (UTF-8 bytes). */
@@ -847,11 +848,15 @@
         // A form already being submitted is not submitted again (a double click).
         if (type === 'submit' && self.out.some(function (o) { return o.t === t; })) return;
         var m = { t: 'ev', n: t.getAttribute('st-' + type), d: payload(type, t, e) };
-        if (type === 'submit' && t.hasAttribute('st-reset')) HTMLFormElement.prototype.reset.call(t);
+        // st-reset clears the form once its submit is on its way (not when
+        // it was refused: too large, outbox full; the user's text stays).
+        var go = function () {
+          if (self.emit(m, t) && type === 'submit' && t.hasAttribute('st-reset')) HTMLFormElement.prototype.reset.call(t);
+        };
         var wait = +t.getAttribute('st-debounce');
-        if (!wait) return self.emit(m, t);
+        if (!wait) return go();
         clearTimeout(self.timers.get(t));
-        self.timers.set(t, setTimeout(function () { self.emit(m, t); }, wait));
+        self.timers.set(t, setTimeout(go, wait));
       });
     });
   };

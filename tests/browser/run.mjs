@@ -818,6 +818,23 @@ const examples = {
     await until(page, () => document.querySelectorAll('#list li').length === 4);
     assert((await page.inputValue('#new')) === '', 'todos: the form was reset');
     await checkFresh(page, base, 'todos: added');
+    // A submit over the message limit (an 80 KB paste) is refused with a
+    // message, and st-reset does not clear what the user typed; the list
+    // is as it was and the next add goes through.
+    const huge = 'z'.repeat(80000);
+    await page.fill('#new', huge);
+    await page.press('#new', 'Enter');
+    await until(page, () => /too large to send/.test((document.querySelector('[st-flash]') || {}).textContent || ''));
+    assert((await page.inputValue('#new')) === huge, `todos: a refused submit cleared the form (${(await page.inputValue('#new')).length} characters left)`);
+    assert((await page.$$('#list li')).length === 4, 'todos: a refused submit added an item');
+    await checkFresh(page, base, 'todos: a refused submit', { '#new': huge });
+    await page.fill('#new', 'Fifth thing');
+    await page.press('#new', 'Enter');
+    await until(page, () => document.querySelectorAll('#list li').length === 5);
+    assert((await page.inputValue('#new')) === '', 'todos: the form was reset after the refusal');
+    await page.click('li[data-key="5"] button[title="remove"]');
+    await until(page, () => document.querySelectorAll('#list li').length === 4);
+    await checkFresh(page, base, 'todos: added and removed after a refusal');
     // Reorder: the moved row keeps its DOM node (a keyed move, not a re-render).
     await page.evaluate(() => { document.querySelector('li[data-key="4"]').__mark = 1; });
     await page.click('li[data-key="4"] button[title="move up"]');
