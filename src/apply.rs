@@ -29,9 +29,25 @@ pub fn apply_updates(html: &str, updates: &[Update]) -> Result<String> {
     Ok(doc)
 }
 
-/// Byte ranges of a fragment: `(open marker start, content start, content end,
-/// close marker end)`.
+/// Byte ranges of a fragment: `(start, content start, content end, end)`.
+/// A fragment `ID` is `<!--[ID-->` … `<!--]-->`; a list item `LIST:KEY` is
+/// `<!--:KEY-->` and what follows it, up to the next item marker of its list
+/// or the list's close (an item has no close of its own).
 fn locate(doc: &str, id: &str) -> Result<(usize, usize, usize, usize)> {
+    if let Some((list, key)) = id.split_once(':') {
+        let (_, from, to, _) = locate(doc, list)?;
+        let marker = format!("<!--:{key}-->");
+        let mut i = from;
+        while let Some((at, kind)) = next_marker(doc, i, to) {
+            if kind == Marker::Item && doc[at..].starts_with(&marker) {
+                let content = at + marker.len();
+                let end = next_marker(doc, content, to).map_or(to, |(e, _)| e);
+                return Ok((at, content, end, end));
+            }
+            i = at + 4;
+        }
+        return Err(bad(format!("no fragment {id:?} in the document")));
+    }
     let open = format!("<!--[{id}-->");
     let start = doc
         .find(&open)
@@ -57,13 +73,46 @@ fn locate(doc: &str, id: &str) -> Result<(usize, usize, usize, usize)> {
     Err(bad(format!("fragment {id:?} is not closed")))
 }
 
+#[derive(PartialEq)]
+enum Marker {
+    Item,
+    Close,
+}
+
+/// The next item marker or close at depth 0 in `doc[from..to]` (the
+/// content of a list): where it starts, and which it is. Fragments nested
+/// in an item are skipped whole.
+fn next_marker(doc: &str, from: usize, to: usize) -> Option<(usize, Marker)> {
+    let mut depth = 0usize;
+    let mut i = from;
+    while let Some(p) = doc[i..to].find("<!--") {
+        let at = i + p;
+        let tail = &doc[at..to];
+        if tail.starts_with("<!--[") {
+            depth += 1;
+        } else if tail.starts_with(CLOSE) {
+            if depth == 0 {
+                return Some((at, Marker::Close));
+            }
+            depth -= 1;
+        } else if depth == 0 && tail.starts_with("<!--:") {
+            return Some((at, Marker::Item));
+        }
+        i = at + 4;
+    }
+    None
+}
+
 fn split_item(id: &str) -> Result<(&str, &str)> {
     id.split_once(':')
         .ok_or_else(|| bad(format!("{id:?} is not a list item id")))
 }
 
 fn apply_update(doc: &mut String, u: &Update) -> Result<()> {
-    let wrap = |id: &str, html: &str| format!("<!--[{id}-->{html}{CLOSE}");
+    let wrap = |id: &str, html: &str| -> Result<String> {
+        let (_, key) = split_item(id)?;
+        Ok(format!("<!--:{key}-->{html}"))
+    };
     match u.action {
         Action::Replace if u.fragment_id.is_empty() => *doc = u.html.clone(),
         Action::Replace => {
@@ -78,7 +127,7 @@ fn apply_update(doc: &mut String, u: &Update) -> Result<()> {
             let (list, _) = split_item(&u.fragment_id)?;
             let (_, a, b, _) = locate(doc, list)?;
             let at = if u.action == Action::Prepend { a } else { b };
-            doc.insert_str(at, &wrap(&u.fragment_id, &u.html));
+            doc.insert_str(at, &wrap(&u.fragment_id, &u.html)?);
         }
         Action::InsertAfter => {
             let target = u
@@ -86,7 +135,7 @@ fn apply_update(doc: &mut String, u: &Update) -> Result<()> {
                 .as_deref()
                 .ok_or_else(|| bad("insert_after needs a target"))?;
             let (_, _, _, end) = locate(doc, target)?;
-            doc.insert_str(end, &wrap(&u.fragment_id, &u.html));
+            doc.insert_str(end, &wrap(&u.fragment_id, &u.html)?);
         }
         Action::MoveAfter | Action::MoveFirst => {
             let (a, _, _, b) = locate(doc, &u.fragment_id)?;
@@ -283,15 +332,14 @@ impl WireClient {
                     if let Some(e) = &l.empty {
                         self.write_body(e, out);
                     }
-                    let anchor = s.anchors.get(i).cloned().flatten();
+                    let anchored = s.anchors.get(i).is_some_and(Option::is_some);
                     for (k, b) in &l.items {
-                        if let Some(a) = &anchor {
-                            out.push_str(&format!("<!--[{a}:{k}-->"));
+                        if anchored {
+                            out.push_str("<!--:");
+                            out.push_str(k);
+                            out.push_str("-->");
                         }
                         self.write_body(b, out);
-                        if anchor.is_some() {
-                            out.push_str(CLOSE);
-                        }
                     }
                 }
             }
@@ -704,7 +752,7 @@ pub fn strip_anchors(html: &str) -> String {
         let tail = &rest[p..];
         if let Some(r) = tail.strip_prefix(CLOSE) {
             rest = r;
-        } else if tail.starts_with("<!--[") {
+        } else if tail.starts_with("<!--[") || tail.starts_with("<!--:") {
             match tail.find("-->") {
                 Some(e) if is_anchor_id(&tail[5..e]) => rest = &tail[e + 3..],
                 _ => {

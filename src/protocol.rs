@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// `timestamp`) so that an app with its own transport can stream
 /// `serde_json::to_string(&update)`. Fragment ids are the ids of the comment
 /// anchors in the page (`<!--[ID-->` … `<!--]-->`); a keyed list item's id is
-/// `LIST:KEY`; the empty id is the whole page.
+/// `LIST:KEY` (its marker in the page is `<!--:KEY-->`); the empty id is the
+/// whole page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
     /// The anchor the update applies to.

@@ -166,10 +166,9 @@ impl Reference {
         let open = "<ul id=\"log\"><!--[";
         let at = fresh.find(open).expect("the stream's anchor") + open.len();
         let end = at + fresh[at..].find("-->").unwrap();
-        let anchor = &fresh[at..end];
         let mut items = String::new();
         for (k, h) in &self.items {
-            items.push_str(&format!("<!--[{anchor}:{k}-->{h}<!--]-->"));
+            items.push_str(&format!("<!--:{k}-->{h}"));
         }
         let mut out = fresh.to_owned();
         out.insert_str(end + 3, &items);
@@ -367,7 +366,7 @@ fn items_render_once_with_the_data_of_their_insert() {
     assert!(
         client
             .html()
-            .contains("<!--[2:1--><li class=\"hot\">a?</li><!--]-->")
+            .contains("<!--:1--><li class=\"hot\">a?</li><!--]-->")
     );
     // Plain minijinja renders the stream empty, like the page.
     let mut env = Environment::new();

@@ -4,7 +4,9 @@
  * page between comment anchors, keeping focus, caret and typed text. */
 (function () {
   'use strict';
-  var CLOSE = '<!--]-->';
+  /* A keyed item starts with <!--:KEY--> and runs to the next such marker
+   * or its list's close. */
+  function mark(k) { return '<!--:' + k + '-->'; }
 
   function fail(m) { throw new Error('statetemplate: ' + m); }
   function isList(d) { return d !== null && typeof d === 'object' && !Array.isArray(d); }
@@ -202,7 +204,7 @@
         if (l.e || l.k.indexOf(kk) >= 0) fail('bad insert');
         i = this.after(l, n);
         l.k.splice(i, 0, kk); l.b.splice(i, 0, b);
-        return { k: 'i', list: id, after: n, html: '<!--[' + id + ':' + kk + '-->' + this.html(b) + CLOSE };
+        return { k: 'i', list: id, after: n, html: mark(kk) + this.html(b) };
       case '-':
         kk = key(op[2]); l = this.listOf(id); i = this.item(l, kk);
         l.k.splice(i, 1); l.b.splice(i, 1);
@@ -225,7 +227,7 @@
         else {
           r = i < 0 ? l.k.length : Math.min(i, l.k.length);
           l.k.splice(r, 0, kk); l.b.splice(r, 0, b);
-          acts.push({ k: 'i', list: id, after: r ? l.k[r - 1] : null, html: '<!--[' + id + ':' + kk + '-->' + this.html(b) + CLOSE });
+          acts.push({ k: 'i', list: id, after: r ? l.k[r - 1] : null, html: mark(kk) + this.html(b) });
         }
         while (n && l.k.length > Math.abs(n)) {
           r = n > 0 ? l.k.length - 1 : 0;
@@ -279,7 +281,7 @@
     if (d.e) return this.html(d.e);
     var out = '', named = typeof anchor === 'string';
     for (var i = 0; i < d.b.length; i++) {
-      out += named ? '<!--[' + anchor + ':' + d.k[i] + '-->' + this.html(d.b[i]) + CLOSE : this.html(d.b[i]);
+      out += (named ? mark(d.k[i]) : '') + this.html(d.b[i]);
     }
     return out;
   };
@@ -398,57 +400,85 @@
 
   function Dom(root) { this.root = root; this.idx = new Map(); }
 
+  /* Indexes the anchors in `root` after `from` (all if null) up to
+   * `stop`: fragments by id, items by LIST:KEY, their list being the
+   * fragment they sit in (the top of `st`). */
+  Dom.prototype.index = function (root, from, stop, st) {
+    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c;
+    if (from) w.currentNode = from;
+    while ((n = w.nextNode()) && n !== stop) {
+      c = n.data.charAt(0);
+      if (c === '[') { this.idx.set(n.data.slice(1), n); st.push(n.data.slice(1)); }
+      else if (n.data === ']') st.pop();
+      else if (c === ':' && st.length) this.idx.set(st[st.length - 1] + n.data, n);
+    }
+  };
+
   Dom.prototype.reindex = function () {
     this.idx.clear();
-    var w = document.createTreeWalker(this.root, NodeFilter.SHOW_COMMENT), n;
-    while ((n = w.nextNode())) if (n.data.charAt(0) === '[') this.idx.set(n.data.slice(1), n);
+    this.index(this.root, null, null, []);
   };
 
   Dom.prototype.start = function (id) {
-    var n = this.idx.get(id);
-    if (!n || n.data !== '[' + id || !this.root.contains(n)) { this.reindex(); n = this.idx.get(id); }
+    var n = this.idx.get(id), c = id.indexOf(':');
+    if (!n || n.data !== (c < 0 ? '[' + id : id.slice(c)) || !this.root.contains(n)) { this.reindex(); n = this.idx.get(id); }
     if (!n) fail('no anchor ' + id);
     return n;
   };
 
+  /* A fragment's close, or what ends an item: the next item or the close
+   * of its list. */
   Dom.prototype.end = function (s) {
+    var item = s.data.charAt(0) === ':', c;
     for (var d = 0, n = s.nextSibling; n; n = n.nextSibling) {
       if (n.nodeType !== 8) continue;
-      if (n.data.charAt(0) === '[') d++;
+      c = n.data.charAt(0);
+      if (c === '[') d++;
       else if (n.data === ']') { if (!d) return n; d--; }
+      else if (item && !d && c === ':') return n;
     }
     fail('unbalanced anchor ' + s.data);
   };
 
+  /* The nodes of a fragment or item, its anchors included. */
   Dom.prototype.range = function (id) {
     var s = this.start(id), e = this.end(s), nodes = [];
     for (var n = s; n !== e; n = n.nextSibling) nodes.push(n);
-    nodes.push(e);
+    if (s.data.charAt(0) === '[') nodes.push(e);
     return nodes;
+  };
+
+  /* Where what goes after item `after` of `list` (its first if null) is put. */
+  Dom.prototype.at = function (list, after) {
+    return after == null ? this.start(list).nextSibling : this.end(this.start(list + ':' + after));
   };
 
   /* Applies one action; a select whose options it touched then takes the
    * selection its markup says. */
   Dom.prototype.act = function (a, model) {
-    var s, e, olds, n, at, list, f, p, nodes, i;
+    var s, e, olds, n, list, f, p, nodes, i, c;
     switch (a.k) {
       case 'root':
         p = this.root;
         morphList(p, Array.prototype.slice.call(p.childNodes),
           Array.prototype.slice.call(parse(p, model.toHtml()).childNodes), null);
+        this.idx.clear();
         break;
       case 'h':
         s = this.start(a.id); e = this.end(s); olds = []; p = s.parentNode;
         for (n = s.nextSibling; n !== e; n = n.nextSibling) olds.push(n);
         morphList(p, olds, Array.prototype.slice.call(parse(p, a.html).childNodes), e);
+        /* What the morph reused may now be another anchor. */
+        c = a.id.indexOf(':');
+        this.index(p, s, e, [c < 0 ? a.id : a.id.slice(0, c)]);
         break;
       case 'i':
-        list = this.start(a.list);
-        at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
-        p = list.parentNode;
+        n = this.at(a.list, a.after);
+        p = n.parentNode;
         f = parse(p, a.html);
         remember(f);
-        p.insertBefore(f, at);
+        this.index(f, null, null, [a.list]);
+        p.insertBefore(f, n);
         break;
       case 'x':
         nodes = this.range(a.id); p = nodes[0].parentNode;
@@ -458,10 +488,9 @@
         nodes = this.range(a.id);
         f = document.createDocumentFragment();
         for (i = 0; i < nodes.length; i++) f.appendChild(nodes[i]);
-        list = this.start(a.list);
-        at = a.after == null ? list.nextSibling : this.end(this.start(a.list + ':' + a.after)).nextSibling;
-        p = list.parentNode;
-        p.insertBefore(f, at);
+        n = this.at(a.list, a.after);
+        p = n.parentNode;
+        p.insertBefore(f, n);
         break;
     }
     if (p && p.closest && (p = p.closest('select'))) sync(p);

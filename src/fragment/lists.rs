@@ -682,7 +682,7 @@ pub(super) fn push_int(i: i64, out: &mut String) {
     out.extend(buf[at..].iter().map(|&d| d as char));
 }
 
-/// A key as it travels in anchors (`<!--[LIST:KEY-->`) and frames: letters,
+/// A key as it travels in item markers (`<!--:KEY-->`) and frames: letters,
 /// digits, `_`, `.`, `:` and `-` as they are; any other byte as `%XX`. A
 /// `-` is escaped only where a comment could not hold it: before another
 /// `-` or at the end (`--` and `-->`). `~` is escaped, so the `~2` that

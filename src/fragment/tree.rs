@@ -207,8 +207,13 @@ impl std::ops::Deref for ItemOut {
     }
 }
 
-pub(crate) fn item_marker(list: &str, key: &str) -> String {
-    format!("<!--[{list}:{key}-->")
+/// The marker that starts a keyed list item: `<!--:KEY-->`. The item runs
+/// to the next item marker at its depth or to its list's close; its list is
+/// the fragment the marker sits in.
+pub(crate) fn push_item_marker(key: &str, out: &mut String) {
+    out.push_str("<!--:");
+    out.push_str(key);
+    out.push_str("-->");
 }
 
 pub(crate) const CLOSE: &str = "<!--]-->";
@@ -234,13 +239,10 @@ pub(crate) fn write_list(l: &ListOut, out: &mut String) {
         write_body(e, out);
     }
     for item in &l.items {
-        if let Some(a) = &l.anchor {
-            out.push_str(&item_marker(a, &item.key));
-            write_body(&item.body, out);
-            out.push_str(CLOSE);
-        } else {
-            write_body(&item.body, out);
+        if l.anchor.is_some() {
+            push_item_marker(&item.key, out);
         }
+        write_body(&item.body, out);
     }
 }
 

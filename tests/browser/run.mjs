@@ -292,16 +292,18 @@ async function checkStream(page, base, list, want, label) {
     const res = await page.evaluate(([fresh, list]) => {
       const cl = window.statetemplate.clients[0];
       if (cl.model.seq !== fresh.seq) return { wait: true };
-      // The page without the stream's items: drop each item's nodes, its
-      // anchors (<!--[LIST:KEY--> … <!--]-->) included.
+      // The page without the stream's items: drop each item's nodes, from
+      // its marker (<!--:KEY-->) to the next one or the list's close.
       const copy = cl.el.cloneNode(true);
       const ul = copy.querySelector('#' + list);
-      let depth = 0;
+      let inItem = false, depth = 0;
       for (const n of [...ul.childNodes]) {
-        const open = n.nodeType === 8 && n.data.charAt(0) === '[' && n.data.includes(':');
-        if (open) depth++;
-        if (depth) ul.removeChild(n);
-        if (depth && n.nodeType === 8 && n.data === ']') depth--;
+        if (n.nodeType === 8) {
+          if (n.data.charAt(0) === '[') depth++;
+          else if (n.data === ']') { if (--depth === 0) inItem = false; }
+          else if (n.data.charAt(0) === ':' && depth === 1) inItem = true;
+        }
+        if (inItem) ul.removeChild(n);
       }
       const d = document.createElement('div');
       d.innerHTML = fresh.html;
