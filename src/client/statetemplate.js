@@ -143,7 +143,7 @@
   };
 
   /* The body of fragment id: {o, i} so it can be replaced. */
-  Model.prototype.bodyLoc = function (id) {
+  Model.prototype.bodyLoc = function (id, any) {
     if (id === '') return { o: this, i: 'root' };
     var c = id.indexOf(':');
     if (c >= 0) {
@@ -151,7 +151,7 @@
       return { o: l.b, i: this.item(l, id.slice(c + 1)) };
     }
     var r = this.slot(id);
-    if (!Array.isArray(r.o[r.i])) fail('fragment ' + id + ' is not a body');
+    if (!Array.isArray(r.o[r.i]) && !(any && r.o[r.i].r)) fail('fragment ' + id + ' is not a body');
     return r;
   };
 
@@ -171,7 +171,7 @@
         if (!Array.isArray(v) && id === '') fail('bad root');
         b = this.body(Array.isArray(v) ? v : [v]);
         if (id === '') { this.root = b; return { k: 'root' }; }
-        r = this.bodyLoc(id); r.o[r.i] = b;
+        r = this.bodyLoc(id, 1); r.o[r.i] = b;
         return { k: 'h', id: id, html: this.html(b) };
       }
       if (op.length === 2 && isList(v)) {
@@ -314,6 +314,140 @@
     t.innerHTML = html;
     return t.content;
   }
+
+  /* ---- The model read from the page it was served (no join frame). ----
+   * A statics entry's shape is its parts parsed with \u0001N\u0002 in place
+   * of each slot N not anchored (anchored ones sit between their comments).
+   * The page's nodes must fit the shape exactly, a text or attribute one
+   * way only; a slot's value is its text there, escaped again. A page that
+   * does not fit reads as null, and the client asks for a join instead. */
+  var SLOT = /\u0001(\d+)\u0002/;
+
+  function esc(t) { return t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;'); }
+  function kids(n) { return Array.prototype.slice.call(n.childNodes); }
+  function isMark(n) { return n.nodeType === 8 && n.data.charAt(0) === ':'; }
+
+  /* Splits text t as pieces p ([static, slot, static, …]) do, into vals;
+   * false unless exactly one split fits (and within a bounded search). */
+  function fit(p, t, vals, raw) {
+    var ways = 0, got, steps = 0;
+    function go(k, at, acc) {
+      if (t.substr(at, p[k].length) !== p[k]) return;
+      at += p[k].length;
+      if (k === p.length - 1) { if (at === t.length && ++ways === 1) got = acc.slice(); return; }
+      var last = k + 2 === p.length - 1;
+      for (var e = last ? Math.max(at, t.length - p[k + 2].length) : at; e <= t.length && ways < 2 && steps++ < 4096; e++) {
+        acc.push(t.slice(at, e)); go(k + 2, e, acc); acc.pop();
+      }
+    }
+    go(0, 0, []);
+    if (ways !== 1 || steps >= 4096) return false;
+    for (var i = 0; i < got.length; i++) {
+      if (vals[p[2 * i + 1]] !== undefined) return false;
+      vals[p[2 * i + 1]] = raw ? got[i] : esc(got[i]);
+    }
+    return true;
+  }
+
+  Model.prototype.shape = function (sid, parent) {
+    var c = this.shapes || (this.shapes = {}), k = sid + parent.namespaceURI, s = this.st[sid], h = s[0][0], i;
+    if (!c[k]) {
+      for (i = 0; i < s[1].length; i++) h += (s[1][i] === null ? '\u0001' + i + '\u0002' : '') + s[0][i + 1];
+      c[k] = kids(parse(parent, h));
+    }
+    return c[k];
+  };
+
+  /* Whether page nodes a fit shape nodes x (filling vals by slot). */
+  Model.prototype.fits = function (x, a, vals, anchors) {
+    var j = 0, i, k, p, e, d, n, m, y;
+    for (i = 0; i < x.length; i++) {
+      n = x[i]; y = a[j];
+      if (n.nodeType === 3) {
+        p = n.data.split(SLOT);
+        /* Script and style text is not escaped. */
+        m = /^(SCRIPT|STYLE)$/.test(n.parentNode && n.parentNode.nodeName);
+        if (y && y.nodeType === 3) { j++; if (!fit(p, y.data, vals, m)) return false; }
+        else if (p.length < 2 || !fit(p, '', vals)) return false;
+        continue;
+      }
+      if (!y || y.nodeType !== n.nodeType || y.nodeName !== n.nodeName || y.namespaceURI !== n.namespaceURI) return false;
+      j++;
+      if (n.nodeType === 8) {
+        if (n.data !== y.data) return false;
+        if (n.data.charAt(0) !== '[') continue;
+        /* An anchored slot: what lies up to its close. */
+        for (d = 0, e = j; e < a.length; e++) {
+          if (a[e].nodeType !== 8) continue;
+          if (a[e].data.charAt(0) === '[') d++;
+          else if (a[e].data === ']' && !d--) break;
+        }
+        k = anchors.indexOf(n.data.slice(1));
+        if (k < 0 || e >= a.length || vals[k] !== undefined || (vals[k] = this.readDyn(a.slice(j, e), y.parentNode)) === null) return false;
+        j = e;
+        continue;
+      }
+      if (n.nodeType !== 1 || n.attributes.length !== y.attributes.length) return false;
+      for (k = 0; k < n.attributes.length; k++) {
+        m = n.attributes[k];
+        if (m.name !== y.attributes[k].name || !fit(m.value.split(SLOT), y.attributes[k].value, vals)) return false;
+      }
+      if (!this.fits(kids(n), kids(y), vals, anchors)) return false;
+    }
+    return j === a.length;
+  };
+
+  /* The body nodes a hold: of statics `only`, or of the one entry they fit
+   * (null if none does, false if two that differ do). */
+  Model.prototype.readBody = function (a, parent, only) {
+    var got = null, k, v, s, i;
+    for (k in this.st) {
+      if (only != null && k !== only) continue;
+      s = this.st[k]; v = new Array(s[1].length);
+      if (!this.fits(this.shape(k, parent), a, v, s[1])) continue;
+      for (i = 0; i < v.length; i++) if (v[i] === undefined) break;
+      if (i < v.length) continue;
+      if (got && this.st[got[0]][0].join('\u0000') !== s[0].join('\u0000')) return false;
+      got = [+k].concat(v);
+    }
+    return got;
+  };
+
+  /* An anchored slot's value from its nodes: a list (items start with
+   * their markers), a body, or its text or markup as it is (a leaf: the
+   * server checked that no slot without an anchor holds markup). Nothing
+   * may be an empty list, body or text: a list that a body may replace. */
+  Model.prototype.readDyn = function (a, parent) {
+    var i, d = 0, at = [], l = { k: [], b: [] }, b, sid = null, h = '';
+    for (i = 0; i < a.length; i++) {
+      if (a[i].nodeType !== 8) continue;
+      if (a[i].data.charAt(0) === '[') d++;
+      else if (a[i].data === ']') d--;
+      else if (!d && isMark(a[i])) at.push(i);
+    }
+    if (at.length) {
+      if (at[0]) return null;
+      at.push(a.length);
+      for (i = 0; i + 1 < at.length; i++) {
+        b = this.readBody(a.slice(at[i] + 1, at[i + 1]), parent, sid);
+        if (!b) return null;
+        sid = String(b[0]);
+        l.k.push(a[at[i]].data.slice(1)); l.b.push(b);
+      }
+      return l;
+    }
+    if (!a.length) { l.r = 1; return l; }
+    if ((b = this.readBody(a, parent, null)) !== null) return b || null;
+    for (i = 0; i < a.length; i++) h += a[i].nodeType === 1 ? a[i].outerHTML : a[i].nodeType === 3 ? esc(a[i].data) : '<!--' + a[i].data + '-->';
+    return /<!--[[:]/.test(h) ? null : h;
+  };
+
+  /* The tree of the page in el, or null. */
+  Model.prototype.read = function (el) {
+    var b = this.readBody(kids(el), el, null);
+    this.shapes = null;
+    return b || null;
+  };
 
   /* Old and new children pair by position, and by id where they have one:
    * an element whose id comes later is kept for it (what is new goes in
@@ -523,6 +657,13 @@
     this.model = new Model();
     this.dom = new Dom(el);
     this.epoch = null;
+    /* A page that says its seq and incarnation: the client starts from it
+     * and connects for what changed since (p=1); the hello brings the
+     * statics to read the model from the page with. */
+    var q = el.getAttribute('data-st-seq');
+    if (/^\d+$/.test(q) && el.getAttribute('data-st-epoch')) {
+      this.model.seq = +q; this.epoch = el.getAttribute('data-st-epoch'); this.paged = true;
+    }
     this.tries = 0;
     this.ref = 0;
     this.max = 65536; // the largest message the server reads (hello says)
@@ -583,7 +724,7 @@
     var l = location, e = encodeURIComponent;
     var u = (l.protocol === 'https:' ? 'wss://' : 'ws://') + l.host + this.path +
       '?v=2&sid=' + e(this.sid) + '&token=' + e(this.token) + '&c=' + this.cid;
-    if (this.epoch && this.model.root) u += '&seq=' + this.model.seq + '&epoch=' + e(this.epoch);
+    if (this.epoch && (this.model.root || this.paged)) u += '&seq=' + this.model.seq + '&epoch=' + e(this.epoch) + (this.paged ? '&p=1' : '');
     return u;
   };
 
@@ -773,6 +914,16 @@
         this.epoch = f.epoch;
         if (f.token) this.token = f.token;
         if (f.max > 0) this.max = f.max;
+        if (this.paged && f.s) {
+          this.paged = false;
+          try { this.model.statics(f.s); this.model.root = this.model.read(this.el); } catch (x) { this.model.root = null; }
+          if (!this.model.root) {
+            /* The page did not read: a join instead. */
+            this.model = new Model(); this.epoch = null; this.ws.close();
+            return;
+          }
+        }
+        this.paged = false;
         this.greeted = this.ws;
         this.tries = 0;
         this.hellos = (this.hellos || 0) + 1;

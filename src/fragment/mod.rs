@@ -702,6 +702,54 @@ impl LivePage {
         out.push_str("]}");
         out
     }
+
+    /// What a client that starts from this page's HTML (as [`LivePage::html`]
+    /// gives it) needs beyond the page: the statics table entries the page
+    /// uses (`{"SID":[…],…}`, as in a join frame), from which it reads the
+    /// tree's values out of the HTML. Like [`LivePage::join_frame`], it
+    /// resets what the page believes a client holds to those entries. `None`
+    /// when the HTML does not tell its values apart (a slot without an anchor
+    /// holds markup: a body or a list; see `docs/protocol.md`, "Connect") or
+    /// the page no longer renders (see `join_frame`): a join frame then.
+    pub fn page_statics(&mut self) -> Option<String> {
+        let root = self.wake().ok()?.clone();
+        if !readable(&root) {
+            return None;
+        }
+        self.sent.clear();
+        let mut w = WireWriter {
+            sent: &mut self.sent,
+            new_statics: Vec::new(),
+        };
+        w.body(&root, &mut String::new());
+        let mut out = String::new();
+        w.statics_json(&mut out);
+        Some(out)
+    }
+}
+
+/// Whether a client can read this body's values back from its HTML with
+/// the statics alone (see [`LivePage::page_statics`]): every slot without an
+/// anchor holds text without markup. A body or list there is markup whose statics the
+/// HTML does not tell apart (an include's wrapper around a row, a branch in
+/// a tag, a loop in a cell), so such a page gets a join frame instead.
+fn readable(b: &tree::BodyOut) -> bool {
+    b.slots.iter().enumerate().all(|(i, s)| {
+        let anchored = b.statics.anchors.get(i).is_some_and(Option::is_some);
+        match s {
+            // Markup in a text without an anchor (a macro's output, a
+            // `safe` value) cannot be told from the statics around it.
+            tree::SlotOut::Text(t) => anchored || !t.contains('<'),
+            tree::SlotOut::Branch { body, .. } | tree::SlotOut::Sub(body) => {
+                anchored && readable(body)
+            }
+            tree::SlotOut::List(l) => {
+                anchored
+                    && l.empty.as_deref().is_none_or(readable)
+                    && l.items.iter().all(|it| readable(&it.body))
+            }
+        }
+    })
 }
 
 fn encode_op(w: &mut WireWriter<'_>, op: &PatchOp, out: &mut String) {

@@ -383,14 +383,19 @@ impl StateTemplate {
                     html: page.html(),
                     session_id: id,
                     token: e.mint(id, rec.generation, now)?,
+                    seq: rec.seq,
+                    epoch: String::new(),
                 });
             }
         }
         let s = self.get_session(session_id, token).await?;
+        let (seq, html) = s.page_now().await;
         Ok(InitialRender {
-            html: s.html().await,
+            html,
             session_id: s.id(),
             token: s.token()?,
+            seq,
+            epoch: s.epoch(),
         })
     }
 

@@ -158,6 +158,7 @@ impl StateTemplate {
         e.check_running()?;
         let mut page = e.fragments.render(template, data)?;
         let html = page.html();
+        let seq = page.seq();
         if e.config.rest_unjoined_after == Some(Duration::ZERO) {
             page.rest();
         }
@@ -208,6 +209,8 @@ impl StateTemplate {
                 html,
                 session_id: id,
                 token,
+                seq,
+                epoch: format!("{:016x}", s.page_epoch),
             })
         }
         .instrument(span)

@@ -30,6 +30,13 @@ pub struct InitialRender {
     /// The sealed token that opens the session. Give it only to the browser
     /// the page is for.
     pub token: String,
+    /// The seq the HTML is of: a client that starts from this page connects
+    /// with it and gets no page content again (see [`crate::Live::mount`]).
+    pub seq: u64,
+    /// The page incarnation the HTML is of (see [`Resync::epoch`]), or empty
+    /// when not known here (a page rendered from the store for a session
+    /// another instance owns): then the client gets a join frame.
+    pub epoch: String,
 }
 
 impl fmt::Debug for InitialRender {

@@ -273,6 +273,40 @@ impl Session {
         }
     }
 
+    /// Connects a client that starts from the page it was served: the HTML
+    /// of seq `seq` of page incarnation `epoch` (the root element's
+    /// `data-st-seq` and `data-st-epoch`, see [`crate::Live::mount`]). When
+    /// the page is still that one, the client gets only the statics table
+    /// entries the page uses ([`LivePage::page_statics`]) and reads the rest
+    /// from its DOM: no page content is sent again. Otherwise (the page
+    /// changed since, or is another incarnation) it gets a resync, as a join.
+    pub(crate) async fn resume_page(
+        &self,
+        seq: u64,
+        epoch: &str,
+    ) -> Result<(std::result::Result<String, Resync>, Subscriber)> {
+        let mut page = self.inner.state.lock().await;
+        if self.is_closed() {
+            return Err(Session::closed_error());
+        }
+        if epoch == format!("{:016x}", self.inner.page_epoch) && seq == page.seq() {
+            if let Some(statics) = page.page_statics() {
+                let mut sub = self.updates();
+                sub.floor = seq;
+                if self.engine.config.replay_frames > 0 {
+                    let mut outlet = self.inner.outlet.lock().expect("lock");
+                    outlet.replay.get_or_insert_with(Default::default);
+                }
+                drop(page);
+                self.mark_joined();
+                return Ok((Ok(statics), sub));
+            }
+        }
+        drop(page);
+        let (r, sub) = self.join().await?;
+        Ok((Err(r), sub))
+    }
+
     /// Reconnects a client that holds the page at `seq` of page incarnation
     /// `epoch` (both from its last join): it gets the frames it missed from
     /// the session's recent-frame buffer, or a resync when they are gone (or
@@ -568,6 +602,12 @@ impl Session {
     /// The annotated HTML of the page as it is now.
     pub async fn html(&self) -> String {
         self.inner.state.lock().await.html()
+    }
+
+    /// The seq and the annotated HTML of the page now, read together.
+    pub(crate) async fn page_now(&self) -> (u64, String) {
+        let page = self.inner.state.lock().await;
+        (page.seq(), page.html())
     }
 
     /// The sequence number of the last render that changed the page.

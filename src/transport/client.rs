@@ -32,7 +32,8 @@ pub fn served() -> &'static str {
 /// Drops `/* */` and `//` comments, leading whitespace, empty lines and
 /// the spaces that separate nothing (next to an operator or a bracket),
 /// leaving strings and regular expression literals as they are. Line breaks
-/// between code stay, so automatic semicolon insertion is unchanged.
+/// between code stay, so automatic semicolon insertion is unchanged, except
+/// after `;`, `{`, `,` and `(`, where a statement or expression cannot end.
 fn strip(js: &str) -> String {
     let b = js.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -60,7 +61,9 @@ fn strip(js: &str) -> String {
                 continue;
             }
             b'\n' => {
-                if !line_start {
+                // A line break after `;`, `{`, `,` or `(` ends nothing that
+                // automatic semicolon insertion could see: dropped.
+                if !line_start && !out.last().is_some_and(|l| b";{,(".contains(l)) {
                     out.push(b'\n');
                 }
                 line_start = true;
@@ -213,7 +216,9 @@ mod tests {
             ),
             ("s = ' a  b ' + \"c d\";", "s=' a  b '+\"c d\";"),
             ("t = /a b/.test(s) ? 1 : 2;", "t=/a b/.test(s)?1:2;"),
-            ("x = 1; // a comment\n  y = 2;", "x=1;\ny=2;"),
+            ("x = 1; // a comment\n  y = 2;", "x=1;y=2;"),
+            ("a = b\n(c)", "a=b\n(c)"),
+            ("f(a,\n  b);\nif (x) {\n  y()\n}", "f(a,b);if(x){y()\n}"),
             ("a = b /* c */ + d;", "a=b+d;"),
             ("v = $a && _b", "v=$a&&_b"),
         ];

@@ -77,8 +77,23 @@ impl Live {
         // lives (such sessions are evicted last).
         let _connection = session.connection();
         let span = tracing::debug_span!("socket", sid = %session.id().short());
-        let start = match (params.seq, params.epoch.as_deref()) {
-            (Some(seq), Some(epoch)) => session.resume(seq, epoch).await,
+        // A client that starts from the page it was served, at that page
+        // still: the statics, in the hello, and nothing more.
+        let mut statics = None;
+        let start = match (params.seq, params.epoch.as_deref(), params.page) {
+            (Some(seq), Some(epoch), Some(1)) => {
+                session
+                    .resume_page(seq, epoch)
+                    .await
+                    .map(|(held, sub)| match held {
+                        Ok(s) => {
+                            statics = Some(s);
+                            (Catchup::Frames(Vec::new()), sub)
+                        }
+                        Err(r) => (Catchup::Resync(r), sub),
+                    })
+            }
+            (Some(seq), Some(epoch), _) => session.resume(seq, epoch).await,
             _ => session
                 .join()
                 .await
@@ -99,7 +114,11 @@ impl Live {
             .and_then(|c| u64::from_str_radix(c, 16).ok());
         let ok = match catchup {
             Catchup::Frames(frames) => {
-                let mut ok = out.queue(hello(&session.epoch(), &token, out.max)).await;
+                let h = match &statics {
+                    Some(s) => hello_with_statics(&session.epoch(), &token, out.max, s),
+                    None => hello(&session.epoch(), &token, out.max),
+                };
+                let mut ok = out.queue(h).await;
                 for f in frames {
                     if !ok {
                         break;
@@ -247,6 +266,18 @@ pub(super) fn hello(epoch: &str, token: &str, max: usize) -> String {
         token,
         max
     )
+}
+
+/// The `hello` of a client that starts from the page it was served: with
+/// the statics table entries the page uses (`s`), from which it reads the
+/// rest of its model out of the page.
+fn hello_with_statics(epoch: &str, token: &str, max: usize, statics: &str) -> String {
+    let mut h = hello(epoch, token, max);
+    h.pop();
+    h.push_str(",\"s\":");
+    h.push_str(statics);
+    h.push('}');
+    h
 }
 
 /// Closes the socket after a read error, with the code that names it.

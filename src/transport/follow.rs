@@ -68,8 +68,10 @@ impl Live {
     {
         let cfg = self.config.clone();
         let span = tracing::debug_span!("socket", sid = %f.id().short(), owner = %f.owner());
-        let held = match (params.seq, params.epoch.as_deref()) {
-            (Some(q), Some(e)) => Some((q, e)),
+        // A client that starts from the page it was served gets a join here
+        // (a follower does not send the statics alone).
+        let held = match (params.seq, params.epoch.as_deref(), params.page) {
+            (Some(q), Some(e), p) if p != Some(1) => Some((q, e)),
             _ => None,
         };
         let (start, mut feed) = match f.start(held).await {

@@ -16,7 +16,7 @@ pub(crate) fn frame_hash(frame: &str) -> u32 {
     })
 }
 
-/// Parses `sid=…&token=…&seq=…&epoch=…&v=…` (percent-decoded); unknown
+/// Parses `sid=…&token=…&seq=…&epoch=…&v=…&c=…&p=…` (percent-decoded); unknown
 /// or malformed fields are left unset.
 pub(crate) fn parse_query(q: &str) -> ConnectParams {
     let mut p = ConnectParams::default();
@@ -30,6 +30,7 @@ pub(crate) fn parse_query(q: &str) -> ConnectParams {
             "epoch" => p.epoch = Some(v),
             "v" => p.v = v.parse().ok(),
             "c" => p.c = Some(v),
+            "p" => p.page = v.parse().ok(),
             _ => {}
         }
     }

@@ -140,6 +140,11 @@ pub struct ConnectParams {
     /// The protocol version the client speaks.
     #[serde(default)]
     pub v: Option<u32>,
+    /// `p=1`: the client starts from the page it was served (its `seq` and
+    /// `epoch` are the page's): when the session is still at that page it
+    /// gets the statics in the `hello` and no join frame.
+    #[serde(default, rename = "p")]
+    pub page: Option<u8>,
     /// The client instance (a page's script; hex, up to 16 digits): events
     /// it numbers (`r`) are applied at most once per session, however often
     /// it resends them across reconnects.
@@ -454,12 +459,24 @@ impl Live {
     /// a root element that names the session, and the client script (and
     /// the extras script, with [`Live::client_extras`]).
     pub fn mount(&self, initial: &InitialRender) -> String {
+        // The page's seq and incarnation: the client starts from this HTML
+        // and connects for what changed since (see `Session::resume_page`).
+        let at = if initial.epoch.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " data-st-seq=\"{}\" data-st-epoch=\"{}\"",
+                initial.seq,
+                attr_escape(&initial.epoch)
+            )
+        };
         let mut out = format!(
-            "<div data-st-root data-st-session=\"{}\" data-st-token=\"{}\" data-st-ws=\"{}\">{}</div>\n\
+            "<div data-st-root data-st-session=\"{}\" data-st-token=\"{}\" data-st-ws=\"{}\"{}>{}</div>\n\
              <script src=\"{}?v={}\" defer></script>",
             initial.session_id,
             attr_escape(&initial.token),
             attr_escape(&self.ws_path()),
+            at,
             initial.html,
             attr_escape(&self.client_path()),
             client::etag().trim_matches('"'),

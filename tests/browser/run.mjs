@@ -208,6 +208,12 @@ async function until(page, fn, arg, ms = 20000) {
   throw new Error('timed out waiting: ' + (last && last.message));
 }
 
+/** The client started from the page it was served: no join frame came. */
+async function noJoin(page, label) {
+  const c = await page.evaluate(() => ({ joins: window.statetemplate.clients[0].joins || 0, hellos: window.statetemplate.clients[0].hellos }));
+  assert(c.joins === 0 && c.hellos === 1, `${label}: connected with ${c.joins} join frame(s) and ${c.hellos} hello(s), not from the page alone`);
+}
+
 async function connected(page) {
   await until(page, () => {
     const st = window.statetemplate;
@@ -631,6 +637,7 @@ const examples = {
     const page = await ctx.newPage();
     await page.goto(base);
     await connected(page);
+    await noJoin(page, 'counter');
     await checkFresh(page, base, 'counter: initial');
     await page.click('#inc');
     await page.click('#inc');
@@ -1022,6 +1029,7 @@ const examples = {
     const page = await ctx.newPage();
     await page.goto(base);
     await connected(page);
+    await noJoin(page, 'dashboard');
     assert((await page.$$('#grid tbody tr')).length === 1000, 'dashboard: 1,000 rows');
     await checkFresh(page, base, 'dashboard: initial (live)');
     const u0 = Number(await text(page, '#updates'));
@@ -1360,6 +1368,9 @@ async function corpusInTheDom(browser) {
   await page.addScriptTag({ content: CLIENT });
   const results = await page.evaluate((cases) => {
     const out = [];
+    out.read = 0;
+    out.declined = [];
+    out.unread = [];
     const root = document.getElementById('root');
     // As a user's input would, then back: the field's state is now its own.
     const touch = () => {
@@ -1428,7 +1439,7 @@ async function corpusInTheDom(browser) {
       return { n, diff: null };
     };
     for (const c of cases) {
-      for (const mode of ['fresh', 'touched', 'typed']) {
+      for (const mode of ['fresh', 'touched', 'typed', 'paged']) {
         root.innerHTML = '';
         const model = new window.statetemplate.Model();
         const dom = new window.statetemplate.Dom(root);
@@ -1439,7 +1450,35 @@ async function corpusInTheDom(browser) {
         let typed = new Map();
         try {
           for (; step < c.frames.length; step++) {
-            const acts = model.apply(JSON.parse(c.frames[step]));
+            const f = JSON.parse(c.frames[step]);
+            if (step === 0 && mode === 'paged') {
+              // As a client served the page: the model read from its DOM
+              // with the statics alone (what the hello carries), no join.
+              // The server sends none for a page it knows does not read.
+              if (c.statics === null) {
+                out.unread.push(c.name);
+                break;
+              }
+              root.innerHTML = c.html[0];
+              window.statetemplate.remember(root);
+              model.statics(JSON.parse(c.statics));
+              model.seq = f.q;
+              model.root = model.read(root);
+              if (!model.root) {
+                out.declined.push(c.name);
+                break;
+              }
+              probe.innerHTML = model.toHtml();
+              const served = document.createElement('div');
+              served.innerHTML = c.html[0];
+              if (probe.innerHTML !== served.innerHTML) {
+                error = `the model read from the page renders otherwise\n  read: ${probe.innerHTML}\n  page: ${served.innerHTML}`;
+                break;
+              }
+              out.read++;
+              continue;
+            }
+            const acts = model.apply(f);
             for (const a of acts) dom.act(a, model);
             if (step === 0) window.statetemplate.remember(root);
             probe.innerHTML = c.html[step];
@@ -1462,19 +1501,29 @@ async function corpusInTheDom(browser) {
         out.push({ name: c.name + (mode === 'fresh' ? '' : ` (${mode})`), steps: step, fields, error, mode });
       }
     }
-    return out;
+    return { runs: out, read: out.read, declined: out.declined, unread: out.unread };
   }, cases);
   await page.close();
+  const { read, declined, unread } = results;
+  console.log(`corpus in the DOM: ${read} of ${cases.length} pages read from their DOM without a join; the client declined ${declined.length} (${declined.join(', ') || 'none'}), the server ${unread.length} (${unread.join(', ')})`);
+  // What reads: text, attribute values, keyed items, branches, includes,
+  // blocks; what declines (a join instead) is markup in a slot without an
+  // anchor, two slots with nothing between them, a slot in a tag.
+  for (const want of ['01_scalar', '02_if_flip', '04_keyed_list', '06_table_in_if', '18_duplicates', '30_keyed_1000', '33_index_shift', '35_tojson']) {
+    for (const n of [want, want + '/reversed']) assert(!declined.includes(n) && !unread.includes(n), `corpus ${n}: the page did not read from its DOM`);
+  }
+  assert(read >= 30, `only ${read} of ${cases.length} corpus pages read from the DOM`);
   let steps = 0;
   let fields = 0;
   const failed = [];
-  for (const r of results) {
+  const runs = results.runs;
+  for (const r of runs) {
     steps += r.steps;
     fields += r.fields;
     if (r.error) failed.push(`${r.name}: ${r.error}`);
   }
   for (const f of failed) console.log('FAIL corpus ' + f);
-  console.log(`corpus in the DOM: ${results.length} runs of ${cases.length} cases, ${steps} frames, ${fields} form fields compared, ${failed.length} failed`);
+  console.log(`corpus in the DOM: ${runs.length} runs of ${cases.length} cases, ${steps} frames, ${fields} form fields compared, ${failed.length} failed`);
   // A run that checks nothing fails: every corpus file in both orders, the
   // form-state cases among them, the live template edits, every frame
   // applied.
@@ -1486,9 +1535,11 @@ async function corpusInTheDom(browser) {
     assert(cases.some((c) => c.name === want), `the fixture has no case ${want}`);
   }
   const frames = cases.reduce((n, c) => n + c.frames.length, 0);
-  assert(results.length === 3 * cases.length, `ran ${results.length} of ${3 * cases.length} corpus runs`);
-  assert(failed.length || steps === 3 * frames, `applied ${steps} of ${3 * frames} frames`);
-  const typedFields = results.filter((r) => r.mode === 'typed').reduce((n, r) => n + r.fields, 0);
+  assert(runs.length === 4 * cases.length, `ran ${runs.length} of ${4 * cases.length} corpus runs`);
+  // A declined page stops its paged run before its first frame.
+  const notRead = cases.filter((c) => declined.includes(c.name) || unread.includes(c.name)).reduce((n, c) => n + c.frames.length, 0);
+  assert(failed.length || steps === 4 * frames - notRead, `applied ${steps} of ${4 * frames - notRead} frames`);
+  const typedFields = runs.filter((r) => r.mode === 'typed').reduce((n, r) => n + r.fields, 0);
   console.log(`corpus in the DOM: ${typedFields} fields the user had changed checked after the next frame`);
   assert(typedFields >= 100, `only ${typedFields} typed fields checked`);
   assert(frames >= 150, `only ${frames} corpus frames`);

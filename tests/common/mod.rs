@@ -255,6 +255,29 @@ pub fn corpus_frames() -> Vec<(String, Vec<String>, Vec<String>)> {
     out
 }
 
+/// For every case of [`corpus_frames`], in the same order: what a client
+/// that starts from the served page gets in its `hello`
+/// ([`statetemplate::LivePage::page_statics`]; `None`: a join instead).
+#[allow(dead_code)]
+pub fn corpus_page_statics() -> Vec<Option<String>> {
+    let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in &paths {
+        let case = load_case(p);
+        let mut rev = case.steps.clone();
+        rev.reverse();
+        for steps in [&case.steps, &rev] {
+            let engine = FragmentEngine::new(env_for(&case));
+            out.push(engine.render(MAIN, &steps[0]).unwrap().page_statics());
+        }
+    }
+    out
+}
+
 pub fn frames(engine: &FragmentEngine, steps: &[Json]) -> (Vec<String>, Vec<String>) {
     let mut page = engine.render(MAIN, &steps[0]).unwrap();
     let mut wire = WireClient::new();
