@@ -919,7 +919,7 @@
           try { this.model.statics(f.s); this.model.root = this.model.read(this.el); } catch (x) { this.model.root = null; }
           if (!this.model.root) {
             /* The page did not read: a join instead. */
-            this.model = new Model(); this.epoch = null; this.ws.close();
+            this.model = new Model(); this.epoch = null; this.unread = 1; this.ws.close();
             return;
           }
         }

@@ -633,12 +633,30 @@ const examples = {
     await checkFresh(page, base, 'pages: reloaded');
     return page;
   },
-  async counter(ctx, base) {
+  async counter(ctx, base, browser) {
     const page = await ctx.newPage();
     await page.goto(base);
     await connected(page);
     await noJoin(page, 'counter');
     await checkFresh(page, base, 'counter: initial');
+    {
+      // A page whose DOM is not what the server rendered (a script or an
+      // extension added to it) does not read: the client reconnects for a
+      // join, which puts the server's page back.
+      const other = await newContext(browser);
+      const p2 = await other.newPage();
+      // Once parsed, before the deferred client runs.
+      await p2.addInitScript(() => document.addEventListener('readystatechange', () => {
+        if (document.readyState === 'interactive') document.querySelector('[data-st-root]').insertAdjacentHTML('afterbegin', '<b id="extra">added</b>');
+      }));
+      await p2.goto(base);
+      await connected(p2);
+      const c = await p2.evaluate(() => ({ joins: window.statetemplate.clients[0].joins, unread: window.statetemplate.clients[0].unread }));
+      assert(c.joins === 1 && c.unread === 1, `counter: a page that does not read: ${c.joins} join(s), unread ${c.unread}`);
+      assert(!(await p2.$('#extra')), 'counter: the join put the server\'s page back');
+      await checkFresh(p2, base, 'counter: after a page that did not read');
+      await other.close();
+    }
     await page.click('#inc');
     await page.click('#inc');
     await page.click('#dec');
