@@ -753,8 +753,12 @@ pub fn strip_anchors(html: &str) -> String {
         if let Some(r) = tail.strip_prefix(CLOSE) {
             rest = r;
         } else if tail.starts_with("<!--[") || tail.starts_with("<!--:") {
+            // An item's key may be empty (`<!--:-->`), a fragment's id not.
+            let item = tail.as_bytes()[4] == b':';
             match tail.find("-->") {
-                Some(e) if is_anchor_id(&tail[5..e]) => rest = &tail[e + 3..],
+                Some(e) if e >= 5 && (item && e == 5 || is_anchor_id(&tail[5..e])) => {
+                    rest = &tail[e + 3..]
+                }
                 _ => {
                     out.push_str("<!--");
                     rest = &tail[4..];
@@ -774,4 +778,54 @@ fn is_anchor_id(s: &str) -> bool {
         && s.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'%' | b'~' | b'-')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fragments, items (an empty key too) and nested anchors are stripped;
+    /// a comment of the page's own stays.
+    #[test]
+    fn strip_anchors_drops_fragments_and_item_markers() {
+        let html = "<ul><!--[1--><!--:a--><li>a</li><!--:--><li>empty key</li><!--:x%2Dy--><li><!--[2-->z<!--]--></li><!--]--></ul><!-- mine -->";
+        assert_eq!(
+            strip_anchors(html),
+            "<ul><li>a</li><li>empty key</li><li>z</li></ul><!-- mine -->"
+        );
+    }
+
+    /// An item runs to the next marker or its list's close, whatever its
+    /// key; a fragment nested in an item is skipped whole.
+    #[test]
+    fn items_are_found_by_their_marker() {
+        let doc = "<ul><!--[1--><!--:1--><li>1</li><!--:10--><li><!--[3-->x<!--]--></li><!--:--><li>e</li><!--]--></ul>";
+        let span = |id: &str| {
+            let (a, b, c, d) = locate(doc, id).unwrap();
+            (&doc[a..b], &doc[b..c], c == d)
+        };
+        assert_eq!(span("1:1"), ("<!--:1-->", "<li>1</li>", true));
+        assert_eq!(
+            span("1:10"),
+            ("<!--:10-->", "<li><!--[3-->x<!--]--></li>", true)
+        );
+        assert_eq!(span("1:"), ("<!--:-->", "<li>e</li>", true));
+        assert!(locate(doc, "1:2").is_err());
+        let removed = apply_updates(
+            doc,
+            &[Update {
+                fragment_id: "1:10".into(),
+                action: Action::Remove,
+                html: String::new(),
+                target: None,
+                timestamp: 0,
+                seq: 1,
+            }],
+        )
+        .unwrap();
+        assert_eq!(
+            removed,
+            "<ul><!--[1--><!--:1--><li>1</li><!--:--><li>e</li><!--]--></ul>"
+        );
+    }
 }

@@ -813,7 +813,7 @@ async fn a_click_is_answered_in_one_write() {
 /// seq and epoch) gets the statics in its hello and no join frame while the
 /// session is still at that page; the frames that follow apply to the page
 /// it holds. A session that moved on, another epoch, or a page whose HTML
-/// does not tell its values apart (a branch inside a tag of a loop item)
+/// does not tell its values apart (markup in a slot without an anchor)
 /// gets a join frame as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_served_the_page_gets_no_join_frame() {
@@ -821,7 +821,7 @@ async fn a_client_served_the_page_gets_no_join_frame() {
     env.add_template("counter.html", PAGE).unwrap();
     env.add_template(
         "checks.html",
-        "<ul>{% for t in items %}<li><input type=checkbox{% if t.id > 1 %} checked{% endif %}>{{ t.text }}</li>{% endfor %}</ul>",
+        "<ul>{% for t in items %}<li><input type=checkbox{% if t.id > 1 %} checked{% endif %}>{{ t.text|safe }}</li>{% endfor %}</ul>",
     )
     .unwrap();
     let engine = StateTemplate::builder(env)
@@ -906,8 +906,15 @@ async fn a_client_served_the_page_gets_no_join_frame() {
     assert_eq!(text(&mut ws).await["s"], join["s"]);
     ws.close(None).await.unwrap();
 
-    // A branch in a tag of an item: not readable from the page, a join.
+    // A branch in a tag of an item reads from the page (the client takes
+    // the attributes there as the slot's text).
     let data = json!({"items": [{"id": 1, "text": "a"}, {"id": 2, "text": "b"}]});
+    let i = engine.new_session("checks.html", &data).await.unwrap();
+    let mut ws = connect(&paged(&i, &i.epoch)).await;
+    assert!(text(&mut ws).await["s"].is_object());
+    ws.close(None).await.unwrap();
+    // Markup in a slot without an anchor does not: a join.
+    let data = json!({"items": [{"id": 1, "text": "<b>a</b>"}, {"id": 2, "text": "b"}]});
     let i = engine.new_session("checks.html", &data).await.unwrap();
     let mut ws = connect(&paged(&i, &i.epoch)).await;
     assert_eq!(text(&mut ws).await["s"], Json::Null);

@@ -352,11 +352,32 @@
   Model.prototype.shape = function (sid, parent) {
     var c = this.shapes || (this.shapes = {}), k = sid + parent.namespaceURI, s = this.st[sid], h = s[0][0], i;
     if (!c[k]) {
-      for (i = 0; i < s[1].length; i++) h += (s[1][i] === null ? '\u0001' + i + '\u0002' : '') + s[0][i + 1];
+      /* A slot right after a tag's name (`<option{{ … }}>`) is apart from it. */
+      for (i = 0; i < s[1].length; i++) h += (s[1][i] === null ? (/<[a-zA-Z][^\s>]*$/.test(h) ? ' ' : '') + '\u0001' + i + '\u0002' : '') + s[0][i + 1];
       c[k] = kids(parse(parent, h));
     }
     return c[k];
   };
+
+  /* Whether element y's attributes fit shape n's. A slot in the attribute
+   * list (`<input{{ ' checked' if x }}>`, at most one a tag) takes the
+   * attributes y has there beyond the shape's. */
+  function attrs(n, y, vals) {
+    var x = n.attributes, r = y.attributes, hole = -1, at = -1, i, j, m, v = '';
+    for (i = 0; i < x.length; i++) if ((m = SLOT.exec(x[i].name))) { if (hole >= 0) return false; hole = +m[1]; at = i; }
+    var extra = r.length - x.length + (hole >= 0 ? 1 : 0);
+    if (hole < 0 ? extra : extra < 0) return false;
+    for (i = 0, j = 0; i < x.length; i++, j++) {
+      if (i === at) {
+        for (; j < at + extra; j++) v += ' ' + r[j].name + '="' + esc(r[j].value) + '"';
+        if (vals[hole] !== undefined) return false;
+        vals[hole] = v; j--;
+        continue;
+      }
+      if (x[i].name !== r[j].name || !fit(x[i].value.split(SLOT), r[j].value, vals)) return false;
+    }
+    return true;
+  }
 
   /* Whether page nodes a fit shape nodes x (filling vals by slot). */
   Model.prototype.fits = function (x, a, vals, anchors) {
@@ -387,12 +408,7 @@
         j = e;
         continue;
       }
-      if (n.nodeType !== 1 || n.attributes.length !== y.attributes.length) return false;
-      for (k = 0; k < n.attributes.length; k++) {
-        m = n.attributes[k];
-        if (m.name !== y.attributes[k].name || !fit(m.value.split(SLOT), y.attributes[k].value, vals)) return false;
-      }
-      if (!this.fits(kids(n), kids(y), vals, anchors)) return false;
+      if (n.nodeType !== 1 || !attrs(n, y, vals) || !this.fits(kids(n), kids(y), vals, anchors)) return false;
     }
     return j === a.length;
   };
@@ -403,7 +419,8 @@
     var got = null, k, v, s, i;
     for (k in this.st) {
       if (only != null && k !== only) continue;
-      s = this.st[k]; v = new Array(s[1].length);
+      s = this.st[k];
+      v = new Array(s[1].length);
       if (!this.fits(this.shape(k, parent), a, v, s[1])) continue;
       for (i = 0; i < v.length; i++) if (v[i] === undefined) break;
       if (i < v.length) continue;

@@ -730,8 +730,9 @@ impl LivePage {
 
 /// Whether a client can read this body's values back from its HTML with
 /// the statics alone (see [`LivePage::page_statics`]): every slot without an
-/// anchor holds text without markup. A body or list there is markup whose statics the
-/// HTML does not tell apart (an include's wrapper around a row, a branch in
+/// anchor holds text without markup, or a body of constant text without
+/// markup. Any other body or a list there is markup whose statics the HTML
+/// does not tell apart (an include's wrapper around a row, a branch in
 /// a tag, a loop in a cell), so such a page gets a join frame instead.
 fn readable(b: &tree::BodyOut) -> bool {
     b.slots.iter().enumerate().all(|(i, s)| {
@@ -740,8 +741,14 @@ fn readable(b: &tree::BodyOut) -> bool {
             // Markup in a text without an anchor (a macro's output, a
             // `safe` value) cannot be told from the statics around it.
             tree::SlotOut::Text(t) => anchored || !t.contains('<'),
+            // A constant text without markup (`{% if x %} checked{% endif %}`
+            // in a tag) is read as its text, or tried in a tag's place.
             tree::SlotOut::Branch { body, .. } | tree::SlotOut::Sub(body) => {
-                anchored && readable(body)
+                if anchored {
+                    readable(body)
+                } else {
+                    body.slots.is_empty() && body.statics.parts.iter().all(|p| !p.contains('<'))
+                }
             }
             tree::SlotOut::List(l) => {
                 anchored

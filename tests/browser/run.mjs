@@ -813,6 +813,7 @@ const examples = {
     const page = await ctx.newPage();
     await page.goto(base);
     await connected(page);
+    await noJoin(page, 'todos');
     await checkFresh(page, base, 'todos: initial');
     await page.click('li[data-key="1"] input[type=checkbox]');
     await until(page, () => document.querySelector('li[data-key="1"]').className === 'done');
