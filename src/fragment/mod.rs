@@ -721,7 +721,7 @@ impl LivePage {
             sent: &mut self.sent,
             new_statics: Vec::new(),
         };
-        w.body(&root, &mut String::new());
+        w.uses(&root);
         let mut out = String::new();
         w.statics_json(&mut out);
         Some(out)

@@ -308,6 +308,28 @@ impl WireWriter<'_> {
         out.push('}');
     }
 
+    /// Marks the statics `b` uses (down its tree) as sent, as [`Self::body`]
+    /// does, without writing the values.
+    pub(crate) fn uses(&mut self, b: &BodyOut) {
+        if self.sent.insert(b.statics.sid) {
+            self.new_statics.push(b.statics.clone());
+        }
+        for s in &b.slots {
+            match s {
+                SlotOut::Text(_) => {}
+                SlotOut::Branch { body, .. } | SlotOut::Sub(body) => self.uses(body),
+                SlotOut::List(l) => {
+                    if let Some(e) = &l.empty {
+                        self.uses(e);
+                    }
+                    for it in l.items.iter() {
+                        self.uses(&it.body);
+                    }
+                }
+            }
+        }
+    }
+
     /// The statics table entries for statics first used in this frame.
     pub(crate) fn statics_json(&self, out: &mut String) {
         out.push('{');
