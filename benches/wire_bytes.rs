@@ -48,6 +48,14 @@ fn median(mut v: Vec<usize>) -> usize {
 
 fn main() {
     let verbose = std::env::args().any(|a| a == "-v");
+    // `--fixture PATH`: the tables' pages, statics and join frames for
+    // tests/browser/read_bench.mjs.
+    let args: Vec<String> = std::env::args().collect();
+    let fixture = args
+        .iter()
+        .position(|a| a == "--fixture")
+        .and_then(|i| args.get(i + 1).cloned());
+    let mut fixture_cases = Vec::new();
     let mut env = Environment::new();
     env.add_template("counter.html", COUNTER).unwrap();
     env.add_template("table.html", TABLE).unwrap();
@@ -125,6 +133,9 @@ fn main() {
             "A".repeat(92)
         );
         let join = page.join_frame();
+        if n >= 1000 {
+            fixture_cases.push(serde_json::json!({"name": format!("table_{n}"), "html": [&html], "statics": &statics, "frames": [&join]}));
+        }
         println!(
             "table {n}: page {} B, join frame {} B, plain HTML {} B: page + join = {:.2}x plain",
             html.len(),
@@ -164,5 +175,10 @@ fn main() {
         }
         report(&format!("table N={n}: append 1 row"), app);
         report(&format!("table N={n}: remove 1 row"), rem);
+    }
+    if let Some(path) = fixture {
+        let f = serde_json::json!({ "cases": fixture_cases });
+        std::fs::write(&path, f.to_string()).expect("the fixture file");
+        println!("fixture written to {path}");
     }
 }

@@ -4,15 +4,18 @@
 // to it), in headless Chromium, for the corpus pages that read. Medians of
 // 25 runs each, alternated. Run: cargo test --test js_client (writes the
 // fixture and the served client), then node tests/browser/read_bench.mjs.
+// The peer's table at 1,000 and 10,000 rows: cargo bench --bench wire_bytes
+// -- --fixture /tmp/tables.json, then FIXTURE=/tmp/tables.json
+// NAMES=table_1000,table_10000 node tests/browser/read_bench.mjs.
 import { chromium } from 'playwright-core';
 import { readFileSync } from 'fs';
 import path from 'path';
 import { fileURLToPath } from 'url';
 
 const ROOT = path.join(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const cases = JSON.parse(readFileSync(path.join(ROOT, 'target/browser/corpus-frames.json'), 'utf8')).cases;
+const cases = JSON.parse(readFileSync(process.env.FIXTURE || path.join(ROOT, 'target/browser/corpus-frames.json'), 'utf8')).cases;
 const CLIENT = readFileSync(path.join(ROOT, 'target/browser/client.served.js'), 'utf8');
-const names = ['30_keyed_1000', '04_keyed_list', '01_scalar'];
+const names = process.env.NAMES ? process.env.NAMES.split(',') : ['30_keyed_1000', '04_keyed_list', '01_scalar'];
 const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu'] });
 const page = await browser.newPage();
 await page.setContent('<!doctype html><html><body><div id="root"></div></body></html>');
