@@ -323,26 +323,30 @@
    * does not fit reads as null, and the client asks for a join instead. */
   var SLOT = /\u0001(\d+)\u0002/;
 
-  function esc(t) { return t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;'); }
+  function esc(t) { return /[&<>"]/.test(t) ? t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;') : t; }
   function kids(n) { return Array.prototype.slice.call(n.childNodes); }
   function isMark(n) { return n.nodeType === 8 && n.data.charAt(0) === ':'; }
 
   /* Splits text t as pieces p ([static, slot, static, …]) do, into vals;
    * false unless exactly one split fits (and within a bounded search). */
   function fit(p, t, vals, raw) {
-    var ways = 0, got, steps = 0;
-    function go(k, at, acc) {
-      if (t.substr(at, p[k].length) !== p[k]) return;
-      at += p[k].length;
-      if (k === p.length - 1) { if (at === t.length && ++ways === 1) got = acc.slice(); return; }
-      var last = k + 2 === p.length - 1;
-      for (var e = last ? Math.max(at, t.length - p[k + 2].length) : at; e <= t.length && ways < 2 && steps++ < 4096; e++) {
-        acc.push(t.slice(at, e)); go(k + 2, e, acc); acc.pop();
-      }
+    var ways = 0, got, steps = 0, n = p.length, a = p[0].length, b = t.length - p[n - 1].length, i;
+    if (n === 1) return t === p[0];
+    /* One slot: what lies between the two statics. */
+    if (n === 3) got = b >= a && t.substr(0, a) === p[0] && t.substr(b) === p[2] ? [t.slice(a, b)] : null;
+    else {
+      (function go(k, at, acc) {
+        if (t.substr(at, p[k].length) !== p[k]) return;
+        at += p[k].length;
+        if (k === n - 1) { if (at === t.length && ++ways === 1) got = acc.slice(); return; }
+        for (var e = k + 3 === n ? Math.max(at, b) : at; e <= t.length && ways < 2 && steps++ < 4096; e++) {
+          acc.push(t.slice(at, e)); go(k + 2, e, acc); acc.pop();
+        }
+      })(0, 0, []);
+      if (ways !== 1 || steps >= 4096) got = null;
     }
-    go(0, 0, []);
-    if (ways !== 1 || steps >= 4096) return false;
-    for (var i = 0; i < got.length; i++) {
+    if (!got) return false;
+    for (i = 0; i < got.length; i++) {
       if (vals[p[2 * i + 1]] !== undefined) return false;
       vals[p[2 * i + 1]] = raw ? got[i] : esc(got[i]);
     }
@@ -364,7 +368,12 @@
    * attributes y has there beyond the shape's. */
   function attrs(n, y, vals) {
     var x = n.attributes, r = y.attributes, hole = -1, at = -1, i, j, m, v = '';
-    for (i = 0; i < x.length; i++) if ((m = SLOT.exec(x[i].name))) { if (hole >= 0) return false; hole = +m[1]; at = i; }
+    if (!n._h) {
+      for (i = 0; i < x.length; i++) if ((m = SLOT.exec(x[i].name))) { if (hole >= 0) hole = -2; else { hole = +m[1]; at = i; } }
+      n._h = [hole, at];
+    }
+    hole = n._h[0]; at = n._h[1];
+    if (hole < -1) return false;
     var extra = r.length - x.length + (hole >= 0 ? 1 : 0);
     if (hole < 0 ? extra : extra < 0) return false;
     for (i = 0, j = 0; i < x.length; i++, j++) {
@@ -374,7 +383,7 @@
         vals[hole] = v; j--;
         continue;
       }
-      if (x[i].name !== r[j].name || !fit(x[i].value.split(SLOT), r[j].value, vals)) return false;
+      if (x[i].name !== r[j].name || !fit(x[i]._p || (x[i]._p = x[i].value.split(SLOT)), r[j].value, vals)) return false;
     }
     return true;
   }
@@ -385,9 +394,9 @@
     for (i = 0; i < x.length; i++) {
       n = x[i]; y = a[j];
       if (n.nodeType === 3) {
-        p = n.data.split(SLOT);
+        p = n._p || (n._p = n.data.split(SLOT));
         /* Script and style text is not escaped. */
-        m = /^(SCRIPT|STYLE)$/.test(n.parentNode && n.parentNode.nodeName);
+        m = n._r === undefined ? (n._r = /^(SCRIPT|STYLE)$/.test(n.parentNode && n.parentNode.nodeName)) : n._r;
         if (y && y.nodeType === 3) { j++; if (!fit(p, y.data, vals, m)) return false; }
         else if (p.length < 2 || !fit(p, '', vals)) return false;
         continue;
@@ -404,11 +413,11 @@
           else if (a[e].data === ']' && !d--) break;
         }
         k = anchors.indexOf(n.data.slice(1));
-        if (k < 0 || e >= a.length || vals[k] !== undefined || (vals[k] = this.readDyn(a.slice(j, e), y.parentNode)) === null) return false;
+        if (k < 0 || e >= a.length || vals[k] !== undefined || (vals[k] = this.readDyn(Array.prototype.slice.call(a, j, e), y.parentNode)) === null) return false;
         j = e;
         continue;
       }
-      if (n.nodeType !== 1 || !attrs(n, y, vals) || !this.fits(kids(n), kids(y), vals, anchors)) return false;
+      if (n.nodeType !== 1 || !attrs(n, y, vals) || !this.fits(n.childNodes, y.childNodes, vals, anchors)) return false;
     }
     return j === a.length;
   };
