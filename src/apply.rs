@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragment::counter;
-use crate::fragment::tree::CLOSE;
+use crate::fragment::tree::{CLOSE, ItemMarkers, plain_int};
 use crate::protocol::{Action, Update};
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -22,11 +22,11 @@ fn bad(msg: impl Into<String>) -> Error {
 
 /// Applies updates to annotated HTML by fragment id.
 pub fn apply_updates(html: &str, updates: &[Update]) -> Result<String> {
-    let mut doc = html.to_owned();
+    let mut doc = explicit_markers(html);
     for u in updates {
         apply_update(&mut doc, u)?;
     }
-    Ok(doc)
+    Ok(markers(&doc, false))
 }
 
 /// Byte ranges of a fragment: `(start, content start, content end, end)`.
@@ -73,6 +73,55 @@ fn locate(doc: &str, id: &str) -> Result<(usize, usize, usize, usize)> {
     Err(bad(format!("fragment {id:?} is not closed")))
 }
 
+/// `html` with every `<!--;-->` (the previous item's key plus one) written
+/// out as `<!--:KEY-->`, so that items can be inserted anywhere.
+fn explicit_markers(html: &str) -> String {
+    if !html.contains("<!--;-->") {
+        return html.to_owned();
+    }
+    markers(html, true)
+}
+
+/// Item markers written out (`explicit`) or as the engine writes them
+/// (`<!--;-->` where a key is the previous item's plus one).
+fn markers(html: &str, explicit: bool) -> String {
+    let mut out = String::with_capacity(html.len() + 64);
+    // The last key of each open fragment's items.
+    let mut last: Vec<Option<u64>> = vec![None];
+    let mut rest = html;
+    while let Some(p) = rest.find("<!--") {
+        out.push_str(&rest[..p]);
+        let tail = &rest[p..];
+        let end = tail.find("-->").map_or(tail.len(), |e| e + 3);
+        let c = &tail[..end];
+        rest = &tail[end..];
+        let top = last.len() - 1;
+        let next = last[top].and_then(|k| k.checked_add(1));
+        if c.starts_with("<!--[") {
+            last.push(None);
+        } else if c == CLOSE {
+            if top > 0 {
+                last.pop();
+            }
+        } else if let Some(k) = c.strip_prefix("<!--:").and_then(|k| k.strip_suffix("-->")) {
+            last[top] = plain_int(k);
+            if !explicit && last[top].is_some() && last[top] == next {
+                out.push_str("<!--;-->");
+                continue;
+            }
+        } else if c == "<!--;-->" {
+            last[top] = next;
+            if let (true, Some(k)) = (explicit, next) {
+                out.push_str(&format!("<!--:{k}-->"));
+                continue;
+            }
+        }
+        out.push_str(c);
+    }
+    out.push_str(rest);
+    out
+}
+
 #[derive(PartialEq)]
 enum Marker {
     Item,
@@ -114,10 +163,10 @@ fn apply_update(doc: &mut String, u: &Update) -> Result<()> {
         Ok(format!("<!--:{key}-->{html}"))
     };
     match u.action {
-        Action::Replace if u.fragment_id.is_empty() => *doc = u.html.clone(),
+        Action::Replace if u.fragment_id.is_empty() => *doc = explicit_markers(&u.html),
         Action::Replace => {
             let (_, a, b, _) = locate(doc, &u.fragment_id)?;
-            doc.replace_range(a..b, &u.html);
+            doc.replace_range(a..b, &explicit_markers(&u.html));
         }
         Action::Remove => {
             let (a, _, _, b) = locate(doc, &u.fragment_id)?;
@@ -127,7 +176,7 @@ fn apply_update(doc: &mut String, u: &Update) -> Result<()> {
             let (list, _) = split_item(&u.fragment_id)?;
             let (_, a, b, _) = locate(doc, list)?;
             let at = if u.action == Action::Prepend { a } else { b };
-            doc.insert_str(at, &wrap(&u.fragment_id, &u.html)?);
+            doc.insert_str(at, &wrap(&u.fragment_id, &explicit_markers(&u.html))?);
         }
         Action::InsertAfter => {
             let target = u
@@ -135,7 +184,7 @@ fn apply_update(doc: &mut String, u: &Update) -> Result<()> {
                 .as_deref()
                 .ok_or_else(|| bad("insert_after needs a target"))?;
             let (_, _, _, end) = locate(doc, target)?;
-            doc.insert_str(end, &wrap(&u.fragment_id, &u.html)?);
+            doc.insert_str(end, &wrap(&u.fragment_id, &explicit_markers(&u.html))?);
         }
         Action::MoveAfter | Action::MoveFirst => {
             let (a, _, _, b) = locate(doc, &u.fragment_id)?;
@@ -333,11 +382,10 @@ impl WireClient {
                         self.write_body(e, out);
                     }
                     let anchored = s.anchors.get(i).is_some_and(Option::is_some);
+                    let mut marks = ItemMarkers::default();
                     for (k, b) in &l.items {
                         if anchored {
-                            out.push_str("<!--:");
-                            out.push_str(k);
-                            out.push_str("-->");
+                            marks.push(k, out);
                         }
                         self.write_body(b, out);
                     }
@@ -752,6 +800,8 @@ pub fn strip_anchors(html: &str) -> String {
         let tail = &rest[p..];
         if let Some(r) = tail.strip_prefix(CLOSE) {
             rest = r;
+        } else if let Some(r) = tail.strip_prefix("<!--;-->") {
+            rest = r;
         } else if tail.starts_with("<!--[") || tail.starts_with("<!--:") {
             // An item's key may be empty (`<!--:-->`), a fragment's id not.
             let item = tail.as_bytes()[4] == b':';
@@ -792,6 +842,42 @@ mod tests {
         assert_eq!(
             strip_anchors(html),
             "<ul><li>a</li><li>empty key</li><li>z</li></ul><!-- mine -->"
+        );
+    }
+
+    /// `<!--;-->` is the previous item's key plus one, per list: written
+    /// out before updates apply, and back as the engine writes it after.
+    #[test]
+    fn sequential_keys_are_written_out_and_back() {
+        let doc =
+            "<!--[1--><!--:1-->a<!--;-->b<!--;-->c<!--]--><!--[2--><!--:9-->x<!--;-->y<!--]-->";
+        assert_eq!(
+            explicit_markers(doc),
+            "<!--[1--><!--:1-->a<!--:2-->b<!--:3-->c<!--]--><!--[2--><!--:9-->x<!--:10-->y<!--]-->"
+        );
+        assert_eq!(markers(&explicit_markers(doc), false), doc);
+        // An item put in after the first: the one after it is written out.
+        let ins = Update {
+            fragment_id: "1:7".into(),
+            action: Action::InsertAfter,
+            html: "n".into(),
+            target: Some("1:1".into()),
+            timestamp: 0,
+            seq: 1,
+        };
+        assert_eq!(
+            apply_updates(doc, &[ins]).unwrap(),
+            "<!--[1--><!--:1-->a<!--:7-->n<!--:2-->b<!--;-->c<!--]--><!--[2--><!--:9-->x<!--;-->y<!--]-->"
+        );
+        // Keys that are not plain integers are never implied.
+        let mut out = String::new();
+        let mut m = ItemMarkers::default();
+        for k in ["1", "2", "03", "4", "5", "x", "6", "99999999999999999"] {
+            m.push(k, &mut out);
+        }
+        assert_eq!(
+            out,
+            "<!--:1--><!--;--><!--:03--><!--:4--><!--;--><!--:x--><!--:6--><!--:99999999999999999-->"
         );
     }
 

@@ -166,9 +166,19 @@ impl Reference {
         let open = "<ul id=\"log\"><!--[";
         let at = fresh.find(open).expect("the stream's anchor") + open.len();
         let end = at + fresh[at..].find("-->").unwrap();
+        // As the engine writes them: `<!--;-->` for the previous key plus one.
         let mut items = String::new();
+        let mut last: Option<u64> = None;
         for (k, h) in &self.items {
-            items.push_str(&format!("<!--:{k}-->{h}"));
+            let n: Option<u64> = (!k.starts_with('0') || k == "0")
+                .then(|| k.parse().ok())
+                .flatten();
+            if n.is_some() && n == last.map(|l| l + 1) {
+                items.push_str(&format!("<!--;-->{h}"));
+            } else {
+                items.push_str(&format!("<!--:{k}-->{h}"));
+            }
+            last = n;
         }
         let mut out = fresh.to_owned();
         out.insert_str(end + 3, &items);

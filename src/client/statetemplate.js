@@ -4,9 +4,11 @@
  * page between comment anchors, keeping focus, caret and typed text. */
 (function () {
   'use strict';
-  /* A keyed item starts with <!--:KEY--> and runs to the next such marker
-   * or its list's close. */
+  /* A keyed item starts with <!--:KEY--> and runs to the next marker or
+   * its list's close; <!--;--> is an item whose key is the previous one's
+   * plus one (integers written plainly). */
   function mark(k) { return '<!--:' + k + '-->'; }
+  function int(k) { return /^(0|[1-9]\d{0,14})$/.test(k) ? +k : null; }
 
   function fail(m) { throw new Error('statetemplate: ' + m); }
   function isList(d) { return d !== null && typeof d === 'object' && !Array.isArray(d); }
@@ -279,9 +281,12 @@
     if (typeof d === 'string') return d;
     if (Array.isArray(d)) return this.html(d);
     if (d.e) return this.html(d.e);
-    var out = '', named = typeof anchor === 'string';
+    var out = '', named = typeof anchor === 'string', last = null, k;
     for (var i = 0; i < d.b.length; i++) {
-      out += (named ? mark(d.k[i]) : '') + this.html(d.b[i]);
+      k = int(d.k[i]);
+      if (named) out += k !== null && last !== null && k === last + 1 ? '<!--;-->' : mark(d.k[i]);
+      last = k;
+      out += this.html(d.b[i]);
     }
     return out;
   };
@@ -325,7 +330,7 @@
 
   function esc(t) { return /[&<>"]/.test(t) ? t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;') : t; }
   function kids(n) { return Array.prototype.slice.call(n.childNodes); }
-  function isMark(n) { return n.nodeType === 8 && n.data.charAt(0) === ':'; }
+  function isMark(n) { return n.nodeType === 8 && (n.data.charAt(0) === ':' || n.data === ';'); }
 
   /* Splits text t as pieces p ([static, slot, static, …]) do, into vals;
    * false unless exactly one split fits (and within a bounded search). */
@@ -458,7 +463,9 @@
         b = this.readBody(a.slice(at[i] + 1, at[i + 1]), parent, sid);
         if (!b) return null;
         sid = String(b[0]);
-        l.k.push(a[at[i]].data.slice(1)); l.b.push(b);
+        d = a[at[i]].data;
+        if (d === ';') { d = i ? int(l.k[i - 1]) : null; if (d === null) return null; d = String(d + 1); } else d = d.slice(1);
+        l.k.push(d); l.b.push(b);
       }
       return l;
     }
@@ -564,13 +571,18 @@
    * `stop`: fragments by id, items by LIST:KEY, their list being the
    * fragment they sit in (the top of `st`). */
   Dom.prototype.index = function (root, from, stop, st) {
-    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c;
+    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c, t, k = [];
     if (from) w.currentNode = from;
     while ((n = w.nextNode()) && n !== stop) {
-      c = n.data.charAt(0);
-      if (c === '[') { this.idx.set(n.data.slice(1), n); st.push(n.data.slice(1)); }
+      c = n.data.charAt(0); t = st.length - 1;
+      if (c === '[') { this.idx.set(n.data.slice(1), n); k[st.push(n.data.slice(1)) - 1] = null; }
       else if (n.data === ']') st.pop();
-      else if (c === ':' && st.length) this.idx.set(st[st.length - 1] + n.data, n);
+      else if ((c === ':' || n.data === ';') && t >= 0) {
+        /* Written out, so that what goes in before it keeps its key. */
+        if (c === ';') { if (k[t] == null) continue; n.data = ':' + (k[t] + 1); }
+        k[t] = int(n.data.slice(1));
+        this.idx.set(st[t] + n.data, n);
+      }
     }
   };
 
@@ -595,7 +607,7 @@
       c = n.data.charAt(0);
       if (c === '[') d++;
       else if (n.data === ']') { if (!d) return n; d--; }
-      else if (item && !d && c === ':') return n;
+      else if (item && !d && (c === ':' || c === ';')) return n;
     }
     fail('unbalanced anchor ' + s.data);
   };

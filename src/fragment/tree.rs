@@ -207,13 +207,37 @@ impl std::ops::Deref for ItemOut {
     }
 }
 
-/// The marker that starts a keyed list item: `<!--:KEY-->`. The item runs
-/// to the next item marker at its depth or to its list's close; its list is
+/// The markers that start the keyed items of a list, in order:
+/// `<!--:KEY-->`, or `<!--;-->` for an item whose key is the previous
+/// item's plus one (both integers written plainly: `7` after `6`). An item
+/// runs to the next marker at its depth or to its list's close; its list is
 /// the fragment the marker sits in.
-pub(crate) fn push_item_marker(key: &str, out: &mut String) {
-    out.push_str("<!--:");
-    out.push_str(key);
-    out.push_str("-->");
+#[derive(Default)]
+pub(crate) struct ItemMarkers(Option<u64>);
+
+impl ItemMarkers {
+    pub(crate) fn push(&mut self, key: &str, out: &mut String) {
+        let k = plain_int(key);
+        if k.is_some() && k == self.0.and_then(|p| p.checked_add(1)) {
+            out.push_str("<!--;-->");
+        } else {
+            out.push_str("<!--:");
+            out.push_str(key);
+            out.push_str("-->");
+        }
+        self.0 = k;
+    }
+}
+
+/// `key` as an integer when it is written as one plainly (no sign, no
+/// leading zero, at most 15 digits, so that a client's numbers hold it).
+pub(crate) fn plain_int(key: &str) -> Option<u64> {
+    let b = key.as_bytes();
+    let plain = !b.is_empty()
+        && b.len() <= 15
+        && b.iter().all(u8::is_ascii_digit)
+        && (b[0] != b'0' || b.len() == 1);
+    plain.then(|| key.parse().ok()).flatten()
 }
 
 pub(crate) const CLOSE: &str = "<!--]-->";
@@ -238,9 +262,10 @@ pub(crate) fn write_list(l: &ListOut, out: &mut String) {
     if let Some(e) = &l.empty {
         write_body(e, out);
     }
+    let mut marks = ItemMarkers::default();
     for item in &l.items {
         if l.anchor.is_some() {
-            push_item_marker(&item.key, out);
+            marks.push(&item.key, out);
         }
         write_body(&item.body, out);
     }

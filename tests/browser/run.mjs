@@ -71,6 +71,22 @@ function installFormDiff() {
     }
     return { n: a.length, diff: null };
   };
+  // The markup of el with its item markers written out: an item marked
+  // <!--;--> (the previous key plus one, as the server writes it) as
+  // <!--:KEY--> (as the client writes what it indexed), so that the two
+  // forms of the same page compare equal.
+  window.__markup = (el) => {
+    const c = el.cloneNode(true);
+    const w = document.createTreeWalker(c, NodeFilter.SHOW_COMMENT);
+    const last = [null];
+    for (let n; (n = w.nextNode());) {
+      if (n.data.charAt(0) === '[') last.push(null);
+      else if (n.data === ']') last.pop();
+      else if (n.data === ';') n.data = ':' + (last[last.length - 1] + 1);
+      if (n.data.charAt(0) === ':') last[last.length - 1] = /^(0|[1-9]\d*)$/.test(n.data.slice(1)) ? +n.data.slice(1) : null;
+    }
+    return c.innerHTML;
+  };
 }
 
 function assert(cond, msg) {
@@ -244,7 +260,7 @@ async function checkFresh(page, base, label, typed = {}) {
         f.value = v; // a property: the markup stays the fresh one
       }
       const form = window.__formDiff(cl.el, d);
-      return { same: d.innerHTML === cl.el.innerHTML, dom: cl.el.innerHTML, fresh: d.innerHTML, form };
+      return { same: window.__markup(d) === window.__markup(cl.el), dom: cl.el.innerHTML, fresh: d.innerHTML, form };
     }, [fresh, typed]);
     if (res.wait) { await page.waitForTimeout(20); continue; }
     if (!res.same) {
@@ -299,7 +315,8 @@ async function checkStream(page, base, list, want, label) {
       const cl = window.statetemplate.clients[0];
       if (cl.model.seq !== fresh.seq) return { wait: true };
       // The page without the stream's items: drop each item's nodes, from
-      // its marker (<!--:KEY-->) to the next one or the list's close.
+      // its marker (<!--:KEY--> or <!--;-->) to the next one or the list's
+      // close.
       const copy = cl.el.cloneNode(true);
       const ul = copy.querySelector('#' + list);
       let inItem = false, depth = 0;
@@ -307,14 +324,14 @@ async function checkStream(page, base, list, want, label) {
         if (n.nodeType === 8) {
           if (n.data.charAt(0) === '[') depth++;
           else if (n.data === ']') { if (--depth === 0) inItem = false; }
-          else if (n.data.charAt(0) === ':' && depth === 1) inItem = true;
+          else if ((n.data.charAt(0) === ':' || n.data === ';') && depth === 1) inItem = true;
         }
         if (inItem) ul.removeChild(n);
       }
       const d = document.createElement('div');
       d.innerHTML = fresh.html;
       const form = window.__formDiff(cl.el, d);
-      return { same: d.innerHTML === copy.innerHTML, dom: copy.innerHTML, fresh: d.innerHTML, form };
+      return { same: window.__markup(d) === window.__markup(copy), dom: copy.innerHTML, fresh: d.innerHTML, form };
     }, [fresh, list]);
     if (res.wait) { await page.waitForTimeout(20); continue; }
     assert(res.same, `${label}: the page without its stream differs from a fresh render:\n  dom:   ${res.dom}\n  fresh: ${res.fresh}`);
@@ -1490,7 +1507,7 @@ async function corpusInTheDom(browser) {
               probe.innerHTML = model.toHtml();
               const served = document.createElement('div');
               served.innerHTML = c.html[0];
-              if (probe.innerHTML !== served.innerHTML) {
+              if (window.__markup(probe) !== window.__markup(served)) {
                 error = `the model read from the page renders otherwise\n  read: ${probe.innerHTML}\n  page: ${served.innerHTML}`;
                 break;
               }
@@ -1501,7 +1518,7 @@ async function corpusInTheDom(browser) {
             for (const a of acts) dom.act(a, model);
             if (step === 0) window.statetemplate.remember(root);
             probe.innerHTML = c.html[step];
-            if (probe.innerHTML !== root.innerHTML) {
+            if (window.__markup(probe) !== window.__markup(root)) {
               error = `step ${step}: DOM differs\n  dom:  ${root.innerHTML}\n  want: ${probe.innerHTML}`;
               break;
             }
