@@ -227,14 +227,9 @@ want: {data}",
     Ok(out)
 }
 
-/// The join frame and every update frame of `steps` on one page, with the
-/// reference applier's HTML after each frame. Steps that fail to render
-/// emit nothing (the page keeps its state).
-/// Every corpus case, in its own order and reversed (`NAME` and
-/// `NAME/reversed`), as frames, with the HTML the reference applier holds
-/// after each frame.
-#[allow(dead_code)]
-pub fn corpus_frames() -> Vec<(String, Vec<String>, Vec<String>)> {
+/// `f` of every corpus case, in its own order and reversed (`NAME` and
+/// `NAME/reversed`), each on an engine of its own.
+fn each_corpus_run<T>(mut f: impl FnMut(String, &FragmentEngine, &[Json]) -> T) -> Vec<T> {
     let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -248,11 +243,21 @@ pub fn corpus_frames() -> Vec<(String, Vec<String>, Vec<String>)> {
         rev.reverse();
         for (label, steps) in [("", &case.steps), ("/reversed", &rev)] {
             let engine = FragmentEngine::new(env_for(&case));
-            let (frames, html) = frames(&engine, steps);
-            out.push((format!("{name}{label}"), frames, html));
+            out.push(f(format!("{name}{label}"), &engine, steps));
         }
     }
     out
+}
+
+/// Every corpus case, in its own order and reversed (`NAME` and
+/// `NAME/reversed`), as frames, with the HTML the reference applier holds
+/// after each frame.
+#[allow(dead_code)]
+pub fn corpus_frames() -> Vec<(String, Vec<String>, Vec<String>)> {
+    each_corpus_run(|name, engine, steps| {
+        let (frames, html) = frames(engine, steps);
+        (name, frames, html)
+    })
 }
 
 /// For every case of [`corpus_frames`], in the same order: what a client
@@ -260,24 +265,12 @@ pub fn corpus_frames() -> Vec<(String, Vec<String>, Vec<String>)> {
 /// ([`statetemplate::LivePage::page_statics`]; `None`: a join instead).
 #[allow(dead_code)]
 pub fn corpus_page_statics() -> Vec<Option<String>> {
-    let mut paths: Vec<_> = std::fs::read_dir("tests/corpus")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort();
-    let mut out = Vec::new();
-    for p in &paths {
-        let case = load_case(p);
-        let mut rev = case.steps.clone();
-        rev.reverse();
-        for steps in [&case.steps, &rev] {
-            let engine = FragmentEngine::new(env_for(&case));
-            out.push(engine.render(MAIN, &steps[0]).unwrap().page_statics());
-        }
-    }
-    out
+    each_corpus_run(|_, engine, steps| engine.render(MAIN, &steps[0]).unwrap().page_statics())
 }
 
+/// The join frame and every update frame of `steps` on one page, with the
+/// reference applier's HTML after each frame. Steps that fail to render
+/// emit nothing (the page keeps its state).
 pub fn frames(engine: &FragmentEngine, steps: &[Json]) -> (Vec<String>, Vec<String>) {
     let mut page = engine.render(MAIN, &steps[0]).unwrap();
     let mut wire = WireClient::new();
