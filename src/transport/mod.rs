@@ -457,7 +457,11 @@ impl Live {
 
     /// The markup to put in a page for a new session: the session's HTML in
     /// a root element that names the session, and the client script (and
-    /// the extras script, with [`Live::client_extras`]).
+    /// the extras script, with [`Live::client_extras`]). The root also says
+    /// the seq and epoch the HTML is of (`data-st-seq`, `data-st-epoch`):
+    /// the client starts from this page and its first connect gets no page
+    /// content again while the session is still at it (see
+    /// `docs/protocol.md`, "Connect from the page").
     pub fn mount(&self, initial: &InitialRender) -> String {
         // The page's seq and incarnation: the client starts from this HTML
         // and connects for what changed since (see `Session::resume_page`).
