@@ -412,11 +412,7 @@
         if (n.data !== y.data) return false;
         if (n.data.charAt(0) !== '[') continue;
         /* An anchored slot: what lies up to its close. */
-        for (d = 0, e = j; e < a.length; e++) {
-          if (a[e].nodeType !== 8) continue;
-          if (a[e].data.charAt(0) === '[') d++;
-          else if (a[e].data === ']' && !d--) break;
-        }
+        for (d = end(y), e = j; e < a.length && a[e] !== d; e++);
         k = anchors.indexOf(n.data.slice(1));
         if (k < 0 || e >= a.length || vals[k] !== undefined || (vals[k] = this.readDyn(Array.prototype.slice.call(a, j, e), y.parentNode)) === null) return false;
         j = e;
@@ -513,7 +509,7 @@
       if (a.getAttributeNS(at.namespaceURI, at.localName) !== at.value) a.setAttributeNS(at.namespaceURI, at.name, at.value);
     }
     if (a.nodeName === 'TEXTAREA' && typing(a)) return;
-    morphList(a, Array.prototype.slice.call(a.childNodes), Array.prototype.slice.call(b.childNodes), null);
+    morphList(a, kids(a), kids(b), null);
     sync(a);
   }
 
@@ -600,7 +596,7 @@
 
   /* A fragment's close, or what ends an item: the next item or the close
    * of its list. */
-  Dom.prototype.end = function (s) {
+  function end(s) {
     var item = s.data.charAt(0) === ':', c;
     for (var d = 0, n = s.nextSibling; n; n = n.nextSibling) {
       if (n.nodeType !== 8) continue;
@@ -610,11 +606,11 @@
       else if (item && !d && (c === ':' || c === ';')) return n;
     }
     fail('unbalanced anchor ' + s.data);
-  };
+  }
 
   /* The nodes of a fragment or item, its anchors included. */
   Dom.prototype.range = function (id) {
-    var s = this.start(id), e = this.end(s), nodes = [];
+    var s = this.start(id), e = end(s), nodes = [];
     for (var n = s; n !== e; n = n.nextSibling) nodes.push(n);
     if (s.data.charAt(0) === '[') nodes.push(e);
     return nodes;
@@ -622,7 +618,7 @@
 
   /* Where what goes after item `after` of `list` (its first if null) is put. */
   Dom.prototype.at = function (list, after) {
-    return after == null ? this.start(list).nextSibling : this.end(this.start(list + ':' + after));
+    return after == null ? this.start(list).nextSibling : end(this.start(list + ':' + after));
   };
 
   /* Applies one action; a select whose options it touched then takes the
@@ -632,14 +628,13 @@
     switch (a.k) {
       case 'root':
         p = this.root;
-        morphList(p, Array.prototype.slice.call(p.childNodes),
-          Array.prototype.slice.call(parse(p, model.toHtml()).childNodes), null);
+        morphList(p, kids(p), kids(parse(p, model.toHtml())), null);
         this.idx.clear();
         break;
       case 'h':
-        s = this.start(a.id); e = this.end(s); olds = []; p = s.parentNode;
+        s = this.start(a.id); e = end(s); olds = []; p = s.parentNode;
         for (n = s.nextSibling; n !== e; n = n.nextSibling) olds.push(n);
-        morphList(p, olds, Array.prototype.slice.call(parse(p, a.html).childNodes), e);
+        morphList(p, olds, kids(parse(p, a.html)), e);
         /* What the morph reused may now be another anchor. */
         c = a.id.indexOf(':');
         this.index(p, s, e, [c < 0 ? a.id : a.id.slice(0, c)]);

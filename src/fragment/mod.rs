@@ -713,28 +713,30 @@ impl LivePage {
     /// the page no longer renders (see `join_frame`): a join frame then.
     pub fn page_statics(&mut self) -> Option<String> {
         let root = self.wake().ok()?.clone();
-        if !readable(&root) {
-            return None;
-        }
-        self.sent.clear();
+        let mut sent = HashSet::new();
         let mut w = WireWriter {
-            sent: &mut self.sent,
+            sent: &mut sent,
             new_statics: Vec::new(),
         };
-        w.uses(&root);
+        if !readable(&root, &mut w) {
+            return None;
+        }
         let mut out = String::new();
         w.statics_json(&mut out);
+        self.sent = sent;
         Some(out)
     }
 }
 
 /// Whether a client can read this body's values back from its HTML with
-/// the statics alone (see [`LivePage::page_statics`]): every slot without an
-/// anchor holds text without markup, or a body of constant text without
-/// markup. Any other body or a list there is markup whose statics the HTML
-/// does not tell apart (an include's wrapper around a row, a branch in
-/// a tag, a loop in a cell), so such a page gets a join frame instead.
-fn readable(b: &tree::BodyOut) -> bool {
+/// the statics alone (see [`LivePage::page_statics`]), taking the statics
+/// it uses into `w` on the way: every slot without an anchor holds text
+/// without markup, or a body of constant text without markup. Any other
+/// body or a list there is markup whose statics the HTML does not tell
+/// apart (an include's wrapper around a row, a loop in a cell), so such a
+/// page gets a join frame instead.
+fn readable(b: &tree::BodyOut, w: &mut WireWriter<'_>) -> bool {
+    w.mark(b);
     b.slots.iter().enumerate().all(|(i, s)| {
         let anchored = b.statics.anchors.get(i).is_some_and(Option::is_some);
         match s {
@@ -742,18 +744,19 @@ fn readable(b: &tree::BodyOut) -> bool {
             // `safe` value) cannot be told from the statics around it.
             tree::SlotOut::Text(t) => anchored || !t.contains('<'),
             // A constant text without markup (`{% if x %} checked{% endif %}`
-            // in a tag) is read as its text, or tried in a tag's place.
+            // in a tag) is read as its text.
             tree::SlotOut::Branch { body, .. } | tree::SlotOut::Sub(body) => {
                 if anchored {
-                    readable(body)
+                    readable(body, w)
                 } else {
+                    w.mark(body);
                     body.slots.is_empty() && body.statics.parts.iter().all(|p| !p.contains('<'))
                 }
             }
             tree::SlotOut::List(l) => {
                 anchored
-                    && l.empty.as_deref().is_none_or(readable)
-                    && l.items.iter().all(|it| readable(&it.body))
+                    && l.empty.as_deref().is_none_or(|e| readable(e, w))
+                    && l.items.iter().all(|it| readable(&it.body, w))
             }
         }
     })

@@ -279,9 +279,7 @@ pub(crate) struct WireWriter<'a> {
 
 impl WireWriter<'_> {
     pub(crate) fn body(&mut self, b: &BodyOut, out: &mut String) {
-        if self.sent.insert(b.statics.sid) {
-            self.new_statics.push(b.statics.clone());
-        }
+        self.mark(b);
         out.push('[');
         out.push_str(&b.statics.sid.to_string());
         for s in &b.slots {
@@ -294,9 +292,7 @@ impl WireWriter<'_> {
     /// A body without slots, by its statics id alone.
     pub(crate) fn constant(&mut self, b: &BodyOut, out: &mut String) {
         debug_assert!(b.slots.is_empty());
-        if self.sent.insert(b.statics.sid) {
-            self.new_statics.push(b.statics.clone());
-        }
+        self.mark(b);
         out.push_str(&b.statics.sid.to_string());
     }
 
@@ -333,25 +329,11 @@ impl WireWriter<'_> {
         out.push('}');
     }
 
-    /// Marks the statics `b` uses (down its tree) as sent, as [`Self::body`]
-    /// does, without writing the values.
-    pub(crate) fn uses(&mut self, b: &BodyOut) {
+    /// Marks `b`'s own statics as sent (not those of its slots), as
+    /// [`Self::body`] does, without writing anything.
+    pub(crate) fn mark(&mut self, b: &BodyOut) {
         if self.sent.insert(b.statics.sid) {
             self.new_statics.push(b.statics.clone());
-        }
-        for s in &b.slots {
-            match s {
-                SlotOut::Text(_) => {}
-                SlotOut::Branch { body, .. } | SlotOut::Sub(body) => self.uses(body),
-                SlotOut::List(l) => {
-                    if let Some(e) = &l.empty {
-                        self.uses(e);
-                    }
-                    for it in l.items.iter() {
-                        self.uses(&it.body);
-                    }
-                }
-            }
         }
     }
 

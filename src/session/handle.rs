@@ -243,16 +243,25 @@ impl Session {
             return Err(Session::closed_error());
         }
         page.wake()?;
-        let mut sub = self.updates();
         let resync = snapshot(&mut page, self.inner.page_epoch);
-        sub.floor = resync.seq;
+        let sub = self.subscribe_from(resync.seq);
+        drop(page);
+        self.mark_joined();
+        Ok((resync, sub))
+    }
+
+    /// A subscriber for the frames after `seq`, with the recent-frame buffer
+    /// kept from now on (for its resumes). Call with the page locked, so
+    /// that no frame falls between the page the client holds and the first
+    /// one it is sent.
+    fn subscribe_from(&self, seq: u64) -> Subscriber {
+        let mut sub = self.updates();
+        sub.floor = seq;
         if self.engine.config.replay_frames > 0 {
             let mut outlet = self.inner.outlet.lock().expect("lock");
             outlet.replay.get_or_insert_with(Default::default);
         }
-        drop(page);
-        self.mark_joined();
-        Ok((resync, sub))
+        sub
     }
 
     /// Whether a client that acks `seq` with `hash` (of the frame it applied
@@ -291,12 +300,7 @@ impl Session {
         }
         if epoch == format!("{:016x}", self.inner.page_epoch) && seq == page.seq() {
             if let Some(statics) = page.page_statics() {
-                let mut sub = self.updates();
-                sub.floor = seq;
-                if self.engine.config.replay_frames > 0 {
-                    let mut outlet = self.inner.outlet.lock().expect("lock");
-                    outlet.replay.get_or_insert_with(Default::default);
-                }
+                let sub = self.subscribe_from(seq);
                 drop(page);
                 self.mark_joined();
                 return Ok((Ok(statics), sub));

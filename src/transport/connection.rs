@@ -79,27 +79,26 @@ impl Live {
         let span = tracing::debug_span!("socket", sid = %session.id().short());
         // A client that starts from the page it was served, at that page
         // still: the statics, in the hello, and nothing more.
-        let mut statics = None;
         let start = match (params.seq, params.epoch.as_deref(), params.page) {
             (Some(seq), Some(epoch), Some(1)) => {
                 session
                     .resume_page(seq, epoch)
                     .await
                     .map(|(held, sub)| match held {
-                        Ok(s) => {
-                            statics = Some(s);
-                            (Catchup::Frames(Vec::new()), sub)
-                        }
-                        Err(r) => (Catchup::Resync(r), sub),
+                        Ok(s) => (Catchup::Frames(Vec::new()), sub, Some(s)),
+                        Err(r) => (Catchup::Resync(r), sub, None),
                     })
             }
-            (Some(seq), Some(epoch), _) => session.resume(seq, epoch).await,
+            (Some(seq), Some(epoch), _) => session
+                .resume(seq, epoch)
+                .await
+                .map(|(c, sub)| (c, sub, None)),
             _ => session
                 .join()
                 .await
-                .map(|(r, sub)| (Catchup::Resync(r), sub)),
+                .map(|(r, sub)| (Catchup::Resync(r), sub, None)),
         };
-        let (catchup, mut sub) = match start {
+        let (catchup, mut sub, statics) = match start {
             Ok(x) => x,
             Err(_) => {
                 out.close(close::SESSION_ENDED, "session ended").await;
