@@ -243,20 +243,20 @@ impl Session {
             return Err(Session::closed_error());
         }
         page.wake()?;
+        let mut sub = self.subscriber();
         let resync = snapshot(&mut page, self.inner.page_epoch);
-        let sub = self.subscribe_from(resync.seq);
+        sub.floor = resync.seq;
         drop(page);
         self.mark_joined();
         Ok((resync, sub))
     }
 
-    /// A subscriber for the frames after `seq`, with the recent-frame buffer
+    /// A subscriber for a client that joins, with the recent-frame buffer
     /// kept from now on (for its resumes). Call with the page locked, so
     /// that no frame falls between the page the client holds and the first
-    /// one it is sent.
-    fn subscribe_from(&self, seq: u64) -> Subscriber {
-        let mut sub = self.updates();
-        sub.floor = seq;
+    /// one it is sent; its floor is the seq of that page.
+    fn subscriber(&self) -> Subscriber {
+        let sub = self.updates();
         if self.engine.config.replay_frames > 0 {
             let mut outlet = self.inner.outlet.lock().expect("lock");
             outlet.replay.get_or_insert_with(Default::default);
@@ -300,7 +300,8 @@ impl Session {
         }
         if epoch == format!("{:016x}", self.inner.page_epoch) && seq == page.seq() {
             if let Some(statics) = page.page_statics() {
-                let sub = self.subscribe_from(seq);
+                let mut sub = self.subscriber();
+                sub.floor = seq;
                 drop(page);
                 self.mark_joined();
                 return Ok((Ok(statics), sub));
