@@ -299,8 +299,9 @@ impl Session {
             return Err(Session::closed_error());
         }
         if epoch == format!("{:016x}", self.inner.page_epoch) && seq == page.seq() {
+            // Subscribed first, as a join does.
+            let mut sub = self.subscriber();
             if let Some(statics) = page.page_statics() {
-                let mut sub = self.subscriber();
                 sub.floor = seq;
                 drop(page);
                 self.mark_joined();
