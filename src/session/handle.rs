@@ -243,25 +243,23 @@ impl Session {
             return Err(Session::closed_error());
         }
         page.wake()?;
-        let mut sub = self.subscriber();
+        let mut sub = self.updates();
         let resync = snapshot(&mut page, self.inner.page_epoch);
         sub.floor = resync.seq;
+        self.keep_replay();
         drop(page);
         self.mark_joined();
         Ok((resync, sub))
     }
 
-    /// A subscriber for a client that joins, with the recent-frame buffer
-    /// kept from now on (for its resumes). Call with the page locked, so
-    /// that no frame falls between the page the client holds and the first
-    /// one it is sent; its floor is the seq of that page.
-    fn subscriber(&self) -> Subscriber {
-        let sub = self.updates();
+    /// Keeps the recent-frame buffer from now on (a client joined, and may
+    /// resume). Called with the page locked, after the client's page is
+    /// taken, as a join always did.
+    fn keep_replay(&self) {
         if self.engine.config.replay_frames > 0 {
             let mut outlet = self.inner.outlet.lock().expect("lock");
             outlet.replay.get_or_insert_with(Default::default);
         }
-        sub
     }
 
     /// Whether a client that acks `seq` with `hash` (of the frame it applied
@@ -300,9 +298,10 @@ impl Session {
         }
         if epoch == format!("{:016x}", self.inner.page_epoch) && seq == page.seq() {
             // Subscribed first, as a join does.
-            let mut sub = self.subscriber();
+            let mut sub = self.updates();
             if let Some(statics) = page.page_statics() {
                 sub.floor = seq;
+                self.keep_replay();
                 drop(page);
                 self.mark_joined();
                 return Ok((Ok(statics), sub));
