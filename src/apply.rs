@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragment::counter;
-use crate::fragment::tree::{CLOSE, ItemMarkers, plain_int};
+use crate::fragment::tree::{CLOSE, ItemMarkers, element_len, plain_int};
 use crate::protocol::{Action, Update};
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -26,7 +26,7 @@ pub fn apply_updates(html: &str, updates: &[Update]) -> Result<String> {
     for u in updates {
         apply_update(&mut doc, u)?;
     }
-    Ok(markers(&doc, false))
+    Ok(compact_markers(&doc))
 }
 
 /// Byte ranges of a fragment: `(start, content start, content end, end)`.
@@ -73,18 +73,24 @@ fn locate(doc: &str, id: &str) -> Result<(usize, usize, usize, usize)> {
     Err(bad(format!("fragment {id:?} is not closed")))
 }
 
-/// `html` with every `<!--;-->` (the previous item's key plus one) written
-/// out as `<!--:KEY-->`, so that items can be inserted anywhere.
-fn explicit_markers(html: &str) -> String {
-    if !html.contains("<!--;-->") {
-        return html.to_owned();
-    }
-    markers(html, true)
+/// `html` with every item marker written out as `<!--:KEY-->`, as the JS
+/// client holds the page in its DOM and writes its own HTML: a
+/// `<!--;-->` (the previous item's key plus one) and a run
+/// (`<!--*KEY-->` and the single-element items after it, which have no
+/// marker). [`apply_updates`] and [`WireClient::html`] write markers as
+/// the engine does; this gives the form to compare with the client's.
+pub fn write_out_markers(html: &str) -> String {
+    explicit_markers(html)
 }
 
-/// Item markers written out (`explicit`) or as the engine writes them
-/// (`<!--;-->` where a key is the previous item's plus one).
-fn markers(html: &str, explicit: bool) -> String {
+/// `html` with every item marker written out as `<!--:KEY-->`: a
+/// `<!--;-->` (the previous item's key plus one) and a run (`<!--*KEY-->`
+/// and the single-element items after it, which have no marker), so that
+/// items can be found, inserted and moved anywhere.
+fn explicit_markers(html: &str) -> String {
+    if !html.contains("<!--;-->") && !html.contains("<!--*") {
+        return html.to_owned();
+    }
     let mut out = String::with_capacity(html.len() + 64);
     // The last key of each open fragment's items.
     let mut last: Vec<Option<u64>> = vec![None];
@@ -96,7 +102,6 @@ fn markers(html: &str, explicit: bool) -> String {
         let c = &tail[..end];
         rest = &tail[end..];
         let top = last.len() - 1;
-        let next = last[top].and_then(|k| k.checked_add(1));
         if c.starts_with("<!--[") {
             last.push(None);
         } else if c == CLOSE {
@@ -105,20 +110,65 @@ fn markers(html: &str, explicit: bool) -> String {
             }
         } else if let Some(k) = c.strip_prefix("<!--:").and_then(|k| k.strip_suffix("-->")) {
             last[top] = plain_int(k);
-            if !explicit && last[top].is_some() && last[top] == next {
-                out.push_str("<!--;-->");
-                continue;
-            }
         } else if c == "<!--;-->" {
-            last[top] = next;
-            if let (true, Some(k)) = (explicit, next) {
+            last[top] = last[top].and_then(|k| k.checked_add(1));
+            if let Some(k) = last[top] {
                 out.push_str(&format!("<!--:{k}-->"));
                 continue;
             }
+        } else if let Some(mut k) = c
+            .strip_prefix("<!--*")
+            .and_then(|k| k.strip_suffix("-->"))
+            .and_then(plain_int)
+        {
+            // A run: each element is an item, written out with what it holds.
+            out.push_str(&format!("<!--:{k}-->"));
+            let mut first = true;
+            while let Some(n) = element_len(rest) {
+                if !first {
+                    k += 1;
+                    out.push_str(&format!("<!--:{k}-->"));
+                }
+                first = false;
+                out.push_str(&explicit_markers(&rest[..n]));
+                rest = &rest[n..];
+            }
+            last[top] = Some(k);
+            continue;
         }
         out.push_str(c);
     }
     out.push_str(rest);
+    out
+}
+
+/// Item markers as the engine writes them ([`ItemMarkers`]: `<!--;-->`,
+/// runs) in a document whose markers are written out.
+fn compact_markers(doc: &str) -> String {
+    let mut out = String::with_capacity(doc.len());
+    let mut marks = vec![ItemMarkers::default()];
+    let mut i = 0;
+    while let Some(p) = doc[i..].find("<!--") {
+        let at = i + p;
+        out.push_str(&doc[i..at]);
+        let end = doc[at..].find("-->").map_or(doc.len(), |e| at + e + 3);
+        let c = &doc[at..end];
+        i = end;
+        if c.starts_with("<!--[") {
+            marks.push(ItemMarkers::default());
+        } else if c == CLOSE {
+            if marks.len() > 1 {
+                marks.pop();
+            }
+        } else if let Some(k) = c.strip_prefix("<!--:").and_then(|k| k.strip_suffix("-->")) {
+            let to = next_marker(doc, end, doc.len()).map_or(doc.len(), |(e, _)| e);
+            let top = marks.len() - 1;
+            marks[top].push(k, &doc[end..to], &mut out);
+            continue;
+        }
+        out.push_str(c);
+    }
+    out.push_str(&doc[i..]);
     out
 }
 
@@ -383,11 +433,16 @@ impl WireClient {
                     }
                     let anchored = s.anchors.get(i).is_some_and(Option::is_some);
                     let mut marks = ItemMarkers::default();
+                    let mut html = String::new();
                     for (k, b) in &l.items {
-                        if anchored {
-                            marks.push(k, out);
+                        if !anchored {
+                            self.write_body(b, out);
+                            continue;
                         }
-                        self.write_body(b, out);
+                        html.clear();
+                        self.write_body(b, &mut html);
+                        marks.push(k, &html, out);
+                        out.push_str(&html);
                     }
                 }
             }
@@ -802,8 +857,12 @@ pub fn strip_anchors(html: &str) -> String {
             rest = r;
         } else if let Some(r) = tail.strip_prefix("<!--;-->") {
             rest = r;
-        } else if tail.starts_with("<!--[") || tail.starts_with("<!--:") {
-            // An item's key may be empty (`<!--:-->`), a fragment's id not.
+        } else if tail.starts_with("<!--[")
+            || tail.starts_with("<!--:")
+            || tail.starts_with("<!--*")
+        {
+            // An item's key may be empty (`<!--:-->`), a fragment's id not;
+            // a run's key is an integer.
             let item = tail.as_bytes()[4] == b':';
             match tail.find("-->") {
                 Some(e) if e >= 5 && (item && e == 5 || is_anchor_id(&tail[5..e])) => {
@@ -855,7 +914,7 @@ mod tests {
             explicit_markers(doc),
             "<!--[1--><!--:1-->a<!--:2-->b<!--:3-->c<!--]--><!--[2--><!--:9-->x<!--:10-->y<!--]-->"
         );
-        assert_eq!(markers(&explicit_markers(doc), false), doc);
+        assert_eq!(compact_markers(&explicit_markers(doc)), doc);
         // An item put in after the first: the one after it is written out.
         let ins = Update {
             fragment_id: "1:7".into(),
@@ -873,11 +932,76 @@ mod tests {
         let mut out = String::new();
         let mut m = ItemMarkers::default();
         for k in ["1", "2", "03", "4", "5", "x", "6", "99999999999999999"] {
-            m.push(k, &mut out);
+            m.push(k, "text", &mut out);
         }
         assert_eq!(
             out,
             "<!--:1--><!--;--><!--:03--><!--:4--><!--;--><!--:x--><!--:6--><!--:99999999999999999-->"
+        );
+    }
+
+    /// Items that are single elements with consecutive integer keys are a
+    /// run: one marker for all of them. Written out, each element is an
+    /// item (nested runs too); written back, the same runs.
+    #[test]
+    fn runs_of_single_elements_are_written_out_and_back() {
+        let mut out = String::new();
+        let mut m = ItemMarkers::default();
+        for (k, h) in [
+            ("1", "<li>a</li>"),
+            ("2", "<li>b</li>"),
+            ("3", "<br>"),
+            ("4", "two <b>nodes</b>"),
+            ("5", "<li>c</li>"),
+            ("6", "<li>d</li>"),
+            ("x", "<li>e</li>"),
+            ("8", "<li>f</li>"),
+            ("10", "<li>g</li>"),
+            ("11", "<li>h</li><li>i</li>"),
+            ("12", "<li>j</li> "),
+        ] {
+            m.push(k, h, &mut out);
+            out.push_str(h);
+        }
+        assert_eq!(
+            out,
+            "<!--*1--><li>a</li><li>b</li><br><!--;-->two <b>nodes</b><!--*5--><li>c</li><li>d</li>\
+             <!--:x--><li>e</li><!--*8--><li>f</li><!--*10--><li>g</li><!--;--><li>h</li><li>i</li><!--;--><li>j</li> "
+        );
+        let doc = format!("<ul><!--[1-->{out}<!--]--></ul>");
+        let explicit = explicit_markers(&doc);
+        assert_eq!(
+            explicit,
+            "<ul><!--[1--><!--:1--><li>a</li><!--:2--><li>b</li><!--:3--><br><!--:4-->two <b>nodes</b>\
+             <!--:5--><li>c</li><!--:6--><li>d</li><!--:x--><li>e</li><!--:8--><li>f</li><!--:10--><li>g</li>\
+             <!--:11--><li>h</li><li>i</li><!--:12--><li>j</li> <!--]--></ul>"
+        );
+        assert_eq!(compact_markers(&explicit), doc);
+        assert_eq!(
+            strip_anchors(&doc),
+            "<ul><li>a</li><li>b</li><br>two <b>nodes</b><li>c</li><li>d</li><li>e</li><li>f</li><li>g</li><li>h</li><li>i</li><li>j</li> </ul>"
+        );
+        // Nested: a run inside an item of a run.
+        let nested = "<!--[1--><!--*1--><tr><td><!--[2--><!--*7--><i>x</i><i>y</i><!--]--></td></tr><tr></tr><!--]-->";
+        let explicit = explicit_markers(nested);
+        assert_eq!(
+            explicit,
+            "<!--[1--><!--:1--><tr><td><!--[2--><!--:7--><i>x</i><!--:8--><i>y</i><!--]--></td></tr><!--:2--><tr></tr><!--]-->"
+        );
+        assert_eq!(compact_markers(&explicit), nested);
+        // Removing the run's second item, then putting one after the first.
+        let rm = Update {
+            fragment_id: "1:2".into(),
+            action: Action::Remove,
+            html: String::new(),
+            target: None,
+            timestamp: 0,
+            seq: 1,
+        };
+        assert_eq!(
+            apply_updates(&doc, &[rm]).unwrap(),
+            "<ul><!--[1--><!--*1--><li>a</li><!--*3--><br><!--;-->two <b>nodes</b><!--*5--><li>c</li><li>d</li>\
+             <!--:x--><li>e</li><!--*8--><li>f</li><!--*10--><li>g</li><!--;--><li>h</li><li>i</li><!--;--><li>j</li> <!--]--></ul>"
         );
     }
 
@@ -911,7 +1035,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             removed,
-            "<ul><!--[1--><!--:1--><li>1</li><!--:--><li>e</li><!--]--></ul>"
+            "<ul><!--[1--><!--*1--><li>1</li><!--:--><li>e</li><!--]--></ul>"
         );
     }
 }

@@ -65,7 +65,8 @@
 //! `{% block name %}` names a fragment explicitly (its id is the block name).
 //!
 //! Anchors are HTML comments (`<!--[ID-->` … `<!--]-->`; a keyed list item
-//! starts with `<!--:KEY-->` and runs to the next one), placed only where a
+//! starts with `<!--:KEY-->` and runs to the next one; single-element items
+//! with consecutive integer keys share one `<!--*KEY-->`), placed only where a
 //! comment is valid and the fragment is balanced, so tables, lists, `select`
 //! and SVG keep their structure. See `docs/architecture.md` for the model and
 //! its limits, and `docs/protocol.md` for the wire format.

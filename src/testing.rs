@@ -48,7 +48,9 @@
 //!
 //! The oracles: [`apply_updates`] applies HTML updates ([`crate::protocol::Update`]) to HTML,
 //! [`WireClient`] applies wire frames the way the JS client does, and
-//! [`strip_anchors`] removes the fragment anchors from HTML.
+//! [`strip_anchors`] removes the fragment anchors from HTML;
+//! [`write_out_markers`] writes every list item's key out, as the JS client
+//! holds a page.
 
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ use serde::Serialize;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
-pub use crate::apply::{WireClient, apply_updates, strip_anchors};
+pub use crate::apply::{WireClient, apply_updates, strip_anchors, write_out_markers};
 use crate::transport::{ConnectParams, WsMessage};
 use crate::{Error, ErrorKind, InitialRender, Live, Result};
 

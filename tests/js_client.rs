@@ -33,7 +33,11 @@ fn js_model_mirrors_the_rust_applier() {
         assert_eq!(got["error"], Json::Null, "{name}: JS model failed");
         let got_html: Vec<String> = serde_json::from_value(got["html"].clone()).unwrap();
         assert_eq!(got_html.len(), f.len(), "{name}: one HTML per frame");
-        assert_eq!(&got_html, want, "{name}: JS model and WireClient differ");
+        assert_eq!(
+            got_html,
+            common::written_out(want),
+            "{name}: JS model and WireClient differ"
+        );
         frames += f.len();
     }
     assert!(frames > 100, "{frames} frames compared");

@@ -376,8 +376,8 @@ fn js_model_follows_random_sequences() {
         let got: Vec<String> = serde_json::from_value(got["html"].clone()).unwrap();
         assert_eq!(got.len(), f.len(), "{name}: one HTML per frame");
         assert_eq!(
-            &got,
-            want,
+            got,
+            common::written_out(want),
             "{name}: JS model and WireClient differ\n{}",
             replay()
         );

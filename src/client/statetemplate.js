@@ -5,8 +5,10 @@
 (function () {
   'use strict';
   /* A keyed item starts with <!--:KEY--> and runs to the next marker or
-   * its list's close; <!--;--> is an item whose key is the previous one's
-   * plus one (integers written plainly). */
+   * its list's close. The server's page also has <!--;--> (the previous
+   * key plus one, integers written plainly) and runs (<!--*KEY-->: each
+   * element after it the next item); the client writes them out as it
+   * indexes the page, and writes its own HTML with every key. */
   function mark(k) { return '<!--:' + k + '-->'; }
   function int(k) { return /^(0|[1-9]\d{0,14})$/.test(k) ? +k : null; }
 
@@ -281,13 +283,8 @@
     if (typeof d === 'string') return d;
     if (Array.isArray(d)) return this.html(d);
     if (d.e) return this.html(d.e);
-    var out = '', named = typeof anchor === 'string', last = null, k;
-    for (var i = 0; i < d.b.length; i++) {
-      k = int(d.k[i]);
-      if (named) out += k !== null && last !== null && k === last + 1 ? '<!--;-->' : mark(d.k[i]);
-      last = k;
-      out += this.html(d.b[i]);
-    }
+    var out = '', named = typeof anchor === 'string';
+    for (var i = 0; i < d.b.length; i++) out += (named ? mark(d.k[i]) : '') + this.html(d.b[i]);
     return out;
   };
 
@@ -330,7 +327,7 @@
 
   function esc(t) { return /[&<>"]/.test(t) ? t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;') : t; }
   function kids(n) { return Array.prototype.slice.call(n.childNodes); }
-  function isMark(n) { return n.nodeType === 8 && (n.data.charAt(0) === ':' || n.data === ';'); }
+  function isMark(n) { return n.nodeType === 8 && /^[:*]|^;$/.test(n.data); }
 
   /* Splits text t as pieces p ([static, slot, static, …]) do, into vals;
    * false unless exactly one split fits (and within a bounded search). */
@@ -445,21 +442,23 @@
    * server checked that no slot without an anchor holds markup). Nothing
    * may be an empty list, body or text: a list that a body may replace. */
   Model.prototype.readDyn = function (a, parent) {
-    var i, d = 0, at = [], l = { k: [], b: [] }, b, sid = null, h = '';
+    var i, d = 0, at = [], l = { k: [], b: [] }, b, sid = null, h = '', run = 0, n;
+    /* Items: [first node, where the one before ends, marker]; in a run
+     * (<!--*KEY-->) each element is the next item. */
     for (i = 0; i < a.length; i++) {
-      if (a[i].nodeType !== 8) continue;
-      if (a[i].data.charAt(0) === '[') d++;
-      else if (a[i].data === ']') d--;
-      else if (!d && isMark(a[i])) at.push(i);
+      n = a[i];
+      if (n.nodeType !== 8) { if (!d && run && n.nodeType === 1 && at[at.length - 1][0] !== i) at.push([i, i, ';']); }
+      else if (n.data.charAt(0) === '[') d++;
+      else if (n.data === ']') d--;
+      else if (!d && isMark(n)) { at.push([i + 1, i, n.data]); run = n.data.charAt(0) === '*'; }
     }
     if (at.length) {
-      if (at[0]) return null;
-      at.push(a.length);
-      for (i = 0; i + 1 < at.length; i++) {
-        b = this.readBody(a.slice(at[i] + 1, at[i + 1]), parent, sid);
+      if (at[0][1]) return null;
+      for (i = 0; i < at.length; i++) {
+        b = this.readBody(a.slice(at[i][0], i + 1 < at.length ? at[i + 1][1] : a.length), parent, sid);
         if (!b) return null;
         sid = String(b[0]);
-        d = a[at[i]].data;
+        d = at[i][2];
         if (d === ';') { d = i ? int(l.k[i - 1]) : null; if (d === null) return null; d = String(d + 1); } else d = d.slice(1);
         l.k.push(d); l.b.push(b);
       }
@@ -468,7 +467,7 @@
     if (!a.length) { l.r = 1; return l; }
     if ((b = this.readBody(a, parent, null)) !== null) return b || null;
     for (i = 0; i < a.length; i++) h += a[i].nodeType === 1 ? a[i].outerHTML : a[i].nodeType === 3 ? esc(a[i].data) : '<!--' + a[i].data + '-->';
-    return /<!--[[:]/.test(h) ? null : h;
+    return /<!--[[:;*]/.test(h) ? null : h;
   };
 
   /* The tree of the page in el, or null. */
@@ -567,15 +566,21 @@
    * `stop`: fragments by id, items by LIST:KEY, their list being the
    * fragment they sit in (the top of `st`). */
   Dom.prototype.index = function (root, from, stop, st) {
-    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c, t, k = [];
+    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c, t, k = [], e, j;
     if (from) w.currentNode = from;
     while ((n = w.nextNode()) && n !== stop) {
       c = n.data.charAt(0); t = st.length - 1;
       if (c === '[') { this.idx.set(n.data.slice(1), n); k[st.push(n.data.slice(1)) - 1] = null; }
       else if (n.data === ']') st.pop();
-      else if ((c === ':' || n.data === ';') && t >= 0) {
-        /* Written out, so that what goes in before it keeps its key. */
+      else if ((c === ':' || c === '*' || n.data === ';') && t >= 0) {
+        /* Written out, so that what goes in before it keeps its key; a run
+         * (<!--*KEY-->: each element after it the next item) too. */
         if (c === ';') { if (k[t] == null) continue; n.data = ':' + (k[t] + 1); }
+        if (c === '*') {
+          n.data = ':' + n.data.slice(1);
+          e = n.nextSibling; j = int(n.data.slice(1));
+          if (e && e.nodeType === 1 && j !== null) for (e = e.nextSibling; e && e.nodeType === 1; e = e.nextSibling) e.parentNode.insertBefore(document.createComment(':' + ++j), e);
+        }
         k[t] = int(n.data.slice(1));
         this.idx.set(st[t] + n.data, n);
       }

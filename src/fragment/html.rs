@@ -50,14 +50,15 @@ impl RawKind {
         }
     }
 
-    fn from_name(name: &str) -> Option<RawKind> {
-        Some(match name {
-            "script" => RawKind::Script,
-            "style" => RawKind::Style,
-            "textarea" => RawKind::Textarea,
-            "title" => RawKind::Title,
-            _ => return None,
-        })
+    fn from_name(name: &[u8]) -> Option<RawKind> {
+        [
+            RawKind::Script,
+            RawKind::Style,
+            RawKind::Textarea,
+            RawKind::Title,
+        ]
+        .into_iter()
+        .find(|k| k.name().as_bytes().eq_ignore_ascii_case(name))
     }
 }
 
@@ -65,6 +66,23 @@ const VOID: &[&str] = &[
     "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
     "wbr",
 ];
+
+fn is_void(name: &[u8]) -> bool {
+    VOID.iter().any(|v| v.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The length of the element `html` starts with (`<li …>…</li>`, a void
+/// element, a raw-text one), or `None` if it does not start with a tag or
+/// the element does not close in it. Run over rendered HTML: an item that
+/// is exactly one element needs no marker in a run of them
+/// ([`crate::fragment::tree::ItemMarkers`]).
+pub(crate) fn element_len(html: &str) -> Option<usize> {
+    let b = html.as_bytes();
+    if b.first() != Some(&b'<') || !b.get(1).is_some_and(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    scan_until(Ctx::Text, html, &mut 0, Some(0)).1
+}
 
 /// Scans `text` from `ctx`; returns the new context and adds the change in
 /// element nesting depth to `depth`.
@@ -91,7 +109,8 @@ pub(crate) fn open_tag(ctx: Ctx, text: &str) -> Option<(usize, Ctx, String, bool
             if name.is_empty() {
                 return None;
             }
-            let void = VOID.contains(&name.as_str());
+            let void = is_void(name);
+            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
             return Some((p, before, name, void));
         }
     }
@@ -122,7 +141,7 @@ pub(crate) fn scan_until(
                 } else if b.get(i) == Some(&b'/') {
                     let (name, n) = tag_name(&b[i + 1..]);
                     if !name.is_empty() {
-                        if !VOID.contains(&name.as_str()) {
+                        if !is_void(name) {
                             *depth -= 1;
                         }
                         ctx = Ctx::Tag {
@@ -135,16 +154,16 @@ pub(crate) fn scan_until(
                 } else {
                     let (name, n) = tag_name(&b[i..]);
                     if !name.is_empty() {
-                        let void = VOID.contains(&name.as_str());
+                        let void = is_void(name);
                         if !void {
                             *depth += 1;
                         }
                         // A void element is never open: treat it like an end
                         // tag for `/>` and raw text.
                         ctx = Ctx::Tag {
-                            raw: RawKind::from_name(&name),
+                            raw: RawKind::from_name(name),
                             closing: void,
-                            table: name == "table",
+                            table: name.eq_ignore_ascii_case(b"table"),
                         };
                     }
                     i += n;
@@ -225,15 +244,16 @@ pub(crate) fn scan_until(
     (ctx, None)
 }
 
-fn tag_name(b: &[u8]) -> (String, usize) {
+/// The tag name `b` starts with, as written (compare it ignoring case).
+fn tag_name(b: &[u8]) -> (&[u8], usize) {
     let n = b
         .iter()
         .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b':')
         .count();
     if n == 0 || !b[0].is_ascii_alphabetic() {
-        return (String::new(), 0);
+        return (&[], 0);
     }
-    (String::from_utf8_lossy(&b[..n]).to_ascii_lowercase(), n)
+    (&b[..n], n)
 }
 
 fn memchr(c: u8, b: &[u8]) -> Option<usize> {
@@ -256,6 +276,24 @@ mod tests {
     fn run(s: &str) -> (Ctx, i32) {
         let mut d = 0;
         (scan(Ctx::Text, s, &mut d), d)
+    }
+
+    /// The element a string starts with: nested ones, attributes with `>`
+    /// in quotes, void and raw-text elements, comments inside; nothing when
+    /// it starts with text or a comment or does not close.
+    #[test]
+    fn element_len_finds_the_first_element() {
+        let one = |h: &str| element_len(h) == Some(h.len());
+        assert!(one("<li>a</li>"));
+        assert!(one("<LI class=\"a>b\">x<b>y</b><!-- </li> --></Li>"));
+        assert!(one("<tr><td><!--[2--><!--*7--><i>x</i><!--]--></td></tr>"));
+        assert!(one("<br>") && one("<img src=x/>") && one("<svg/>"));
+        assert!(one("<script>if (a < b) { x = '</div>' }</script>"));
+        assert_eq!(element_len("<li>a</li><li>b</li>"), Some(10));
+        assert_eq!(element_len("<li>a</li> "), Some(10));
+        for h in ["a<li></li>", "<!--x--><li></li>", "<li>open", "", "<", "< li></li>", "</li>"] {
+            assert!(!one(h), "{h:?}");
+        }
     }
 
     #[test]

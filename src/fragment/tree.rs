@@ -212,21 +212,45 @@ impl std::ops::Deref for ItemOut {
 /// item's plus one (both integers written plainly: `7` after `6`). An item
 /// runs to the next marker at its depth or to its list's close; its list is
 /// the fragment the marker sits in.
+///
+/// An item that is exactly one element (its HTML, see
+/// [`crate::fragment::html::element_len`]) with an integer key starts a
+/// run, `<!--*KEY-->`: each element right after it is the next item, key
+/// plus one, with no marker at all, for as long as the items are single
+/// elements with consecutive keys. A table's rows cost nothing beyond
+/// their HTML.
 #[derive(Default)]
-pub(crate) struct ItemMarkers(Option<u64>);
+pub(crate) struct ItemMarkers {
+    prev: Option<u64>,
+    run: bool,
+}
 
 impl ItemMarkers {
-    pub(crate) fn push(&mut self, key: &str, out: &mut String) {
+    /// Writes the marker (if any) of the item `key` whose HTML is `html`;
+    /// the caller writes `html` after it.
+    pub(crate) fn push(&mut self, key: &str, html: &str, out: &mut String) {
         let k = plain_int(key);
-        if k.is_some() && k == self.0.and_then(|p| p.checked_add(1)) {
-            out.push_str("<!--;-->");
-        } else {
-            out.push_str("<!--:");
-            out.push_str(key);
-            out.push_str("-->");
+        let next = k.is_some() && k == self.prev.and_then(|p| p.checked_add(1));
+        let one = k.is_some() && one_element(html);
+        if !(self.run && next && one) {
+            out.push_str(match (one, next) {
+                (true, _) => "<!--*",
+                (false, true) => "<!--;-->",
+                (false, false) => "<!--:",
+            });
+            if one || !next {
+                out.push_str(key);
+                out.push_str("-->");
+            }
         }
-        self.0 = k;
+        self.prev = k;
+        self.run = one;
     }
+}
+
+/// Whether `html` is one element and nothing else.
+pub(crate) fn one_element(html: &str) -> bool {
+    element_len(html) == Some(html.len())
 }
 
 /// `key` as an integer when it is written as one plainly (no sign, no
@@ -239,6 +263,8 @@ pub(crate) fn plain_int(key: &str) -> Option<u64> {
         && (b[0] != b'0' || b.len() == 1);
     plain.then(|| key.parse().ok()).flatten()
 }
+
+pub(crate) use crate::fragment::html::element_len;
 
 pub(crate) const CLOSE: &str = "<!--]-->";
 
@@ -262,12 +288,19 @@ pub(crate) fn write_list(l: &ListOut, out: &mut String) {
     if let Some(e) = &l.empty {
         write_body(e, out);
     }
-    let mut marks = ItemMarkers::default();
-    for item in &l.items {
-        if l.anchor.is_some() {
-            marks.push(&item.key, out);
+    if l.anchor.is_none() {
+        for item in &l.items {
+            write_body(&item.body, out);
         }
-        write_body(&item.body, out);
+        return;
+    }
+    let mut marks = ItemMarkers::default();
+    let mut html = String::new();
+    for item in &l.items {
+        html.clear();
+        write_body(&item.body, &mut html);
+        marks.push(&item.key, &html, out);
+        out.push_str(&html);
     }
 }
 

@@ -72,9 +72,10 @@ function installFormDiff() {
     return { n: a.length, diff: null };
   };
   // The markup of el with its item markers written out: an item marked
-  // <!--;--> (the previous key plus one, as the server writes it) as
-  // <!--:KEY--> (as the client writes what it indexed), so that the two
-  // forms of the same page compare equal.
+  // <!--;--> (the previous key plus one, as the server writes it) or in a
+  // run (<!--*KEY--> and the elements after it) as <!--:KEY--> (as the
+  // client writes what it indexed), so that the two forms of the same page
+  // compare equal.
   window.__markup = (el) => {
     const c = el.cloneNode(true);
     const w = document.createTreeWalker(c, NodeFilter.SHOW_COMMENT);
@@ -83,6 +84,12 @@ function installFormDiff() {
       if (n.data.charAt(0) === '[') last.push(null);
       else if (n.data === ']') last.pop();
       else if (n.data === ';') n.data = ':' + (last[last.length - 1] + 1);
+      else if (n.data.charAt(0) === '*') {
+        // A run: each element after the first is the next item.
+        n.data = ':' + n.data.slice(1);
+        let j = +n.data.slice(1), e = n.nextSibling;
+        if (e && e.nodeType === 1) for (e = e.nextSibling; e && e.nodeType === 1; e = e.nextSibling) e.parentNode.insertBefore(document.createComment(':' + ++j), e);
+      }
       if (n.data.charAt(0) === ':') last[last.length - 1] = /^(0|[1-9]\d*)$/.test(n.data.slice(1)) ? +n.data.slice(1) : null;
     }
     return c.innerHTML;

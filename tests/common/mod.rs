@@ -289,6 +289,14 @@ pub fn frames(engine: &FragmentEngine, steps: &[Json]) -> (Vec<String>, Vec<Stri
     (frames, html)
 }
 
+/// HTML as the JS client's model writes it: every item's key written out
+/// (the engine and `WireClient` write `<!--;-->` and runs).
+pub fn written_out(html: &[String]) -> Vec<String> {
+    html.iter()
+        .map(|h| statetemplate::testing::write_out_markers(h))
+        .collect()
+}
+
 /// Feeds each named frame sequence through the JS client's model in Node
 /// (`tests/js/model_check.js`); one result per sequence, with `html` after
 /// every frame and `error` (null when all applied).
