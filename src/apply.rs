@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragment::counter;
-use crate::fragment::tree::{CLOSE, ItemMarkers, element_len, plain_int};
+use crate::fragment::tree::{CLOSE, ItemMarkers, element_len, plain_int, ws_len};
 use crate::protocol::{Action, Update};
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -121,17 +121,28 @@ fn explicit_markers(html: &str) -> String {
             .and_then(|k| k.strip_suffix("-->"))
             .and_then(plain_int)
         {
-            // A run: each element is an item, written out with what it holds.
+            // A run: each element is an item, written out with what it
+            // holds; between two stand the whitespace after one (T) and
+            // before the next (L, what stands before the first).
             out.push_str(&format!("<!--:{k}-->"));
-            let mut first = true;
+            let l = &rest[..ws_len(rest)];
+            out.push_str(l);
+            rest = &rest[l.len()..];
             while let Some(n) = element_len(rest) {
-                if !first {
-                    k += 1;
-                    out.push_str(&format!("<!--:{k}-->"));
-                }
-                first = false;
                 out.push_str(&explicit_markers(&rest[..n]));
                 rest = &rest[n..];
+                let w = ws_len(rest);
+                let next = &rest[w..];
+                let element = next.starts_with('<')
+                    && next.as_bytes().get(1).is_some_and(u8::is_ascii_alphabetic);
+                if !element || !rest[..w].ends_with(l) {
+                    break;
+                }
+                k += 1;
+                out.push_str(&rest[..w - l.len()]);
+                out.push_str(&format!("<!--:{k}-->"));
+                out.push_str(l);
+                rest = next;
             }
             last[top] = Some(k);
             continue;
@@ -940,9 +951,10 @@ mod tests {
         );
     }
 
-    /// Items that are single elements with consecutive integer keys are a
-    /// run: one marker for all of them. Written out, each element is an
-    /// item (nested runs too); written back, the same runs.
+    /// Items that are single elements with consecutive integer keys and
+    /// the same whitespace around them are a run: one marker for all of
+    /// them. Written out, each element is an item (nested runs too);
+    /// written back, the same runs.
     #[test]
     fn runs_of_single_elements_are_written_out_and_back() {
         let mut out = String::new();
@@ -958,7 +970,14 @@ mod tests {
             ("8", "<li>f</li>"),
             ("10", "<li>g</li>"),
             ("11", "<li>h</li><li>i</li>"),
-            ("12", "<li>j</li> "),
+            ("12", "\n  <li>j</li>\n"),
+            ("13", "\n  <li>k</li>\n"),
+            ("14", "\n  <li>l</li>\n"),
+            ("15", "<li>m</li>\n"),
+            ("16", "<li>n</li>\n"),
+            ("17", "\t<li>o</li>"),
+            ("18", "\t<li>p</li>"),
+            ("19", "\r\n<li>q</li>"),
         ] {
             m.push(k, h, &mut out);
             out.push_str(h);
@@ -966,7 +985,9 @@ mod tests {
         assert_eq!(
             out,
             "<!--*1--><li>a</li><li>b</li><br><!--;-->two <b>nodes</b><!--*5--><li>c</li><li>d</li>\
-             <!--:x--><li>e</li><!--*8--><li>f</li><!--*10--><li>g</li><!--;--><li>h</li><li>i</li><!--;--><li>j</li> "
+             <!--:x--><li>e</li><!--*8--><li>f</li><!--*10--><li>g</li><!--;--><li>h</li><li>i</li>\
+             <!--*12-->\n  <li>j</li>\n\n  <li>k</li>\n\n  <li>l</li>\n<!--*15--><li>m</li>\n<li>n</li>\n\
+             <!--*17-->\t<li>o</li>\t<li>p</li><!--;-->\r\n<li>q</li>"
         );
         let doc = format!("<ul><!--[1-->{out}<!--]--></ul>");
         let explicit = explicit_markers(&doc);
@@ -974,13 +995,13 @@ mod tests {
             explicit,
             "<ul><!--[1--><!--:1--><li>a</li><!--:2--><li>b</li><!--:3--><br><!--:4-->two <b>nodes</b>\
              <!--:5--><li>c</li><!--:6--><li>d</li><!--:x--><li>e</li><!--:8--><li>f</li><!--:10--><li>g</li>\
-             <!--:11--><li>h</li><li>i</li><!--:12--><li>j</li> <!--]--></ul>"
+             <!--:11--><li>h</li><li>i</li>\
+             <!--:12-->\n  <li>j</li>\n<!--:13-->\n  <li>k</li>\n<!--:14-->\n  <li>l</li>\n<!--:15--><li>m</li>\n<!--:16--><li>n</li>\n\
+             <!--:17-->\t<li>o</li><!--:18-->\t<li>p</li><!--:19-->\r\n<li>q</li><!--]--></ul>"
         );
         assert_eq!(compact_markers(&explicit), doc);
-        assert_eq!(
-            strip_anchors(&doc),
-            "<ul><li>a</li><li>b</li><br>two <b>nodes</b><li>c</li><li>d</li><li>e</li><li>f</li><li>g</li><li>h</li><li>i</li><li>j</li> </ul>"
-        );
+        assert_eq!(strip_anchors(&doc), strip_anchors(&explicit));
+        assert!(!strip_anchors(&doc).contains("<!--"));
         // Nested: a run inside an item of a run.
         let nested = "<!--[1--><!--*1--><tr><td><!--[2--><!--*7--><i>x</i><i>y</i><!--]--></td></tr><tr></tr><!--]-->";
         let explicit = explicit_markers(nested);
@@ -989,7 +1010,7 @@ mod tests {
             "<!--[1--><!--:1--><tr><td><!--[2--><!--:7--><i>x</i><!--:8--><i>y</i><!--]--></td></tr><!--:2--><tr></tr><!--]-->"
         );
         assert_eq!(compact_markers(&explicit), nested);
-        // Removing the run's second item, then putting one after the first.
+        // Removing the run's second item: the third starts a run again.
         let rm = Update {
             fragment_id: "1:2".into(),
             action: Action::Remove,
@@ -998,11 +1019,19 @@ mod tests {
             timestamp: 0,
             seq: 1,
         };
-        assert_eq!(
-            apply_updates(&doc, &[rm]).unwrap(),
-            "<ul><!--[1--><!--*1--><li>a</li><!--*3--><br><!--;-->two <b>nodes</b><!--*5--><li>c</li><li>d</li>\
-             <!--:x--><li>e</li><!--*8--><li>f</li><!--*10--><li>g</li><!--;--><li>h</li><li>i</li><!--;--><li>j</li> <!--]--></ul>"
-        );
+        let removed = apply_updates(&doc, &[rm]).unwrap();
+        assert!(removed.starts_with("<ul><!--[1--><!--*1--><li>a</li><!--*3--><br><!--;-->two"));
+        // Removing one from the middle of a run with whitespace.
+        let rm = Update {
+            fragment_id: "1:13".into(),
+            action: Action::Remove,
+            html: String::new(),
+            target: None,
+            timestamp: 0,
+            seq: 1,
+        };
+        let removed = apply_updates(&doc, &[rm]).unwrap();
+        assert!(removed.contains("<!--*12-->\n  <li>j</li>\n<!--*14-->\n  <li>l</li>\n<!--*15-->"));
     }
 
     /// An item runs to the next marker or its list's close, whatever its

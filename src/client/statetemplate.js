@@ -327,7 +327,7 @@
 
   function esc(t) { return /[&<>"]/.test(t) ? t.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;') : t; }
   function kids(n) { return Array.prototype.slice.call(n.childNodes); }
-  function isMark(n) { return n.nodeType === 8 && /^[:*]|^;$/.test(n.data); }
+  function isMark(n) { return n.nodeType === 8 && (n.data.charAt(0) === ':' || n.data === ';'); }
 
   /* Splits text t as pieces p ([static, slot, static, …]) do, into vals;
    * false unless exactly one split fits (and within a bounded search). */
@@ -442,23 +442,21 @@
    * server checked that no slot without an anchor holds markup). Nothing
    * may be an empty list, body or text: a list that a body may replace. */
   Model.prototype.readDyn = function (a, parent) {
-    var i, d = 0, at = [], l = { k: [], b: [] }, b, sid = null, h = '', run = 0, n;
-    /* Items: [first node, where the one before ends, marker]; in a run
-     * (<!--*KEY-->) each element is the next item. */
+    var i, d = 0, at = [], l = { k: [], b: [] }, b, sid = null, h = '';
     for (i = 0; i < a.length; i++) {
-      n = a[i];
-      if (n.nodeType !== 8) { if (!d && run && n.nodeType === 1 && at[at.length - 1][0] !== i) at.push([i, i, ';']); }
-      else if (n.data.charAt(0) === '[') d++;
-      else if (n.data === ']') d--;
-      else if (!d && isMark(n)) { at.push([i + 1, i, n.data]); run = n.data.charAt(0) === '*'; }
+      if (a[i].nodeType !== 8) continue;
+      if (a[i].data.charAt(0) === '[') d++;
+      else if (a[i].data === ']') d--;
+      else if (!d && isMark(a[i])) at.push(i);
     }
     if (at.length) {
-      if (at[0][1]) return null;
-      for (i = 0; i < at.length; i++) {
-        b = this.readBody(a.slice(at[i][0], i + 1 < at.length ? at[i + 1][1] : a.length), parent, sid);
+      if (at[0]) return null;
+      at.push(a.length);
+      for (i = 0; i + 1 < at.length; i++) {
+        b = this.readBody(a.slice(at[i] + 1, at[i + 1]), parent, sid);
         if (!b) return null;
         sid = String(b[0]);
-        d = at[i][2];
+        d = a[at[i]].data;
         if (d === ';') { d = i ? int(l.k[i - 1]) : null; if (d === null) return null; d = String(d + 1); } else d = d.slice(1);
         l.k.push(d); l.b.push(b);
       }
@@ -470,8 +468,37 @@
     return /<!--[[:;*]/.test(h) ? null : h;
   };
 
+  /* Writes the keys of the page's runs out: <!--*KEY--> starts items that
+   * are each one element (with the same whitespace L before and T after
+   * it), keys counting up; each element after the first gets its marker
+   * (between T and L of the text between two of them). */
+  function runs(root) {
+    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), a = [], n, i, k, e, s, y, l, d, at;
+    while ((n = w.nextNode())) if (n.data.charAt(0) === '*') a.push(n);
+    for (i = 0; i < a.length; i++) {
+      n = a[i]; k = int(n.data.slice(1)); n.data = ':' + n.data.slice(1);
+      e = n.nextSibling; l = '';
+      if (e && e.nodeType === 3) { l = e.data; e = e.nextSibling; }
+      while (k !== null && e && e.nodeType === 1) {
+        s = e.nextSibling;
+        if (s && s.nodeType !== 3) s = null;
+        y = s ? s.nextSibling : e.nextSibling;
+        if (!y || y.nodeType !== 1) break;
+        if (s) {
+          d = s.data; at = d.length - l.length;
+          if (at < 0 || d.slice(at) !== l) break;
+          s = !l ? y : at ? s.splitText(at) : s;
+        } else if (l) break;
+        else s = y;
+        s.parentNode.insertBefore(document.createComment(':' + ++k), s);
+        e = y;
+      }
+    }
+  }
+
   /* The tree of the page in el, or null. */
   Model.prototype.read = function (el) {
+    runs(el);
     var b = this.readBody(kids(el), el, null);
     this.shapes = null;
     return b || null;
@@ -566,21 +593,15 @@
    * `stop`: fragments by id, items by LIST:KEY, their list being the
    * fragment they sit in (the top of `st`). */
   Dom.prototype.index = function (root, from, stop, st) {
-    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c, t, k = [], e, j;
+    var w = document.createTreeWalker(root, NodeFilter.SHOW_COMMENT), n, c, t, k = [];
     if (from) w.currentNode = from;
     while ((n = w.nextNode()) && n !== stop) {
       c = n.data.charAt(0); t = st.length - 1;
       if (c === '[') { this.idx.set(n.data.slice(1), n); k[st.push(n.data.slice(1)) - 1] = null; }
       else if (n.data === ']') st.pop();
-      else if ((c === ':' || c === '*' || n.data === ';') && t >= 0) {
-        /* Written out, so that what goes in before it keeps its key; a run
-         * (<!--*KEY-->: each element after it the next item) too. */
+      else if ((c === ':' || n.data === ';') && t >= 0) {
+        /* Written out, so that what goes in before it keeps its key. */
         if (c === ';') { if (k[t] == null) continue; n.data = ':' + (k[t] + 1); }
-        if (c === '*') {
-          n.data = ':' + n.data.slice(1);
-          e = n.nextSibling; j = int(n.data.slice(1));
-          if (e && e.nodeType === 1 && j !== null) for (e = e.nextSibling; e && e.nodeType === 1; e = e.nextSibling) e.parentNode.insertBefore(document.createComment(':' + ++j), e);
-        }
         k[t] = int(n.data.slice(1));
         this.idx.set(st[t] + n.data, n);
       }

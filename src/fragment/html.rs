@@ -51,6 +51,9 @@ impl RawKind {
     }
 
     fn from_name(name: &[u8]) -> Option<RawKind> {
+        if name.len() < 5 {
+            return None;
+        }
         [
             RawKind::Script,
             RawKind::Style,
@@ -68,7 +71,7 @@ const VOID: &[&str] = &[
 ];
 
 fn is_void(name: &[u8]) -> bool {
-    VOID.iter().any(|v| v.as_bytes().eq_ignore_ascii_case(name))
+    (2..=6).contains(&name.len()) && VOID.iter().any(|v| v.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// The length of the element `html` starts with (`<li …>…</li>`, a void
@@ -76,12 +79,88 @@ fn is_void(name: &[u8]) -> bool {
 /// the element does not close in it. Run over rendered HTML: an item that
 /// is exactly one element needs no marker in a run of them
 /// ([`crate::fragment::tree::ItemMarkers`]).
+///
+/// Run for every item of a list when a page is written, so it skips from
+/// `<` to `<` and from quote to quote rather than walking every byte.
 pub(crate) fn element_len(html: &str) -> Option<usize> {
     let b = html.as_bytes();
     if b.first() != Some(&b'<') || !b.get(1).is_some_and(u8::is_ascii_alphabetic) {
         return None;
     }
-    scan_until(Ctx::Text, html, &mut 0, Some(0)).1
+    let mut depth = 0usize;
+    let mut i = 0;
+    loop {
+        // b[i] is a `<`.
+        let rest = &b[i + 1..];
+        if rest.starts_with(b"!--") {
+            i += 4 + find(&b[i + 4..], b"-->")? + 3;
+        } else if let Some(r) = rest.strip_prefix(b"/") {
+            let (name, n) = tag_name(r);
+            if name.is_empty() {
+                i += 1;
+            } else {
+                i = tag_end(b, i + 2 + n)?;
+                if !is_void(name) {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+            }
+        } else {
+            let (name, n) = tag_name(rest);
+            if name.is_empty() {
+                i += 1;
+            } else {
+                let end = tag_end(b, i + 1 + n)?;
+                let closed = is_void(name) || b[end - 2] == b'/';
+                if closed {
+                    if depth == 0 {
+                        return Some(end);
+                    }
+                    i = end;
+                } else if let Some(raw) = RawKind::from_name(name) {
+                    // Its text is not markup: on to its end tag.
+                    let close = raw.name().as_bytes();
+                    let mut at = end;
+                    loop {
+                        at += memchr(b'<', &b[at..])?;
+                        let t = &b[at + 1..];
+                        if t.first() == Some(&b'/')
+                            && t.len() > close.len()
+                            && t[1..=close.len()].eq_ignore_ascii_case(close)
+                        {
+                            break;
+                        }
+                        at += 1;
+                    }
+                    i = tag_end(b, at + 2 + close.len())?;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                } else {
+                    depth += 1;
+                    i = end;
+                }
+            }
+        }
+        i += memchr(b'<', &b[i..])?;
+    }
+}
+
+/// Where the tag whose name ends at `from` ends: after its `>`, skipping
+/// quoted attribute values.
+fn tag_end(b: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let p = from
+            + b[from..]
+                .iter()
+                .position(|c| matches!(c, b'>' | b'"' | b'\''))?;
+        if b[p] == b'>' {
+            return Some(p + 1);
+        }
+        from = p + 1 + memchr(b[p], &b[p + 1..])? + 1;
+    }
 }
 
 /// Scans `text` from `ctx`; returns the new context and adds the change in
@@ -289,9 +368,22 @@ mod tests {
         assert!(one("<tr><td><!--[2--><!--*7--><i>x</i><!--]--></td></tr>"));
         assert!(one("<br>") && one("<img src=x/>") && one("<svg/>"));
         assert!(one("<script>if (a < b) { x = '</div>' }</script>"));
+        assert!(one("<textarea><b></TEXTAREA >") && one("<p>a < b, c <= d</p>"));
+        assert!(one("<ul><li><ul><li>x</li></ul></li></ul>") && one("<a title='>'></a>"));
         assert_eq!(element_len("<li>a</li><li>b</li>"), Some(10));
         assert_eq!(element_len("<li>a</li> "), Some(10));
-        for h in ["a<li></li>", "<!--x--><li></li>", "<li>open", "", "<", "< li></li>", "</li>"] {
+        for h in [
+            "a<li></li>",
+            "<!--x--><li></li>",
+            "<li>open",
+            "",
+            "<",
+            "< li></li>",
+            "</li>",
+            "<li title=\"x>",
+            "<script>x",
+            "<li><!-- x</li>",
+        ] {
             assert!(!one(h), "{h:?}");
         }
     }

@@ -213,16 +213,19 @@ impl std::ops::Deref for ItemOut {
 /// runs to the next marker at its depth or to its list's close; its list is
 /// the fragment the marker sits in.
 ///
-/// An item that is exactly one element (its HTML, see
-/// [`crate::fragment::html::element_len`]) with an integer key starts a
-/// run, `<!--*KEY-->`: each element right after it is the next item, key
-/// plus one, with no marker at all, for as long as the items are single
-/// elements with consecutive keys. A table's rows cost nothing beyond
-/// their HTML.
+/// An item that is one element (its HTML, see
+/// [`crate::fragment::html::element_len`]), with only whitespace before
+/// and after it, and an integer key starts a run, `<!--*KEY-->`: each
+/// element right after it is the next item, key plus one, with no marker
+/// at all, for as long as the items are single elements with the same
+/// whitespace around them (`L` before, `T` after) and consecutive keys.
+/// Between two elements of a run stands `T` then `L`. A table's rows cost
+/// nothing beyond their HTML.
 #[derive(Default)]
 pub(crate) struct ItemMarkers {
     prev: Option<u64>,
-    run: bool,
+    /// The whitespace around the elements of the open run.
+    run: Option<(String, String)>,
 }
 
 impl ItemMarkers {
@@ -231,26 +234,40 @@ impl ItemMarkers {
     pub(crate) fn push(&mut self, key: &str, html: &str, out: &mut String) {
         let k = plain_int(key);
         let next = k.is_some() && k == self.prev.and_then(|p| p.checked_add(1));
-        let one = k.is_some() && one_element(html);
-        if !(self.run && next && one) {
-            out.push_str(match (one, next) {
-                (true, _) => "<!--*",
-                (false, true) => "<!--;-->",
-                (false, false) => "<!--:",
-            });
-            if one || !next {
-                out.push_str(key);
-                out.push_str("-->");
-            }
-        }
+        let around = k.and_then(|_| one_element(html));
         self.prev = k;
-        self.run = one;
+        if let (Some((l, t)), true) = (around, next)
+            && self.run.as_ref().is_some_and(|(a, b)| a == l && b == t)
+        {
+            return;
+        }
+        match around {
+            Some(_) => out.push_str("<!--*"),
+            None if next => out.push_str("<!--;-->"),
+            None => out.push_str("<!--:"),
+        }
+        if around.is_some() || !next {
+            out.push_str(key);
+            out.push_str("-->");
+        }
+        self.run = around.map(|(l, t)| (l.to_owned(), t.to_owned()));
     }
 }
 
-/// Whether `html` is one element and nothing else.
-pub(crate) fn one_element(html: &str) -> bool {
-    element_len(html) == Some(html.len())
+/// Whether `html` is one element with only whitespace (space, tab, line
+/// feed) around it: the whitespace before and after it.
+pub(crate) fn one_element(html: &str) -> Option<(&str, &str)> {
+    let l = ws_len(html);
+    let e = l + element_len(&html[l..])?;
+    let t = &html[e..];
+    (ws_len(t) == t.len()).then(|| (&html[..l], t))
+}
+
+/// The length of the whitespace `s` starts with.
+pub(crate) fn ws_len(s: &str) -> usize {
+    s.bytes()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\n'))
+        .count()
 }
 
 /// `key` as an integer when it is written as one plainly (no sign, no

@@ -85,10 +85,23 @@ function installFormDiff() {
       else if (n.data === ']') last.pop();
       else if (n.data === ';') n.data = ':' + (last[last.length - 1] + 1);
       else if (n.data.charAt(0) === '*') {
-        // A run: each element after the first is the next item.
+        // A run: each element after the first is the next item; the text
+        // between two is the first's whitespace after (T) and the next's
+        // before (L), L being what stands before the run's first element.
         n.data = ':' + n.data.slice(1);
-        let j = +n.data.slice(1), e = n.nextSibling;
-        if (e && e.nodeType === 1) for (e = e.nextSibling; e && e.nodeType === 1; e = e.nextSibling) e.parentNode.insertBefore(document.createComment(':' + ++j), e);
+        let j = +n.data.slice(1), e = n.nextSibling, l = '';
+        if (e && e.nodeType === 3) { l = e.data; e = e.nextSibling; }
+        for (; e && e.nodeType === 1;) {
+          const t = e.nextSibling && e.nextSibling.nodeType === 3 ? e.nextSibling : null;
+          const y = t ? t.nextSibling : e.nextSibling;
+          if (!y || y.nodeType !== 1) break;
+          const m = document.createComment(':' + ++j);
+          if (t) {
+            if (!t.data.endsWith(l)) throw new Error('a run whose whitespace differs: ' + JSON.stringify(t.data));
+            t.parentNode.insertBefore(m, l ? t.splitText(t.data.length - l.length) : y);
+          } else y.parentNode.insertBefore(m, y);
+          e = y;
+        }
       }
       if (n.data.charAt(0) === ':') last[last.length - 1] = /^(0|[1-9]\d*)$/.test(n.data.slice(1)) ? +n.data.slice(1) : null;
     }
@@ -685,7 +698,9 @@ const examples = {
     await page.click('#inc');
     await page.click('#dec');
     await page.click('#inc');
-    await until(page, () => document.getElementById('count').textContent === '2');
+    // 2 is also the count after the second click: wait until no click is
+    // still waiting for its answer (each marks its button st-loading).
+    await until(page, () => document.getElementById('count').textContent === '2' && !document.querySelector('.st-loading'));
     await checkFresh(page, base, 'counter: after clicks');
     // A JS hook (docs/hooks.md): mounted on load, updated by each frame that
     // changed its canvas, destroyed and mounted again with it; it pushes an
