@@ -1015,7 +1015,7 @@ const examples = {
       window.__noReload = 1;
       const c = window.statetemplate.clients[0];
       const tick = window.__sent.find((m) => m.n === 'toggle' && m.d.id === '4');
-      return { sid: c.sid, seq: c.model.seq, hellos: c.hellos, joins: c.joins, tick, answered: window.__answers.includes(tick && tick.r) };
+      return { sid: c.sid, seq: c.model.seq, hellos: c.hellos, joins: c.joins || 0, tick, answered: window.__answers.includes(tick && tick.r) };
     });
     assert(before.tick && before.answered, `kill9: Alpha's tick was sent and answered: ${JSON.stringify(before)}`);
     await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'kill9-before.png') });
@@ -1037,7 +1037,7 @@ const examples = {
       !document.querySelector('.st-loading'));
     const after = await page.evaluate(() => {
       const c = window.statetemplate.clients[0];
-      return { sid: c.sid, seq: c.model.seq, hellos: c.hellos, joins: c.joins,
+      return { sid: c.sid, seq: c.model.seq, hellos: c.hellos, joins: c.joins || 0,
         ticks: window.__sent.filter((m) => m.n === 'toggle' && m.d.id === '5').map((m) => m.r) };
     });
     assert(after.sid === before.sid, `kill9: another session (${before.sid} -> ${after.sid})`);
