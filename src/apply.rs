@@ -1010,27 +1010,22 @@ mod tests {
             "<!--[1--><!--:1--><tr><td><!--[2--><!--:7--><i>x</i><!--:8--><i>y</i><!--]--></td></tr><!--:2--><tr></tr><!--]-->"
         );
         assert_eq!(compact_markers(&explicit), nested);
-        // Removing the run's second item: the third starts a run again.
-        let rm = Update {
-            fragment_id: "1:2".into(),
-            action: Action::Remove,
-            html: String::new(),
-            target: None,
-            timestamp: 0,
-            seq: 1,
+        let remove = |id: &str| {
+            let rm = Update {
+                fragment_id: id.into(),
+                action: Action::Remove,
+                html: String::new(),
+                target: None,
+                timestamp: 0,
+                seq: 1,
+            };
+            apply_updates(&doc, &[rm]).unwrap()
         };
-        let removed = apply_updates(&doc, &[rm]).unwrap();
+        // Removing the run's second item: the third starts a run again.
+        let removed = remove("1:2");
         assert!(removed.starts_with("<ul><!--[1--><!--*1--><li>a</li><!--*3--><br><!--;-->two"));
         // Removing one from the middle of a run with whitespace.
-        let rm = Update {
-            fragment_id: "1:13".into(),
-            action: Action::Remove,
-            html: String::new(),
-            target: None,
-            timestamp: 0,
-            seq: 1,
-        };
-        let removed = apply_updates(&doc, &[rm]).unwrap();
+        let removed = remove("1:13");
         assert!(removed.contains("<!--*12-->\n  <li>j</li>\n<!--*14-->\n  <li>l</li>\n<!--*15-->"));
     }
 
