@@ -107,6 +107,14 @@ pub(crate) struct Statics {
     /// does: in a loop's item body a client can recompute these from the
     /// item's position, so a shift costs one operation for the whole list.
     pub counters: Vec<u8>,
+    /// The whitespace around the one element a body of these statics is
+    /// when its slots hold inert values (see [`super::tree::run_shape`]):
+    /// what a run needs to know of an item without scanning its HTML.
+    pub run: Option<(Box<str>, Box<str>)>,
+    /// Whether the parts hold nothing a run's scan looks at (`<`, `>`,
+    /// quotes, `/`): a body nested in an item is inert if these are and
+    /// its own slots are.
+    pub inert: bool,
 }
 
 /// The loop counters a client can compute from an item's position `i` (the
@@ -744,6 +752,8 @@ impl<'e> Compiler<'e> {
         }
         let statics = Statics {
             sid: self.next_sid,
+            run: super::tree::run_shape(&parts),
+            inert: parts.iter().all(|p| super::tree::inert(p)),
             parts,
             anchors,
             counters,
