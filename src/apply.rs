@@ -13,7 +13,8 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fragment::counter;
-use crate::fragment::tree::{CLOSE, ItemMarkers, element_len, plain_int, ws_len};
+use crate::fragment::markers::{ItemMarkers, element_len, plain_int, ws_len};
+use crate::fragment::tree::CLOSE;
 use crate::protocol::{Action, Update};
 
 fn bad(msg: impl Into<String>) -> Error {

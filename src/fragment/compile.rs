@@ -108,7 +108,7 @@ pub(crate) struct Statics {
     /// item's position, so a shift costs one operation for the whole list.
     pub counters: Vec<u8>,
     /// The whitespace around the one element a body of these statics is
-    /// when its slots hold inert values (see [`super::tree::run_shape`]):
+    /// when its slots hold inert values (see [`super::markers::run_shape`]):
     /// what a run needs to know of an item without scanning its HTML.
     pub run: Option<(Box<str>, Box<str>)>,
     /// Whether the parts hold nothing a run's scan looks at (`<`, `>`,
@@ -752,8 +752,8 @@ impl<'e> Compiler<'e> {
         }
         let statics = Statics {
             sid: self.next_sid,
-            run: super::tree::run_shape(&parts),
-            inert: parts.iter().all(|p| super::tree::inert(p)),
+            run: super::markers::run_shape(&parts),
+            inert: parts.iter().all(|p| super::markers::inert(p)),
             parts,
             anchors,
             counters,

@@ -78,7 +78,7 @@ fn is_void(name: &[u8]) -> bool {
 /// element, a raw-text one), or `None` if it does not start with a tag or
 /// the element does not close in it. Run over rendered HTML: an item that
 /// is exactly one element needs no marker in a run of them
-/// ([`crate::fragment::tree::ItemMarkers`]).
+/// ([`crate::fragment::markers::ItemMarkers`]).
 ///
 /// Run for every item of a list when a page is written, so it skips from
 /// `<` to `<` and from quote to quote rather than walking every byte.

@@ -15,6 +15,7 @@ mod fresh;
 mod html;
 pub(crate) mod ingest;
 mod lists;
+pub(crate) mod markers;
 mod recursive;
 mod reload;
 mod stream;
