@@ -249,10 +249,10 @@ pub(crate) fn write_list(l: &ListOut, out: &mut String) {
 /// [`ItemMarkers::push`] for an item the engine rendered: its statics may
 /// tell without a scan whether it is one element.
 fn push_item(marks: &mut ItemMarkers, key: &str, body: &BodyOut, html: &str, out: &mut String) {
-    let known = body.statics.run.as_ref().filter(|_| inert_slots(body));
     marks.mark(
         key,
-        || match known {
+        // Asked only for an integer key.
+        || match body.statics.run.as_ref().filter(|_| inert_slots(body)) {
             Some((l, t)) => {
                 debug_assert_eq!(one_element(html), Some((&**l, &**t)), "{html}");
                 Some((l, t))
