@@ -19,7 +19,9 @@
 //!   tab closes and after an instance dies;
 //! - **Redis restarts** mid-run (a redis-server of the test's own, stopped
 //!   and started again on its files): clients are told to reconnect, then
-//!   resume, and nothing answered is lost.
+//!   resume, and nothing answered is lost; once for less than a lease, once
+//!   for two (the instances are taken for gone, and the one that still held
+//!   the session live drops it when its beat comes back).
 //!
 //! Not a libtest harness (`harness = false`): the same binary is the server
 //! when started with `--child`. Needs `STATETEMPLATE_REDIS_URL` (scripts/test.sh
@@ -600,7 +602,7 @@ mod parent {
         let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
         let rt = super::runtime();
         let started = Instant::now();
-        let all: [(&str, Scenario); 7] = [
+        let all: [(&str, Scenario); 8] = [
             ("fan_out_and_resume_elsewhere", |r| {
                 Box::pin(fan_out_and_resume_elsewhere(r))
             }),
@@ -616,6 +618,9 @@ mod parent {
                 Box::pin(three_instances_one_session(r))
             }),
             ("redis_restarts", |r| Box::pin(redis_restarts(r))),
+            ("redis_away_past_the_lease", |r| {
+                Box::pin(redis_away_past_the_lease(r))
+            }),
         ];
         for (name, f) in all {
             if only.as_deref().is_some_and(|o| !name.contains(o)) {
@@ -940,8 +945,21 @@ mod parent {
     /// The test's own redis-server (append-only, fsync always), stopped
     /// (SIGTERM) and started again on its files while clients are on two
     /// instances: they are told to reconnect, resume, and nothing answered
-    /// is lost.
+    /// is lost. Away for less than a lease: no instance is taken for gone.
     async fn redis_restarts(_shared: String) {
+        redis_away(Duration::from_millis(LEASE_MS / 2)).await
+    }
+
+    /// As [`redis_restarts`], away for two leases: both instance keys lapse,
+    /// so B's instance claims the session A's instance still holds live;
+    /// A's instance finds its beat lapsed and drops its copy, and A's tab
+    /// reconnects to the page B's event changed (before, it waited on a
+    /// copy nobody rendered: CI failed on it when a restart took long).
+    async fn redis_away_past_the_lease(_shared: String) {
+        redis_away(Duration::from_millis(LEASE_MS * 2)).await
+    }
+
+    async fn redis_away(outage: Duration) {
         let o = oracle();
         let dir = std::env::temp_dir().join(format!("st-cluster-redis-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -1019,7 +1037,7 @@ mod parent {
             !ta.event(1000).await,
             "an event that cannot be stored is refused"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(outage).await;
         redis = start_redis();
         ready(url.clone()).await;
         tb.open_retry(b, Duration::from_secs(15)).await;

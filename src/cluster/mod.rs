@@ -164,6 +164,11 @@ pub(crate) enum Inbound {
     },
     /// A broadcast, for the engine's receivers.
     Broadcast(Broadcast),
+    /// This instance was taken for gone (its beat lapsed: it stalled, or
+    /// the backend was away longer than a lease), and now beats again:
+    /// another instance may have claimed sessions still live here, so the
+    /// engine checks the lease of each.
+    Lapsed,
 }
 
 /// What a call asks of a session's owner.
@@ -213,6 +218,9 @@ pub(crate) trait Link: Send + Sync + fmt::Debug + 'static {
     async fn release(&self, id: &SessionId) -> Result<()>;
     /// The live owner of `id`, if any (`None`: nobody, or a dead instance).
     async fn owner(&self, id: &SessionId) -> Result<Option<String>>;
+    /// Whether the lease of `id` names this instance (whether or not any
+    /// other named instance still beats).
+    async fn holds(&self, id: &SessionId) -> Result<bool>;
     /// Whether instance `name` beats (cached for a fraction of the lease).
     async fn alive(&self, name: &str) -> bool;
     /// Calls instance `to` about session `sid`; its answer, or an error

@@ -38,6 +38,9 @@ pub(super) async fn serve(engine: Weak<EngineInner>, mut inbox: mpsc::UnboundedR
             Inbound::Broadcast(b) => {
                 let _ = e.bcast.send(b);
             }
+            Inbound::Lapsed => {
+                tokio::spawn(async move { e.check_leases().await });
+            }
             Inbound::Call { from, id, sid, op } => {
                 tokio::spawn(async move {
                     let answer = answer(&e, &sid, op).await;
@@ -257,6 +260,34 @@ impl EngineInner {
                 self.hand_over(s).await;
             }
         }
+    }
+
+    /// After this instance's beat lapsed: every session live here whose
+    /// lease does not name this instance any more (another instance took
+    /// it for gone and claimed it, and may have rendered since) stops here
+    /// (see [`EngineInner::hand_over`]), so its sockets reconnect to the
+    /// page as it is now rather than wait on a copy nobody renders. A
+    /// lease that cannot be read counts as lost: reconnecting costs a
+    /// resume, a stale page would cost what the user sees.
+    pub(super) async fn check_leases(&self) {
+        let Some(l) = &self.cluster else { return };
+        let live: Vec<Arc<SessionInner>> = self.live.iter().map(|s| s.value().clone()).collect();
+        let mut lost = 0usize;
+        for s in &live {
+            let held = l.holds(&s.id).await;
+            if !matches!(held, Ok(true)) {
+                if let Err(e) = &held {
+                    tracing::warn!(sid = %s.id.short(), error = %e, "cluster: lease not readable; session dropped here");
+                }
+                lost += 1;
+                self.hand_over(s).await;
+            }
+        }
+        tracing::info!(
+            live = live.len(),
+            lost,
+            "cluster: leases checked after a lapsed beat"
+        );
     }
 
     /// Connections in each group with members here: of the sessions this

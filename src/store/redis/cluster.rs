@@ -353,16 +353,31 @@ impl RedisLink {
     /// One beat: the instance key, a ping on the subscription connection
     /// (so it reconnects, and resubscribes, after Redis came back), and the
     /// channels no follower needs any more.
+    /// A beat that finds the instance key missing after the first one (a
+    /// gap longer than the lease: other instances took this one for gone)
+    /// tells the engine ([`Inbound::Lapsed`]).
     async fn beat(&self) -> Result<()> {
         let mut c = self.store.conn().await?;
-        ::redis::cmd("SET")
+        let before: Option<::redis::Value> = ::redis::cmd("SET")
             .arg(self.instance_key(&self.shared.me))
             .arg(1)
             .arg("PX")
             .arg(self.opts.lease.as_millis() as u64)
-            .query_async::<()>(&mut c)
+            .arg("GET")
+            .query_async(&mut c)
             .await
             .map_err(|e| self.err("beating", e))?;
+        if matches!(before, None | Some(::redis::Value::Nil)) && *self.ready.borrow() {
+            // Taken for gone: sessions live here may be owned elsewhere
+            // now. The key is back, so no new claim takes them from here
+            // on; the engine checks each once (even if the rest of this
+            // beat fails, the next one would not see the lapse).
+            tracing::warn!(
+                instance = %self.shared.me,
+                "cluster: this instance's beat had lapsed; checking its leases"
+            );
+            self.shared.deliver(Inbound::Lapsed);
+        }
         let mut s = self.subs().await?;
         ::redis::cmd("PING")
             .query_async::<::redis::Value>(&mut s)
@@ -504,6 +519,16 @@ impl Link for RedisLink {
             Some(o) if self.alive(&o).await => Ok(Some(o)),
             _ => Ok(None),
         }
+    }
+
+    async fn holds(&self, id: &SessionId) -> Result<bool> {
+        let mut c = self.store.conn().await?;
+        let o: Option<String> = ::redis::cmd("GET")
+            .arg(self.store.owner_key(id))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| self.err("reading an owner", e))?;
+        Ok(o.as_deref() == Some(self.shared.me.as_str()))
     }
 
     async fn alive(&self, name: &str) -> bool {
