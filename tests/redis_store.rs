@@ -567,3 +567,91 @@ async fn an_instance_claims_sessions_only_once_it_is_announced() {
     }
     assert_eq!(early, 0, "instances that owned a session before they beat");
 }
+
+/// An owner taken for gone while it still held a session live (its beat
+/// lapsed: Redis was away longer than the lease, or the instance stalled),
+/// which another instance then claimed: when its beat comes back it lets
+/// go, so its tab is closed with 4004 and reconnects to the page the new
+/// owner renders, instead of waiting on a copy nobody renders. The lapse is
+/// made by hand: B's name in the lease first, then A's instance key
+/// deleted, so A's next beat finds it missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_beat_lapsed_lets_go_of_sessions_claimed_elsewhere() {
+    use statetemplate::Live;
+    use statetemplate::testing::TestClient;
+    let p = prefix("lapse");
+    let keys = KeyRing::generate().unwrap();
+    let one = || {
+        let s = RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+        let c = s
+            .cluster(
+                statetemplate::cluster::ClusterOptions::default().lease(Duration::from_millis(600)),
+            )
+            .unwrap();
+        let me = c.instance().to_owned();
+        let e = StateTemplate::builder(env())
+            .keys(keys.clone())
+            .store(s)
+            .cluster(c)
+            .build()
+            .unwrap();
+        (me, e)
+    };
+    let ((name_a, a), (name_b, b)) = (one(), one());
+    let init = a.new_session("page.html", &data("t", 2)).await.unwrap();
+    let mut tab = TestClient::connect(&Live::new(a.clone()), &init)
+        .await
+        .unwrap();
+    // A second session A keeps: its lease still names A.
+    let kept = a.new_session("page.html", &data("kept", 1)).await.unwrap();
+    let mut r = raw().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}{}:owner", init.session_id))
+        .arg(&name_b)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{p}inst:{name_a}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // Within a few beats, A lets go of the first session: its tab closes
+    // with 4004 (reconnect), not 4002 (reload).
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tab.closed().is_none() && tokio::time::Instant::now() < end {
+        let _ = tab.next_frame(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tab.closed().map(|c| c.0), Some(4004), "{:?}", tab.closed());
+    assert_eq!(a.live_sessions(), 1, "A keeps the session it still holds");
+    // B renders the session; a tab that reconnects (on A here) sees it.
+    let s = b
+        .get_session(&init.session_id.to_string(), &init.token)
+        .await
+        .unwrap();
+    s.render(&data("from B", 3)).await.unwrap();
+    let want = s.fresh_render().await.unwrap().1;
+    let mut again = TestClient::connect(&Live::new(a.clone()), &init)
+        .await
+        .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while again.html() != want && tokio::time::Instant::now() < end {
+        let _ = again.next_frame(Duration::from_millis(100)).await;
+    }
+    assert_eq!(again.html(), want);
+    // The kept session still renders on A (its lease was never lost).
+    let k = a
+        .get_session(&kept.session_id.to_string(), &kept.token)
+        .await
+        .unwrap();
+    k.render(&data("still A", 1)).await.unwrap();
+    let owner: Option<String> = redis::cmd("GET")
+        .arg(format!("{p}{}:owner", kept.session_id))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(owner.as_deref(), Some(name_a.as_str()));
+    again.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
