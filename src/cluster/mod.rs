@@ -218,9 +218,9 @@ pub(crate) trait Link: Send + Sync + fmt::Debug + 'static {
     async fn release(&self, id: &SessionId) -> Result<()>;
     /// The live owner of `id`, if any (`None`: nobody, or a dead instance).
     async fn owner(&self, id: &SessionId) -> Result<Option<String>>;
-    /// Whether the lease of `id` names this instance (whether or not any
-    /// other named instance still beats).
-    async fn holds(&self, id: &SessionId) -> Result<bool>;
+    /// For each of `ids`, whether its lease names this instance (whether
+    /// or not any other named instance still beats).
+    async fn holds(&self, ids: &[SessionId]) -> Result<Vec<bool>>;
     /// Whether instance `name` beats (cached for a fraction of the lease).
     async fn alive(&self, name: &str) -> bool;
     /// Calls instance `to` about session `sid`; its answer, or an error

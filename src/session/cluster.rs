@@ -273,14 +273,17 @@ impl EngineInner {
         let Some(l) = &self.cluster else { return };
         let live: Vec<Arc<SessionInner>> = self.live.iter().map(|s| s.value().clone()).collect();
         let mut lost = 0usize;
-        for s in &live {
-            let held = l.holds(&s.id).await;
-            if !matches!(held, Ok(true)) {
-                if let Err(e) = &held {
-                    tracing::warn!(sid = %s.id.short(), error = %e, "cluster: lease not readable; session dropped here");
+        for chunk in live.chunks(512) {
+            let ids: Vec<SessionId> = chunk.iter().map(|s| s.id).collect();
+            let held = l.holds(&ids).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, sessions = ids.len(), "cluster: leases not readable; sessions dropped here");
+                vec![false; ids.len()]
+            });
+            for (s, held) in chunk.iter().zip(held) {
+                if !held {
+                    lost += 1;
+                    self.hand_over(s).await;
                 }
-                lost += 1;
-                self.hand_over(s).await;
             }
         }
         tracing::info!(

@@ -521,14 +521,21 @@ impl Link for RedisLink {
         }
     }
 
-    async fn holds(&self, id: &SessionId) -> Result<bool> {
+    async fn holds(&self, ids: &[SessionId]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut c = self.store.conn().await?;
-        let o: Option<String> = ::redis::cmd("GET")
-            .arg(self.store.owner_key(id))
+        let keys: Vec<String> = ids.iter().map(|id| self.store.owner_key(id)).collect();
+        let owners: Vec<Option<String>> = ::redis::cmd("MGET")
+            .arg(&keys)
             .query_async(&mut c)
             .await
-            .map_err(|e| self.err("reading an owner", e))?;
-        Ok(o.as_deref() == Some(self.shared.me.as_str()))
+            .map_err(|e| self.err("reading owners", e))?;
+        Ok(owners
+            .iter()
+            .map(|o| o.as_deref() == Some(self.shared.me.as_str()))
+            .collect())
     }
 
     async fn alive(&self, name: &str) -> bool {
