@@ -1247,13 +1247,16 @@ const examples = {
  * longer follow their attributes and the client itself must set them.
  * (Fixture written by `cargo test --test js_client`.) */
 /** Starts instance `i` of the todos demo in a cluster on the test Redis
- * (STATETEMPLATE_REDIS_URL, under `prefix`), with a 1 s lease. */
+ * (STATETEMPLATE_REDIS_URL, under `prefix`), with a 1 s lease and no
+ * clock: a session renders only on the tabs' events, so an owner can be
+ * idle (the clock's renders would each meet the append fence). */
 async function startInstance(port, prefix) {
   const bin = path.join(ROOT, 'target/debug/examples/todos');
   const p = spawn(bin, [], {
     env: {
       ...process.env, ADDR: `127.0.0.1:${port}`, STATETEMPLATE_DEBUG: '1', STATETEMPLATE_KEYS: KEY,
       STATETEMPLATE_STORE: 'redis', STATETEMPLATE_REDIS_PREFIX: prefix, STATETEMPLATE_LEASE_MS: '1000',
+      STATETEMPLATE_CLOCK_MS: '0',
     },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -1282,7 +1285,9 @@ async function startInstance(port, prefix) {
  * equal to a fresh render after every step from either; text typed in one
  * survives the other's changes; when A is killed, B's click made meanwhile
  * is applied once after B took the session over, and A's tab, once A is
- * back, catches up and keeps what was typed in it. */
+ * back, catches up and keeps what was typed in it; when B then stalls for
+ * longer than the lease, A takes the session, and B's tab, once B resumes,
+ * shows what A rendered, with its typed text. */
 /** Live template edits: the todos demo reads its template from a copy;
  * edited while a page is open, the page shows the edit on its next render
  * (the clock's), with what the user is typing, the focus and the caret
@@ -1407,8 +1412,38 @@ async function twoInstances(browser) {
     await checkFresh(t1, a, 'cluster: tab 1 after A came back', { '#new': 'typing on A' });
     assert((await t1.inputValue('#new')) === 'typing on A', 'cluster: the typed text survived');
     await t1.screenshot({ caret: 'initial', path: path.join(SHOTS, 'cluster-a-back.png') });
+    // B, the owner now, stalls (SIGSTOP) for longer than the lease: A takes
+    // it for gone, tab 1 reconnects and A claims the session; tab 1 adds an
+    // item there while tab 2, on the stalled B, is typed into. When B
+    // resumes, its first beat finds its instance key gone: it lets go of
+    // its copy, and tab 2 reconnects to the page A renders, keeping what
+    // was typed in it. (Before, tab 2 stayed on B's copy, which nobody
+    // rendered any more.)
+    const h1 = await hellos(t1);
+    const h2s = await hellos(t2);
+    await t1.fill('#new', '');
+    process.kill(srvB.pid, 'SIGSTOP');
+    try {
+      await t2.fill('#new', 'typed on B while it stalled');
+      await until(t1, (h) => window.statetemplate.clients[0].hellos > h && document.documentElement.classList.contains('st-connected'), h1, 15000);
+      await t1.fill('#new', 'Added on A while B stalled');
+      await t1.press('#new', 'Enter');
+      await until(t1, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'Added on A while B stalled'));
+      await answered(t1);
+    } finally {
+      process.kill(srvB.pid, 'SIGCONT');
+    }
+    await until(t2, () => [...document.querySelectorAll('#list .text')].some((t) => t.textContent === 'Added on A while B stalled'), undefined, 15000);
+    assert((await hellos(t2)) > h2s, 'cluster: tab 2 reconnected after its instance stalled');
+    await connected(t2);
+    await answered(t2);
+    await checkFresh(t1, a, 'cluster: tab 1 after B stalled');
+    await checkFresh(t2, b, 'cluster: tab 2 after B stalled', { '#new': 'typed on B while it stalled' });
+    assert((await t2.inputValue('#new')) === 'typed on B while it stalled', `cluster: tab 2's typed text after the stall: ${JSON.stringify(await t2.inputValue('#new'))}`);
+    assert(JSON.stringify(await texts(t1)) === JSON.stringify(await texts(t2)), 'cluster: both tabs show the same list after the stall');
+    await t2.screenshot({ caret: 'initial', path: path.join(SHOTS, 'cluster-b-stalled.png') });
     assert(errors.length === 0, `cluster: page errors: ${errors.join('; ')}`);
-    assert(checks - checks0 >= 11, `cluster: ${checks - checks0} checks against a fresh render, expected 11`);
+    assert(checks - checks0 >= 13, `cluster: ${checks - checks0} checks against a fresh render, expected 13`);
     console.log(`ok   cluster (two instances, ${checks - checks0} checks)`);
   } finally {
     await ctx.close();
