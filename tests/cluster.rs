@@ -21,7 +21,10 @@
 //!   and started again on its files): clients are told to reconnect, then
 //!   resume, and nothing answered is lost; once for less than a lease, once
 //!   for two (the instances are taken for gone, and the one that still held
-//!   the session live drops it when its beat comes back).
+//!   the session live drops it when its beat comes back);
+//! - **subscriptions drop** while Redis stays up (`CLIENT KILL TYPE
+//!   pubsub`, 30 times, each right before the owner renders): the
+//!   follower's tab gets every frame.
 //!
 //! Not a libtest harness (`harness = false`): the same binary is the server
 //! when started with `--child`. Needs `STATETEMPLATE_REDIS_URL` (scripts/test.sh
@@ -602,7 +605,7 @@ mod parent {
         let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
         let rt = super::runtime();
         let started = Instant::now();
-        let all: [(&str, Scenario); 8] = [
+        let all: [(&str, Scenario); 9] = [
             ("fan_out_and_resume_elsewhere", |r| {
                 Box::pin(fan_out_and_resume_elsewhere(r))
             }),
@@ -621,6 +624,7 @@ mod parent {
             ("redis_away_past_the_lease", |r| {
                 Box::pin(redis_away_past_the_lease(r))
             }),
+            ("subscriptions_drop", |r| Box::pin(subscriptions_drop(r))),
         ];
         for (name, f) in all {
             if only.as_deref().is_some_and(|o| !name.contains(o)) {
@@ -965,41 +969,9 @@ mod parent {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a directory");
         let port = free_addr().rsplit(':').next().expect("port").to_owned();
-        let start_redis = || {
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port,
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
-                .arg("--dir")
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("redis-server starts (it is on the PATH: scripts/test.sh installs it)")
-        };
+        let start_redis = || spawn_redis(&port, &dir);
         let url = format!("redis://127.0.0.1:{port}");
-        let ready = |url: String| async move {
-            let end = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(url.trim_start_matches("redis://"))
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-                assert!(Instant::now() < end, "redis-server on {url} within 10 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
+        let ready = |url: String| redis_ready(url);
         let mut redis = start_redis();
         ready(url.clone()).await;
         let setup = Setup::new(&url, "restart");
@@ -1061,6 +1033,107 @@ mod parent {
         let pid = redis.id().expect("pid") as i32;
         unsafe_kill_term(pid);
         let _ = redis.wait().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A redis-server of the test's own on `port` (append-only, fsync
+    /// always, its files in `dir`), killed when dropped.
+    fn spawn_redis(port: &str, dir: &std::path::Path) -> tokio::process::Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server starts (it is on the PATH: scripts/test.sh installs it)")
+    }
+
+    /// Waits until the redis-server at `url` accepts connections (10 s).
+    async fn redis_ready(url: String) {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(url.trim_start_matches("redis://"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < end, "redis-server on {url} within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The instances' subscription connections are killed by Redis
+    /// (`CLIENT KILL TYPE pubsub`) while Redis stays up, right before the
+    /// owner renders, 30 times: the follower's tab gets every frame. A
+    /// follower catches up from the store when its connection drops, and
+    /// again once the subscriptions are back, so a frame published in
+    /// between (nothing later would show the gap on an idle page) is not
+    /// missed. Redis of the test's own: the kills reach only its clients.
+    async fn subscriptions_drop(_shared: String) {
+        let o = oracle();
+        let dir = std::env::temp_dir().join(format!("st-cluster-subs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let port = free_addr().rsplit(':').next().expect("port").to_owned();
+        let mut redis = spawn_redis(&port, &dir);
+        let url = format!("redis://127.0.0.1:{port}");
+        redis_ready(url.clone()).await;
+        let setup = Setup::new(&url, "subs");
+        let v = setup.servers(2).await;
+        let (a, b) = (&v[0].addr, &v[1].addr);
+        let (sid, token) = new_session(a, "").await;
+        let mut ta = Tab::new(&sid, &token, "sa");
+        let mut tb = Tab::new(&sid, &token, "sb");
+        assert!(ta.open(a).await && tb.open(b).await);
+        let mut raw = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test's Redis");
+        let mut items = Vec::new();
+        let mut reopened = 0;
+        for n in 1..=30u64 {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut raw)
+                .await
+                .expect("CLIENT KILL");
+            assert!(ta.event(n).await, "the owner's event {n}");
+            items.push(n);
+            let want = fresh(&o, &items);
+            let end = Instant::now() + Duration::from_secs(5);
+            while tb.wire.html() != want {
+                assert!(
+                    Instant::now() < end,
+                    "the follower's tab misses event {n} (it shows {:?})",
+                    tb.wire.html()
+                );
+                if let Some(Got::Closed(_)) = tb.next(Duration::from_millis(500)).await {
+                    reopened += 1;
+                    tb.open_retry(b, Duration::from_secs(10)).await;
+                }
+            }
+        }
+        println!(
+            "  30 drops of the subscription connections; the follower's tab reopened {reopened} times"
+        );
+        assert_eq!(stored(b, &sid).await, items);
+        let _ = redis.kill().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 

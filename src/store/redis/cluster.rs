@@ -73,6 +73,10 @@ struct Shared {
     pending: Mutex<HashMap<u64, oneshot::Sender<std::result::Result<Json, String>>>>,
     follows: Mutex<HashMap<SessionId, Follow>>,
     inbox: Mutex<Option<mpsc::UnboundedSender<Inbound>>>,
+    /// How many times the subscription connection dropped.
+    drops: AtomicU64,
+    /// Wakes the beat when it did.
+    wake: tokio::sync::Notify,
 }
 
 struct Follow {
@@ -89,6 +93,9 @@ pub(super) struct RedisLink {
     order: tokio::sync::Mutex<()>,
     pubsub_client: Client,
     next: AtomicU64,
+    /// The subscription connection's drops (`Shared::drops`) that a ping
+    /// has since shown over: resubscribed.
+    healed: AtomicU64,
     alive: Mutex<HashMap<String, (Instant, bool)>>,
     claim: Script,
     release: Script,
@@ -158,6 +165,8 @@ impl RedisStore {
             pending: Mutex::default(),
             follows: Mutex::default(),
             inbox: Mutex::default(),
+            drops: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         });
         Ok(Cluster {
             link: Arc::new(RedisLink {
@@ -168,6 +177,7 @@ impl RedisStore {
                 order: tokio::sync::Mutex::new(()),
                 pubsub_client,
                 next: AtomicU64::new(1),
+                healed: AtomicU64::new(0),
                 alive: Mutex::default(),
                 claim: Script::new(CLAIM),
                 release: Script::new(RELEASE),
@@ -197,10 +207,11 @@ impl Shared {
             PushKind::Message => {}
             PushKind::Disconnection => {
                 // Messages may be lost until the connection is back: every
-                // follower checks the store for what it missed.
-                for f in self.follows.lock().expect("lock").values() {
-                    let _ = f.tx.send(FeedItem::Lost);
-                }
+                // follower checks the store for what it missed now, and
+                // again once the subscriptions are back (see `beat`).
+                self.drops.fetch_add(1, Ordering::SeqCst);
+                self.lost();
+                self.wake.notify_one();
                 return;
             }
             _ => return,
@@ -274,6 +285,13 @@ impl Shared {
                 Ok(b) => self.deliver(Inbound::Broadcast(b)),
                 Err(_) => tracing::warn!("redis: a broadcast is not valid; ignored"),
             }
+        }
+    }
+
+    /// Tells every follower here that frames may have been missed.
+    fn lost(&self) {
+        for f in self.follows.lock().expect("lock").values() {
+            let _ = f.tx.send(FeedItem::Lost);
         }
     }
 
@@ -379,10 +397,20 @@ impl RedisLink {
             self.shared.deliver(Inbound::Lapsed);
         }
         let mut s = self.subs().await?;
+        let drops = self.shared.drops.load(Ordering::SeqCst);
         ::redis::cmd("PING")
             .query_async::<::redis::Value>(&mut s)
             .await
             .map_err(|e| self.err("pinging subscriptions", e))?;
+        if drops > self.healed.swap(drops, Ordering::SeqCst) {
+            // The connection is back, and redis-rs resubscribed before it
+            // let the ping through. A follower that caught up when the
+            // connection dropped may have missed frames published after
+            // its catch-up and before the subscriptions were back (an idle
+            // session sends no later frame to show the gap): each checks
+            // the store once more.
+            self.shared.lost();
+        }
         let _order = self.order.lock().await;
         let idle: Vec<SessionId> = {
             let mut f = self.shared.follows.lock().expect("lock");
@@ -434,8 +462,15 @@ impl RedisLink {
                     Err(e) => tracing::warn!(error = %e, "cluster: beat failed"),
                 }
             }
+            let shared = l.shared.clone();
             drop(l);
-            tokio::time::sleep(every).await;
+            // The next beat comes early when the subscription connection
+            // dropped: its ping waits for the reconnection, and then the
+            // followers check the store at once (see `beat`).
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shared.wake.notified() => {}
+            }
         }
     }
 
