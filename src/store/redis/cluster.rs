@@ -371,6 +371,7 @@ impl RedisLink {
     /// One beat: the instance key, a ping on the subscription connection
     /// (so it reconnects, and resubscribes, after Redis came back), and the
     /// channels no follower needs any more.
+    ///
     /// A beat that finds the instance key missing after the first one (a
     /// gap longer than the lease: other instances took this one for gone)
     /// tells the engine ([`Inbound::Lapsed`]).
