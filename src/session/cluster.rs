@@ -349,6 +349,13 @@ impl StateTemplate {
     /// the sessions it concerns there (say, `engine.group(topic)`): each
     /// instance renders only the sessions it owns, so a broadcast costs one
     /// message per instance and one render per session.
+    ///
+    /// At most once: with Redis, broadcasts are pub/sub messages, which
+    /// Redis does not keep, so an instance whose subscription connection is
+    /// down while one is sent (Redis restarting, a network cut) never gets
+    /// it. Render what must reach every page from data the app keeps (a
+    /// database, the sessions' own data), using the broadcast as the cue;
+    /// frames, unlike broadcasts, are kept, and followers catch up on them.
     pub async fn broadcast<M: Serialize + ?Sized>(&self, topic: &str, message: &M) -> Result<()> {
         let b = Broadcast {
             topic: topic.to_owned(),
