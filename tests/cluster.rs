@@ -216,8 +216,10 @@ mod child {
                     let e = e5.clone();
                     async move {
                         let n: u64 = arg(&q, "n").parse().unwrap();
-                        e.broadcast(&arg(&q, "topic"), &n).await.unwrap();
-                        "ok"
+                        match e.broadcast(&arg(&q, "topic"), &n).await {
+                            Ok(()) => "ok".to_owned(),
+                            Err(e) => format!("error: {e}"),
+                        }
                     }
                 }),
             )
@@ -605,7 +607,7 @@ mod parent {
         let only = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
         let rt = super::runtime();
         let started = Instant::now();
-        let all: [(&str, Scenario); 9] = [
+        let all: [(&str, Scenario); 10] = [
             ("fan_out_and_resume_elsewhere", |r| {
                 Box::pin(fan_out_and_resume_elsewhere(r))
             }),
@@ -625,6 +627,9 @@ mod parent {
                 Box::pin(redis_away_past_the_lease(r))
             }),
             ("subscriptions_drop", |r| Box::pin(subscriptions_drop(r))),
+            ("broadcasts_survive_drops", |r| {
+                Box::pin(broadcasts_survive_drops(r))
+            }),
         ];
         for (name, f) in all {
             if only.as_deref().is_some_and(|o| !name.contains(o)) {
@@ -1133,6 +1138,101 @@ mod parent {
             "  30 drops of the subscription connections; the follower's tab reopened {reopened} times"
         );
         assert_eq!(stored(b, &sid).await, items);
+        let _ = redis.kill().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Broadcasts while Redis drops the instances' connections that carry
+    /// them: the subscription connections (`CLIENT KILL TYPE pubsub`, which
+    /// carried broadcasts before) and the broadcast readers' (found by
+    /// their name in `CLIENT LIST`) are killed right before instance A
+    /// broadcasts, 20 times; the session in the group, on B, renders every
+    /// broadcast once. With pub/sub, a broadcast sent while B's
+    /// subscription was reconnecting was lost; the stream keeps it for B's
+    /// next read. (The store's own connections are left alone: a render
+    /// whose append meets a connection killed under it fails, and is the
+    /// app's to retry.)
+    async fn broadcasts_survive_drops(_shared: String) {
+        let o = oracle();
+        let dir = std::env::temp_dir().join(format!("st-cluster-bcast-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let port = free_addr().rsplit(':').next().expect("port").to_owned();
+        let mut redis = spawn_redis(&port, &dir);
+        let url = format!("redis://127.0.0.1:{port}");
+        redis_ready(url.clone()).await;
+        let setup = Setup::new(&url, "bdrop");
+        let v = setup.servers(2).await;
+        let (a, b) = (&v[0].addr, &v[1].addr);
+        let (sid, token) = new_session(b, "g").await;
+        let mut tab = Tab::new(&sid, &token, "g1");
+        assert!(tab.open(b).await);
+        let mut raw = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test's Redis");
+        let mut items = Vec::new();
+        let mut retried = 0;
+        for n in 1..=20u64 {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query_async(&mut raw)
+                .await
+                .expect("CLIENT KILL");
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut raw)
+                .await
+                .expect("CLIENT LIST");
+            let readers: Vec<&str> = list
+                .lines()
+                .filter(|l| l.contains(" name=statetemplate-broadcasts "))
+                .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .collect();
+            assert_eq!(readers.len(), 2, "one broadcast reader an instance");
+            for id in readers {
+                let _: redis::Value = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("ID")
+                    .arg(id)
+                    .query_async(&mut raw)
+                    .await
+                    .expect("CLIENT KILL ID");
+            }
+            // A broadcast that fails (A's connection was just killed) is
+            // sent again: the caller gets the error, nothing is sent.
+            let end = Instant::now() + Duration::from_secs(5);
+            loop {
+                let r = http_get(a, &format!("/bcast?topic=g&n={n}")).await;
+                if r == "ok" {
+                    break;
+                }
+                assert!(Instant::now() < end, "broadcast {n}: {r}");
+                retried += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            items.push(n);
+            let want = fresh(&o, &items);
+            let end = Instant::now() + Duration::from_secs(5);
+            while tab.wire.html() != want {
+                assert!(
+                    Instant::now() < end,
+                    "broadcast {n} did not reach the session on B (it shows {:?})",
+                    tab.wire.html()
+                );
+                if let Some(Got::Closed(_)) = tab.next(Duration::from_millis(500)).await {
+                    tab.open_retry(b, Duration::from_secs(10)).await;
+                }
+            }
+        }
+        println!(
+            "  20 drops of the connections that carry broadcasts; {retried} broadcasts sent again after an error"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stored(b, &sid).await, items, "each broadcast rendered once");
         let _ = redis.kill().await;
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -350,12 +350,13 @@ impl StateTemplate {
     /// instance renders only the sessions it owns, so a broadcast costs one
     /// message per instance and one render per session.
     ///
-    /// At most once: with Redis, broadcasts are pub/sub messages, which
-    /// Redis does not keep, so an instance whose subscription connection is
-    /// down while one is sent (Redis restarting, a network cut) never gets
-    /// it. Render what must reach every page from data the app keeps (a
-    /// database, the sessions' own data), using the broadcast as the cue;
-    /// frames, unlike broadcasts, are kept, and followers catch up on them.
+    /// Once each, in order, on every instance running when it is sent:
+    /// with Redis, broadcasts go through a stream that each instance reads
+    /// from the last entry it saw, so one whose connection drops gets them
+    /// when it is back. Not kept for instances started later, nor past
+    /// about the last 10,000. A render a broadcast asks for can still fail
+    /// (the store unreachable): [`Session::update`] says so, and it is the
+    /// app's to retry.
     pub async fn broadcast<M: Serialize + ?Sized>(&self, topic: &str, message: &M) -> Result<()> {
         let b = Broadcast {
             topic: topic.to_owned(),

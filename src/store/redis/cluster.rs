@@ -19,7 +19,8 @@
 //!   `ID` as `"<seq> <frame>"`, in the same step as it stores it.
 //! - channel `Prpc:<NAME>`: calls to instance `NAME` and the answers to its
 //!   calls (JSON).
-//! - channel `Pbcast`: broadcasts.
+//! - stream `Pbcast`: broadcasts (see `bcast.rs`: a stream, so that an
+//!   instance whose connection dropped still gets them).
 //!
 //! Subscriptions use a second connection in RESP3 (redis-rs's connection
 //! manager with a push sender and automatic resubscription): one
@@ -100,6 +101,10 @@ pub(super) struct RedisLink {
     claim: Script,
     release: Script,
     beat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The broadcasts' reader (`bcast.rs`).
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Becomes `true` once the reader knows where it starts.
+    reading: Arc<tokio::sync::watch::Sender<bool>>,
     /// Becomes `true` after the first beat: the instance key says this
     /// instance is alive, and it listens for calls. Before that, other
     /// instances would take it for gone, so it claims nothing.
@@ -182,6 +187,8 @@ impl RedisStore {
                 claim: Script::new(CLAIM),
                 release: Script::new(RELEASE),
                 beat: Mutex::new(None),
+                reader: Mutex::new(None),
+                reading: Arc::new(tokio::sync::watch::channel(false).0),
                 ready: tokio::sync::watch::channel(false).0,
             }),
         })
@@ -279,11 +286,6 @@ impl Shared {
             match call {
                 Some(c) => self.deliver(c),
                 None => tracing::warn!("redis: a call is not valid; ignored"),
-            }
-        } else if ch == self.bcast {
-            match serde_json::from_slice::<Broadcast>(&body) {
-                Ok(b) => self.deliver(Inbound::Broadcast(b)),
-                Err(_) => tracing::warn!("redis: a broadcast is not valid; ignored"),
             }
         }
     }
@@ -445,11 +447,7 @@ impl RedisLink {
             let Some(l) = link.upgrade() else { return };
             let every = l.opts.lease / 3;
             if !listening {
-                let ok = async {
-                    l.subscribe(&l.shared.rpc).await?;
-                    l.subscribe(&l.shared.bcast).await
-                }
-                .await;
+                let ok = l.subscribe(&l.shared.rpc).await;
                 match ok {
                     Ok(()) => listening = true,
                     Err(e) => tracing::warn!(error = %e, "cluster: not listening yet"),
@@ -513,6 +511,22 @@ impl Link for RedisLink {
         *self.shared.inbox.lock().expect("lock") = Some(inbox);
         let task = tokio::spawn(RedisLink::run(Arc::downgrade(&self)));
         *self.beat.lock().expect("lock") = Some(task);
+        let (weak, reading) = (Arc::downgrade(&self.shared), self.reading.clone());
+        let (alive, deliver) = (weak.clone(), weak);
+        let reader = tokio::spawn(super::bcast::read(
+            self.store.clone(),
+            self.shared.bcast.clone(),
+            move || alive.strong_count() > 0,
+            move |b| {
+                if let Some(s) = deliver.upgrade() {
+                    s.deliver(Inbound::Broadcast(b));
+                }
+            },
+            move || {
+                reading.send_replace(true);
+            },
+        ));
+        *self.reader.lock().expect("lock") = Some(reader);
     }
 
     async fn ready(&self) -> Result<()> {
@@ -680,8 +694,19 @@ impl Link for RedisLink {
 
     async fn broadcast(&self, b: &Broadcast) -> Result<()> {
         let body = serde_json::to_string(b).map_err(|e| Error::store("cluster: broadcast", e))?;
-        self.publish(&self.shared.bcast, &body).await?;
-        Ok(())
+        // This instance's own reader must know where it starts first, or
+        // it would skip what is sent now.
+        let mut rx = self.reading.subscribe();
+        if tokio::time::timeout(self.opts.call_timeout, rx.wait_for(|r| *r))
+            .await
+            .is_err()
+        {
+            return Err(Error::new(
+                ErrorKind::Store,
+                "redis cluster: this instance does not read broadcasts yet; is Redis reachable?",
+            ));
+        }
+        super::bcast::send(&self.store, &self.shared.bcast, &body).await
     }
 
     async fn push(&self, id: &SessionId, frame: &str) -> Result<()> {
@@ -776,6 +801,9 @@ impl Link for RedisLink {
 
     async fn stop(&self) {
         if let Some(h) = self.beat.lock().expect("lock").take() {
+            h.abort();
+        }
+        if let Some(h) = self.reader.lock().expect("lock").take() {
             h.abort();
         }
         if let Ok(mut c) = self.store.conn().await {

@@ -106,6 +106,7 @@ use crate::fragment::Delta;
 use crate::id::SessionId;
 use crate::{Error, ErrorKind, Result};
 
+mod bcast;
 mod cluster;
 mod scripts;
 
