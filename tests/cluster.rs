@@ -1080,6 +1080,88 @@ mod parent {
         }
     }
 
+    /// A redis-server of the test's own (see [`spawn_redis`]), with a
+    /// plain connection to it for commands the test sends itself.
+    struct OwnRedis {
+        child: tokio::process::Child,
+        url: String,
+        dir: std::path::PathBuf,
+        raw: redis::aio::MultiplexedConnection,
+    }
+
+    impl OwnRedis {
+        async fn start(name: &str) -> OwnRedis {
+            let dir =
+                std::env::temp_dir().join(format!("st-cluster-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("a directory");
+            let port = free_addr().rsplit(':').next().expect("port").to_owned();
+            let child = spawn_redis(&port, &dir);
+            let url = format!("redis://127.0.0.1:{port}");
+            redis_ready(url.clone()).await;
+            let raw = redis::Client::open(url.as_str())
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("a connection to the test's Redis");
+            OwnRedis {
+                child,
+                url,
+                dir,
+                raw,
+            }
+        }
+
+        /// `CLIENT KILL` with `filter` (say `["TYPE", "pubsub"]`).
+        async fn kill(&mut self, filter: &[&str]) {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg(filter)
+                .query_async(&mut self.raw)
+                .await
+                .expect("CLIENT KILL");
+        }
+
+        /// The ids of the clients named `name` (`CLIENT LIST`).
+        async fn named(&mut self, name: &str) -> Vec<String> {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut self.raw)
+                .await
+                .expect("CLIENT LIST");
+            let field = format!(" name={name} ");
+            list.lines()
+                .filter(|l| l.contains(&field))
+                .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                .map(str::to_owned)
+                .collect()
+        }
+
+        async fn stop(mut self) {
+            let _ = self.child.kill().await;
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Reads `tab`'s frames until its page is `want` (within 5 s), opening
+    /// it again on `addr` when the server closes it.
+    async fn reaches(tab: &mut Tab, addr: &str, want: &str, what: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut reopened = false;
+        while tab.wire.html() != want {
+            assert!(
+                Instant::now() < end,
+                "{what} did not reach the tab (it shows {:?})",
+                tab.wire.html()
+            );
+            if let Some(Got::Closed(_)) = tab.next(Duration::from_millis(500)).await {
+                reopened = true;
+                tab.open_retry(addr, Duration::from_secs(10)).await;
+            }
+        }
+        reopened
+    }
+
     /// The instances' subscription connections are killed by Redis
     /// (`CLIENT KILL TYPE pubsub`) while Redis stays up, right before the
     /// owner renders, 30 times: the follower's tab gets every frame. A
@@ -1089,57 +1171,28 @@ mod parent {
     /// missed. Redis of the test's own: the kills reach only its clients.
     async fn subscriptions_drop(_shared: String) {
         let o = oracle();
-        let dir = std::env::temp_dir().join(format!("st-cluster-subs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory");
-        let port = free_addr().rsplit(':').next().expect("port").to_owned();
-        let mut redis = spawn_redis(&port, &dir);
-        let url = format!("redis://127.0.0.1:{port}");
-        redis_ready(url.clone()).await;
-        let setup = Setup::new(&url, "subs");
+        let mut redis = OwnRedis::start("subs").await;
+        let setup = Setup::new(&redis.url, "subs");
         let v = setup.servers(2).await;
         let (a, b) = (&v[0].addr, &v[1].addr);
         let (sid, token) = new_session(a, "").await;
         let mut ta = Tab::new(&sid, &token, "sa");
         let mut tb = Tab::new(&sid, &token, "sb");
         assert!(ta.open(a).await && tb.open(b).await);
-        let mut raw = redis::Client::open(url.as_str())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a connection to the test's Redis");
         let mut items = Vec::new();
         let mut reopened = 0;
         for n in 1..=30u64 {
-            let _: redis::Value = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut raw)
-                .await
-                .expect("CLIENT KILL");
+            redis.kill(&["TYPE", "pubsub"]).await;
             assert!(ta.event(n).await, "the owner's event {n}");
             items.push(n);
             let want = fresh(&o, &items);
-            let end = Instant::now() + Duration::from_secs(5);
-            while tb.wire.html() != want {
-                assert!(
-                    Instant::now() < end,
-                    "the follower's tab misses event {n} (it shows {:?})",
-                    tb.wire.html()
-                );
-                if let Some(Got::Closed(_)) = tb.next(Duration::from_millis(500)).await {
-                    reopened += 1;
-                    tb.open_retry(b, Duration::from_secs(10)).await;
-                }
-            }
+            reopened += usize::from(reaches(&mut tb, b, &want, &format!("event {n}")).await);
         }
         println!(
             "  30 drops of the subscription connections; the follower's tab reopened {reopened} times"
         );
         assert_eq!(stored(b, &sid).await, items);
-        let _ = redis.kill().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        redis.stop().await;
     }
 
     /// Broadcasts while Redis drops the instances' connections that carry
@@ -1154,53 +1207,21 @@ mod parent {
     /// app's to retry.)
     async fn broadcasts_survive_drops(_shared: String) {
         let o = oracle();
-        let dir = std::env::temp_dir().join(format!("st-cluster-bcast-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a directory");
-        let port = free_addr().rsplit(':').next().expect("port").to_owned();
-        let mut redis = spawn_redis(&port, &dir);
-        let url = format!("redis://127.0.0.1:{port}");
-        redis_ready(url.clone()).await;
-        let setup = Setup::new(&url, "bdrop");
+        let mut redis = OwnRedis::start("bcast").await;
+        let setup = Setup::new(&redis.url, "bdrop");
         let v = setup.servers(2).await;
         let (a, b) = (&v[0].addr, &v[1].addr);
         let (sid, token) = new_session(b, "g").await;
         let mut tab = Tab::new(&sid, &token, "g1");
         assert!(tab.open(b).await);
-        let mut raw = redis::Client::open(url.as_str())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a connection to the test's Redis");
         let mut items = Vec::new();
         let mut retried = 0;
         for n in 1..=20u64 {
-            let _: redis::Value = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut raw)
-                .await
-                .expect("CLIENT KILL");
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut raw)
-                .await
-                .expect("CLIENT LIST");
-            let readers: Vec<&str> = list
-                .lines()
-                .filter(|l| l.contains(" name=statetemplate-broadcasts "))
-                .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-                .collect();
+            redis.kill(&["TYPE", "pubsub"]).await;
+            let readers = redis.named("statetemplate-broadcasts").await;
             assert_eq!(readers.len(), 2, "one broadcast reader an instance");
             for id in readers {
-                let _: redis::Value = redis::cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("ID")
-                    .arg(id)
-                    .query_async(&mut raw)
-                    .await
-                    .expect("CLIENT KILL ID");
+                redis.kill(&["ID", &id]).await;
             }
             // A broadcast that fails (A's connection was just killed) is
             // sent again: the caller gets the error, nothing is sent.
@@ -1216,25 +1237,14 @@ mod parent {
             }
             items.push(n);
             let want = fresh(&o, &items);
-            let end = Instant::now() + Duration::from_secs(5);
-            while tab.wire.html() != want {
-                assert!(
-                    Instant::now() < end,
-                    "broadcast {n} did not reach the session on B (it shows {:?})",
-                    tab.wire.html()
-                );
-                if let Some(Got::Closed(_)) = tab.next(Duration::from_millis(500)).await {
-                    tab.open_retry(b, Duration::from_secs(10)).await;
-                }
-            }
+            reaches(&mut tab, b, &want, &format!("broadcast {n}")).await;
         }
         println!(
             "  20 drops of the connections that carry broadcasts; {retried} broadcasts sent again after an error"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(stored(b, &sid).await, items, "each broadcast rendered once");
-        let _ = redis.kill().await;
-        let _ = std::fs::remove_dir_all(&dir);
+        redis.stop().await;
     }
 
     fn unsafe_kill_term(pid: i32) {
