@@ -1218,8 +1218,19 @@ mod parent {
         let mut retried = 0;
         for n in 1..=20u64 {
             redis.kill(&["TYPE", "pubsub"]).await;
-            let readers = redis.named("statetemplate-broadcasts").await;
-            assert_eq!(readers.len(), 2, "one broadcast reader an instance");
+            // Both readers are connected again (from the last kill).
+            let end = Instant::now() + Duration::from_secs(5);
+            let readers = loop {
+                let r = redis.named("statetemplate-broadcasts").await;
+                if r.len() == 2 {
+                    break r;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "one broadcast reader an instance: {r:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
             for id in readers {
                 redis.kill(&["ID", &id]).await;
             }

@@ -63,6 +63,9 @@ pub(super) async fn read(
     let mut started = Some(started);
     let mut conn: Option<MultiplexedConnection> = None;
     let mut last: Option<String> = None;
+    // Failed reads in a row: the wait before the next one doubles (100 ms
+    // to 2 s), and only the first of an outage is logged as a warning.
+    let mut failed = 0u32;
     while alive() {
         let step = read_once(&store, &key, &mut conn, &mut last, || {
             if let Some(f) = started.take() {
@@ -71,6 +74,7 @@ pub(super) async fn read(
         });
         match step.await {
             Ok(entries) => {
+                failed = 0;
                 for (id, body) in entries {
                     match serde_json::from_slice::<Broadcast>(&body) {
                         Ok(b) => deliver(b),
@@ -80,8 +84,14 @@ pub(super) async fn read(
             }
             Err(e) => {
                 conn = None;
-                tracing::warn!(error = %e, "cluster: reading broadcasts; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if failed == 0 {
+                    tracing::warn!(error = %e, "cluster: reading broadcasts; retrying");
+                } else {
+                    tracing::debug!(error = %e, failed, "cluster: reading broadcasts; retrying");
+                }
+                let wait = Duration::from_millis(100 << failed.min(4)).min(Duration::from_secs(2));
+                failed = failed.saturating_add(1);
+                tokio::time::sleep(wait).await;
             }
         }
     }
