@@ -104,7 +104,7 @@ pub(super) struct RedisLink {
     /// The broadcasts' reader (`bcast.rs`).
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Becomes `true` once the reader knows where it starts.
-    reading: Arc<tokio::sync::watch::Sender<bool>>,
+    reading: tokio::sync::watch::Sender<bool>,
     /// Becomes `true` after the first beat: the instance key says this
     /// instance is alive, and it listens for calls. Before that, other
     /// instances would take it for gone, so it claims nothing.
@@ -188,7 +188,7 @@ impl RedisStore {
                 release: Script::new(RELEASE),
                 beat: Mutex::new(None),
                 reader: Mutex::new(None),
-                reading: Arc::new(tokio::sync::watch::channel(false).0),
+                reading: tokio::sync::watch::channel(false).0,
                 ready: tokio::sync::watch::channel(false).0,
             }),
         })
@@ -304,6 +304,23 @@ impl Shared {
     }
 }
 
+/// Waits (at most `within`) until `flag` is `true`; else a `Store` error
+/// saying `why`.
+async fn until(
+    flag: &tokio::sync::watch::Sender<bool>,
+    within: Duration,
+    why: &'static str,
+) -> Result<()> {
+    if *flag.borrow() {
+        return Ok(());
+    }
+    let mut rx = flag.subscribe();
+    match tokio::time::timeout(within, rx.wait_for(|r| *r)).await {
+        Ok(Ok(_)) => Ok(()),
+        _ => Err(Error::new(ErrorKind::Store, why)),
+    }
+}
+
 fn bytes(v: ::redis::Value) -> Option<Vec<u8>> {
     match v {
         ::redis::Value::BulkString(b) => Some(b),
@@ -321,17 +338,12 @@ impl RedisLink {
     /// instances cannot see yet must not own sessions, or the first of them
     /// to open one would take it over while this one still serves it.
     async fn until_ready(&self) -> Result<()> {
-        if *self.ready.borrow() {
-            return Ok(());
-        }
-        let mut rx = self.ready.subscribe();
-        match tokio::time::timeout(self.opts.lease, rx.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::new(
-                ErrorKind::Store,
-                "redis cluster: this instance has not announced itself yet (no beat within a lease); is Redis reachable?",
-            )),
-        }
+        until(
+            &self.ready,
+            self.opts.lease,
+            "redis cluster: this instance has not announced itself yet (no beat within a lease); is Redis reachable?",
+        )
+        .await
     }
 
     fn instance_key(&self, name: &str) -> String {
@@ -379,7 +391,7 @@ impl RedisLink {
     /// tells the engine ([`Inbound::Lapsed`]).
     async fn beat(&self) -> Result<()> {
         let mut c = self.store.conn().await?;
-        let before: Option<::redis::Value> = ::redis::cmd("SET")
+        let before: Option<String> = ::redis::cmd("SET")
             .arg(self.instance_key(&self.shared.me))
             .arg(1)
             .arg("PX")
@@ -388,7 +400,7 @@ impl RedisLink {
             .query_async(&mut c)
             .await
             .map_err(|e| self.err("beating", e))?;
-        if matches!(before, None | Some(::redis::Value::Nil)) && *self.ready.borrow() {
+        if before.is_none() && *self.ready.borrow() {
             // Taken for gone: sessions live here may be owned elsewhere
             // now. The key is back, so no new claim takes them from here
             // on; the engine checks each once (even if the rest of this
@@ -696,16 +708,12 @@ impl Link for RedisLink {
         let body = serde_json::to_string(b).map_err(|e| Error::store("cluster: broadcast", e))?;
         // This instance's own reader must know where it starts first, or
         // it would skip what is sent now.
-        let mut rx = self.reading.subscribe();
-        if tokio::time::timeout(self.opts.call_timeout, rx.wait_for(|r| *r))
-            .await
-            .is_err()
-        {
-            return Err(Error::new(
-                ErrorKind::Store,
-                "redis cluster: this instance does not read broadcasts yet; is Redis reachable?",
-            ));
-        }
+        until(
+            &self.reading,
+            self.opts.call_timeout,
+            "redis cluster: this instance does not read broadcasts yet; is Redis reachable?",
+        )
+        .await?;
         super::bcast::send(&self.store, &self.shared.bcast, &body).await
     }
 
