@@ -73,6 +73,22 @@ async fn app() -> App {
             }
         },
     );
+    let s3 = seen.clone();
+    let live = live.on_upload(
+        "slow",
+        UploadOptions::new(1000).dir(&dir),
+        move |_ctx: EventCtx, up| {
+            let seen = s3.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let bytes = up.bytes().await?;
+                seen.lock()
+                    .unwrap()
+                    .push((up.file_name().to_owned(), "slow".to_owned(), bytes));
+                Ok(())
+            }
+        },
+    );
     let live = live.on_upload(
         "one",
         UploadOptions::new(1000).max_parallel(1).dir(&dir),
@@ -151,6 +167,23 @@ async fn post(
             return (0, Json::Null);
         }
     }
+    answer(&mut s).await
+}
+
+/// Asks what became of upload `id` of upload `name`.
+async fn cancel(app: &App, name: &str, token: &str, origin: &str, id: Option<&str>) -> (u16, Json) {
+    let mut s = TcpStream::connect(&app.addr).await.unwrap();
+    let id = id.map_or(String::new(), |id| format!("X-St-Upload-Id: {id}\r\n"));
+    let req = format!(
+        "POST /statetemplate/upload/{name}/cancel?sid={}&token={token} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\n{id}Content-Length: 0\r\n\r\n",
+        app.initial.session_id, app.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    answer(&mut s).await
+}
+
+/// A response's status and JSON body.
+async fn answer(s: &mut TcpStream) -> (u16, Json) {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -369,5 +402,105 @@ async fn uploads_in_flight_are_bounded() {
     .await;
     assert_eq!(status, 200, "then the next one");
     assert!(leftovers(&a.dir).is_empty());
+    let _ = std::fs::remove_dir_all(&a.dir);
+}
+
+#[tokio::test]
+async fn a_cancel_says_what_became_of_the_upload() {
+    let a = app().await;
+    let origin = format!("http://{}", a.addr);
+    let token = a.initial.token.clone();
+    let cancelled = serde_json::json!({"cancelled": true});
+
+    // Cancelled while it arrives: the rest of the body is refused.
+    let mut s = TcpStream::connect(&a.addr).await.unwrap();
+    let head = format!(
+        "POST /statetemplate/upload/doc?sid={}&token={token} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\nContent-Type: text/plain\r\nX-St-Upload-Id: arriving\r\nContent-Length: 10\r\n\r\nhello",
+        a.initial.session_id, a.addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, j) = cancel(&a, "doc", &token, &origin, Some("arriving")).await;
+    assert_eq!((status, &j), (200, &cancelled), "while it arrives");
+    s.write_all(b"world").await.unwrap();
+    let (status, j) = answer(&mut s).await;
+    assert_eq!(status, 409, "the rest came after the cancel: {j}");
+    assert_eq!(j["error"], "The upload was cancelled.");
+
+    // Cancelled before it arrived (the cancel overtook it).
+    let (status, j) = cancel(&a, "doc", &token, &origin, Some("late")).await;
+    assert_eq!((status, &j), (200, &cancelled), "before it arrives");
+    let with = [("Content-Type", "text/plain"), ("X-St-Upload-Id", "late")];
+    let (status, j) = post(&a, "doc", &token, &origin, &with, Body::Whole(b"hi")).await;
+    assert_eq!(status, 409, "{j}");
+    assert!(a.seen.lock().unwrap().is_empty(), "no handler ran");
+
+    // Cancelled after its handler ran: the handler's answer, not a lie.
+    let with = [("Content-Type", "text/plain"), ("X-St-Upload-Id", "kept")];
+    let (status, j) = post(&a, "doc", &token, &origin, &with, Body::Whole(b"hi")).await;
+    assert_eq!(status, 200, "{j}");
+    let (status, j) = cancel(&a, "doc", &token, &origin, Some("kept")).await;
+    assert_eq!(status, 200);
+    assert_eq!(j, serde_json::json!({"ok": true, "reply": "thanks"}));
+    let (status, j) = post(&a, "doc", &token, &origin, &with, Body::Whole(b"hi")).await;
+    assert_eq!(status, 409, "an id is used once: {j}");
+    let refused = [("Content-Type", "text/plain"), ("X-St-Upload-Id", "virus")];
+    let (status, _) = post(&a, "doc", &token, &origin, &refused, Body::Whole(b"virus")).await;
+    assert_eq!(status, 422);
+    let (status, j) = cancel(&a, "doc", &token, &origin, Some("virus")).await;
+    assert_eq!(
+        (status, j["error"].as_str()),
+        (422, Some("That file is refused."))
+    );
+
+    // The browser goes away once the whole file is sent, while the handler
+    // runs: the handler still runs to its end, and the cancel waits for it.
+    let mut s = TcpStream::connect(&a.addr).await.unwrap();
+    let head = format!(
+        "POST /statetemplate/upload/slow?sid={}&token={token} HTTP/1.1\r\nHost: {}\r\nOrigin: {origin}\r\nConnection: close\r\nX-St-Upload-Id: gone\r\nContent-Length: 4\r\n\r\nslow",
+        a.initial.session_id, a.addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    let (status, j) = cancel(&a, "slow", &token, &origin, Some("gone")).await;
+    assert_eq!(
+        (status, &j),
+        (200, &serde_json::json!({"ok": true})),
+        "waited for the handler"
+    );
+    assert!(
+        a.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, kind, b)| kind == "slow" && b == b"slow"),
+        "the handler ran to its end"
+    );
+
+    // Bad cancels.
+    let (status, _) = cancel(&a, "doc", &token, &origin, None).await;
+    assert_eq!(status, 400, "no id");
+    let (status, _) = cancel(&a, "doc", &token, &origin, Some("a/b")).await;
+    assert_eq!(status, 400, "a bad id");
+    let (status, _) = cancel(&a, "doc", &token, &origin, Some(&"x".repeat(65))).await;
+    assert_eq!(status, 400, "a long id");
+    let (status, _) = cancel(&a, "doc", "bad", &origin, Some("x")).await;
+    assert_eq!(status, 401, "a bad token");
+    let (status, _) = cancel(&a, "doc", &token, "http://evil.example", Some("x")).await;
+    assert_eq!(status, 403, "another origin");
+    let (status, _) = cancel(&a, "nope", &token, &origin, Some("x")).await;
+    assert_eq!(status, 404, "no such upload");
+    let (status, j) = post(
+        &a,
+        "doc",
+        &token,
+        &origin,
+        &[("X-St-Upload-Id", "a b")],
+        Body::Whole(b"x"),
+    )
+    .await;
+    assert_eq!(status, 400, "an upload with a bad id: {j}");
+    assert!(leftovers(&a.dir).is_empty(), "{:?}", leftovers(&a.dir));
     let _ = std::fs::remove_dir_all(&a.dir);
 }

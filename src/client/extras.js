@@ -133,8 +133,10 @@
    * st-upload=NAME> goes to {prefix}/upload/NAME over HTTP, one at a time,
    * with the session's token. A <progress st-upload-progress=NAME> shows
    * its progress (and goes back to what the server rendered after), an
-   * element with st-upload-cancel=NAME aborts it (until it is sent whole:
-   * then the server has it, and it ends as it ends), and the input fires
+   * element with st-upload-cancel=NAME aborts it (until it is sent whole)
+   * and then asks the server what became of it (stopped before its handler,
+   * or the handler's answer: "cancelled" is never said of a file the
+   * server kept), and the input fires
    * st:upload events ({name, file, loaded, total, done, error}). A refusal
    * shows in the page's [st-flash] element. */
   var sending = {};
@@ -155,22 +157,37 @@
       upload(c, name, input, files);
     };
     sending[name] = x;
-    x.open('POST', c.el.getAttribute('data-st-ws').replace(/ws$/, 'upload/') + encodeURIComponent(name) +
-      '?sid=' + encodeURIComponent(c.sid) + '&token=' + encodeURIComponent(c.token));
+    /* The id a cancel names: after an abort, the server says whether the
+     * file was stopped in time or what its handler answered. */
+    var id = [].map.call(crypto.getRandomValues(new Uint8Array(12)), function (b) { return (b + 256).toString(16).slice(1); }).join('');
+    var at = function (path) {
+      return c.el.getAttribute('data-st-ws').replace(/ws$/, 'upload/') + encodeURIComponent(name) + path +
+        '?sid=' + encodeURIComponent(c.sid) + '&token=' + encodeURIComponent(c.token);
+    };
+    var answer = function (status, text) {
+      var r = {};
+      try { r = JSON.parse(text); } catch (e) { /* not JSON */ }
+      end(status === 200 && !r.cancelled ? null : r.cancelled ? 'The upload was cancelled.' : r.error || 'The upload failed.');
+    };
+    x.open('POST', at(''));
     x.setRequestHeader('Content-Type', f.type || 'application/octet-stream');
     x.setRequestHeader('X-St-File', encodeURIComponent(f.name));
+    x.setRequestHeader('X-St-Upload-Id', id);
     x.upload.onprogress = function (p) {
       if (bar && p.lengthComputable) { bar.max = p.total; bar.value = p.loaded; }
       tell({ loaded: p.loaded, total: p.total });
     };
-    x.onload = function () {
-      var r = {};
-      try { r = JSON.parse(x.responseText); } catch (e) { /* not JSON */ }
-      end(x.status === 200 ? null : r.error || 'The upload failed.');
-    };
+    x.onload = function () { answer(x.status, x.responseText); };
     x.onerror = function () { end('The upload failed.'); };
-    x.onabort = function () { end('The upload was cancelled.'); };
-    /* Sent whole: the server has the file, a cancel could only lie. */
+    x.onabort = function () {
+      var y = new XMLHttpRequest();
+      y.open('POST', at('/cancel'));
+      y.setRequestHeader('X-St-Upload-Id', id);
+      y.onload = function () { answer(y.status, y.responseText); };
+      y.onerror = function () { end('The upload was stopped; reload the page to see whether it arrived.'); };
+      y.send();
+    };
+    /* Sent whole: the server has the file; a cancel would change nothing. */
     x.upload.onload = function () { x.sent = 1; };
     x.send(f);
   }

@@ -56,6 +56,7 @@ impl Live {
             );
         }
         let uploads = self.clone();
+        let cancels = self.clone();
         router
             .route(
                 &format!("{}/upload/{{name}}", self.config.prefix),
@@ -66,6 +67,18 @@ impl Live {
                           body: Body| {
                         let live = uploads.clone();
                         async move { live.upload_route(&name, &headers, q.as_deref(), body).await }
+                    },
+                ),
+            )
+            .route(
+                &format!("{}/upload/{{name}}/cancel", self.config.prefix),
+                post(
+                    move |Path(name): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery| {
+                        let live = cancels.clone();
+                        async move {
+                            live.upload_cancel_route(&name, &headers, q.as_deref())
+                                .await
+                        }
                     },
                 ),
             )
@@ -123,10 +136,35 @@ impl Live {
             length: h(header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok()),
             content_type: h(header::CONTENT_TYPE),
             file_name: h(header::HeaderName::from_static("x-st-file")),
+            id: h(header::HeaderName::from_static("x-st-upload-id")),
         };
         let (status, json) = self
             .upload(name, &params, head, body.into_data_stream())
             .await;
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, "application/json")],
+            json,
+        )
+            .into_response()
+    }
+
+    /// `POST {prefix}/upload/NAME/cancel?sid=…&token=…` with the
+    /// upload's `X-St-Upload-Id`: what became of an upload the browser
+    /// aborted.
+    async fn upload_cancel_route(
+        &self,
+        name: &str,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Response {
+        let h = |n| headers.get(n).and_then(|v: &HeaderValue| v.to_str().ok());
+        if !self.origin_allowed(h(header::ORIGIN), h(header::HOST)) {
+            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        }
+        let params = parse_query(query.unwrap_or(""));
+        let id = h(header::HeaderName::from_static("x-st-upload-id"));
+        let (status, json) = self.upload_cancel(name, &params, id).await;
         (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             [(header::CONTENT_TYPE, "application/json")],

@@ -35,6 +35,7 @@ mod frames;
 mod handlers;
 mod navigate;
 mod upload;
+mod upload_cancel;
 #[cfg(feature = "axum")]
 pub use axum_serve::{ServeOptions, serve_axum};
 pub use tungstenite_server::serve as serve_tungstenite;

@@ -28,6 +28,8 @@ pub(super) struct UploadEntry {
     pub handler: Arc<UploadHandler>,
     /// Uploads in flight (at most `opts.max_parallel`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Recent uploads' outcomes, for cancels.
+    pub outcomes: Arc<super::upload_cancel::Outcomes>,
 }
 
 impl Live {
@@ -54,6 +56,7 @@ impl Live {
                 opts,
                 handler,
                 in_flight,
+                outcomes: Arc::default(),
             }),
         );
         self
@@ -77,15 +80,36 @@ impl Live {
         E: std::fmt::Display,
     {
         match self.upload_inner(name, params, head, body).await {
-            Ok(reply) => {
-                let mut j = serde_json::json!({"ok": true});
-                if let Some(r) = reply {
-                    j["reply"] = r;
-                }
-                (200, j.to_string())
-            }
+            Ok(answer) => answer,
             Err(r) => (r.status, serde_json::to_string(&r).unwrap_or_default()),
         }
+    }
+
+    /// Answers a cancel of upload `id` (the client aborted it): whether
+    /// it was stopped before its handler, or the handler's answer (see
+    /// `upload_cancel`).
+    #[cfg(feature = "axum")]
+    pub(crate) async fn upload_cancel(
+        &self,
+        name: &str,
+        params: &super::ConnectParams,
+        id: Option<&str>,
+    ) -> (u16, String) {
+        let refuse = |r: Refusal| (r.status, serde_json::to_string(&r).unwrap_or_default());
+        let Some(entry) = self.uploads.get(name).cloned() else {
+            return refuse(Refusal::new(404, "No such upload."));
+        };
+        let Ok(session) = self.engine.get_session(&params.sid, &params.token).await else {
+            return refuse(Refusal::new(401, "The page has expired; reload it."));
+        };
+        let Some(id) = id.filter(|id| super::upload_cancel::valid_id(id)) else {
+            return refuse(Refusal::new(400, "A bad upload id."));
+        };
+        let wait = session.reserve_event(self.config.rate_per_sec, self.config.rate_burst);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        entry.outcomes.cancel(&params.sid, id).await
     }
 
     #[cfg(feature = "axum")]
@@ -95,7 +119,7 @@ impl Live {
         params: &super::ConnectParams,
         head: UploadHead<'_>,
         body: S,
-    ) -> std::result::Result<Option<serde_json::Value>, Refusal>
+    ) -> std::result::Result<(u16, String), Refusal>
     where
         S: futures_util::Stream<Item = std::result::Result<B, E>> + Unpin,
         B: AsRef<[u8]>,
@@ -111,6 +135,19 @@ impl Live {
             .get_session(&params.sid, &params.token)
             .await
             .map_err(|_| Refusal::new(401, "The page has expired; reload it."))?;
+        // The id a cancel asks about (see `upload_cancel`).
+        let mut ticket = match head.id {
+            None => None,
+            Some(id) if !super::upload_cancel::valid_id(id) => {
+                return Err(Refusal::new(400, "A bad upload id."));
+            }
+            Some(id) => Some(
+                entry
+                    .outcomes
+                    .begin(&params.sid, id)
+                    .map_err(|why| Refusal::new(409, why))?,
+            ),
+        };
         let file_name = clean_name(head.file_name);
         let content_type = head
             .content_type
@@ -141,25 +178,64 @@ impl Live {
         }
         let _ = session.touch().await;
         let up = receive(&entry.opts, head.length, body, file_name, content_type).await?;
+        if ticket.as_mut().is_some_and(|t| !t.handling()) {
+            // Cancelled while it arrived: dropping `up` removes the file.
+            return Err(Refusal::new(409, "The upload was cancelled."));
+        }
         let payload = serde_json::json!({"file": up.file_name(), "type": up.content_type(), "size": up.size()});
         let ctx = super::handlers::new_ctx(self, name, payload, &session);
-        let reply = ctx.reply_slot();
-        use futures_util::FutureExt;
-        let run = std::panic::AssertUnwindSafe((entry.handler)(ctx, up)).catch_unwind();
-        match run.await {
-            Ok(Ok(())) => Ok(reply.lock().expect("lock").take()),
-            Ok(Err(e)) if e.kind() == ErrorKind::User => Err(Refusal::new(422, e.to_string())),
-            Ok(Err(e)) if e.kind() == ErrorKind::Protocol => Err(Refusal::new(400, e.to_string())),
-            Ok(Err(e)) => {
-                tracing::warn!(upload = name, error = %e, "upload handler failed");
-                Err(Refusal::new(500, super::handlers::HANDLER_FAILED))
+        let name = name.to_owned();
+        // The handler runs to its end even when the browser goes away (an
+        // abort after the file was sent whole): a cancel may be waiting
+        // for its answer, and a handler stopped half-way could keep the
+        // file without showing it.
+        let run = tokio::spawn(async move {
+            let _slot = _slot;
+            let answer = run_handler(&entry, &name, ctx, up).await;
+            if let Some(t) = ticket {
+                t.finish(answer.0, &answer.1);
             }
-            Err(_) => {
-                tracing::error!(upload = name, "upload handler panicked");
-                Err(Refusal::new(500, super::handlers::HANDLER_FAILED))
-            }
-        }
+            answer
+        });
+        run.await
+            .map_err(|_| Refusal::new(500, super::handlers::HANDLER_FAILED))
     }
+}
+
+/// Runs an upload's handler with its file: its answer as (status, JSON).
+#[cfg(feature = "axum")]
+async fn run_handler(
+    entry: &UploadEntry,
+    name: &str,
+    ctx: super::EventCtx,
+    up: Upload,
+) -> (u16, String) {
+    use futures_util::FutureExt;
+    let reply = ctx.reply_slot();
+    let run = std::panic::AssertUnwindSafe((entry.handler)(ctx, up)).catch_unwind();
+    let refused = match run.await {
+        Ok(Ok(())) => {
+            let mut j = serde_json::json!({"ok": true});
+            if let Some(r) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                j["reply"] = r;
+            }
+            return (200, j.to_string());
+        }
+        Ok(Err(e)) if e.kind() == ErrorKind::User => Refusal::new(422, e.to_string()),
+        Ok(Err(e)) if e.kind() == ErrorKind::Protocol => Refusal::new(400, e.to_string()),
+        Ok(Err(e)) => {
+            tracing::warn!(upload = name, error = %e, "upload handler failed");
+            Refusal::new(500, super::handlers::HANDLER_FAILED)
+        }
+        Err(_) => {
+            tracing::error!(upload = name, "upload handler panicked");
+            Refusal::new(500, super::handlers::HANDLER_FAILED)
+        }
+    };
+    (
+        refused.status,
+        serde_json::to_string(&refused).unwrap_or_default(),
+    )
 }
 
 /// What an upload request says of its file.
@@ -172,6 +248,8 @@ pub(crate) struct UploadHead<'a> {
     pub content_type: Option<&'a str>,
     /// `X-St-File` (percent-encoded).
     pub file_name: Option<&'a str>,
+    /// `X-St-Upload-Id`: what a cancel names (see `upload_cancel`).
+    pub id: Option<&'a str>,
 }
 
 /// The limits of one upload name (see [`crate::Live::on_upload`]).

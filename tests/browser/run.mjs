@@ -577,12 +577,12 @@ const examples = {
       await until(page, (n) => window.__up.some((d) => d.file === n && d.error), file.name);
     }
     // Cancel: a slow upload (the browser throttled), aborted mid-way. The
-    // cancel is clicked only once the file is partly sent; if the browser
-    // still let the whole file through first (its throttling does not
-    // always hold), the cancel does nothing (the client ignores a cancel
-    // once the file is sent whole, so it never says "cancelled" about a
-    // file the server kept), the file is rightly kept, and the cancel is
-    // tried again with another file.
+    // cancel is clicked only once the file is partly sent. The browser may
+    // still have let the whole file through first (its throttling does not
+    // always hold); then the server says so when the client asks what
+    // became of the upload, the page says "done", not "cancelled", and the
+    // cancel is tried again with another file. Either way what the page
+    // says must be what the server did: the count of kept files below.
     const cdp = await ctx.newCDPSession(page);
     await cdp.send('Network.enable');
     await cdp.send('Network.emulateNetworkConditions', { offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: 16 * 1024 });
