@@ -320,6 +320,17 @@ async fn a_redis_that_is_down_gives_a_clear_store_error() {
 struct Relay {
     port: u16,
     task: Option<tokio::task::JoinHandle<()>>,
+    ctl: Arc<RelayCtl>,
+}
+
+/// What a test makes the relayed connections do.
+#[derive(Default)]
+struct RelayCtl {
+    /// Bumped to close every relayed connection (the listener stays).
+    drops: tokio::sync::watch::Sender<u64>,
+    /// The next request goes through to Redis, and the connection closes
+    /// before its answer comes back.
+    lose_answer: std::sync::atomic::AtomicBool,
 }
 
 impl Relay {
@@ -335,13 +346,16 @@ impl Relay {
             .await
             .unwrap();
         let port = listener.local_addr().unwrap().port();
+        let ctl = Arc::new(RelayCtl::default());
+        let c = ctl.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let target = target.clone();
+                let ctl = c.clone();
                 conns.spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    if let Ok(out) = tokio::net::TcpStream::connect(&target).await {
+                        relay(inbound, out, &ctl).await;
                     }
                 });
             }
@@ -349,6 +363,7 @@ impl Relay {
         Relay {
             port,
             task: Some(task),
+            ctl,
         }
     }
 
@@ -359,6 +374,140 @@ impl Relay {
             let _ = t.await;
         }
     }
+
+    /// Closes the connections relayed now; new ones go through.
+    fn drop_connections(&self) {
+        self.ctl.drops.send_modify(|n| *n += 1);
+    }
+
+    /// The next request reaches Redis, its answer does not come back.
+    fn lose_next_answer(&self) {
+        self.ctl.lose_answer.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Relays one connection until either side closes or the test drops it.
+async fn relay(inbound: tokio::net::TcpStream, out: tokio::net::TcpStream, ctl: &RelayCtl) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ri, mut wi) = inbound.into_split();
+    let (mut ro, mut wo) = out.into_split();
+    let mut drops = ctl.drops.subscribe();
+    drops.borrow_and_update();
+    let up = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = ri.read(&mut buf).await.unwrap_or(0);
+            if n == 0 || wo.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = ro.read(&mut buf).await.unwrap_or(0);
+            // Redis ran the request; its answer is thrown away.
+            if n == 0 || ctl.lose_answer.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            if wi.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = drops.changed() => {}
+    }
+}
+
+/// Redis drops the store's connection (a restart, a proxy, a network blip)
+/// while it is up: the next write is not lost. A write whose answer was
+/// lost (it ran, the connection closed before the answer came back) is
+/// not written twice, and not reported as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_loses_no_write_and_doubles_none() {
+    let relay = Relay::start(0).await;
+    let p = prefix("dropped");
+    let s = RedisStore::open_with(
+        &format!("redis://127.0.0.1:{}", relay.port),
+        RedisOptions::default().prefix(p.clone()),
+    )
+    .unwrap();
+    let e = engine(s, &KeyRing::generate().unwrap());
+    let initial = e.new_session("page.html", &data("t0", 3)).await.unwrap();
+    let sess = e
+        .get_session(&initial.session_id.to_string(), &initial.token)
+        .await
+        .unwrap();
+    sess.render(&data("t1", 3)).await.unwrap();
+
+    relay.drop_connections();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sess.render(&data("after a drop", 3))
+        .await
+        .expect("the first write after a dropped connection");
+
+    relay.lose_next_answer();
+    sess.render(&data("answer lost", 4))
+        .await
+        .expect("a write that ran but whose answer was lost");
+    assert!(
+        !relay.ctl.lose_answer.load(Ordering::SeqCst),
+        "the relay lost an answer"
+    );
+    sess.render(&data("next", 4)).await.expect("and the next");
+    relay.lose_next_answer();
+    let other = e
+        .new_session("page.html", &data("created", 1))
+        .await
+        .expect("a create whose answer was lost");
+    assert!(
+        !relay.ctl.lose_answer.load(Ordering::SeqCst),
+        "the relay lost an answer"
+    );
+    let got = e
+        .get_session(&other.session_id.to_string(), &other.token)
+        .await
+        .unwrap();
+    assert_eq!(got.data::<Json>().await.unwrap(), data("created", 1));
+
+    let direct = RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
+    let rec = direct.load(&initial.session_id).await.unwrap().unwrap();
+    assert_eq!(serde_json::to_value(&rec.data).unwrap(), data("next", 4));
+    // Each version once in the log, one after the other.
+    let mut c = raw().await;
+    let log: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{p}{}:log", initial.session_id))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let versions: Vec<u64> = log
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[1] == w[0] + 1) && versions.len() == 4,
+        "versions in the log: {versions:?}"
+    );
+    let frames: Vec<String> = redis::cmd("LRANGE")
+        .arg(format!("{p}{}:frames", initial.session_id))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let seqs: Vec<&str> = frames
+        .iter()
+        .map(|f| f.split(' ').next().unwrap())
+        .collect();
+    let mut uniq = seqs.clone();
+    uniq.dedup();
+    assert_eq!(seqs, uniq, "no frame twice");
+    e.shutdown().await;
 }
 
 /// Redis goes away under a live session: the render fails with a Store

@@ -203,6 +203,8 @@ pub struct RedisStats {
     /// Bytes of payload sent in writes: deltas, frames, snapshots, small
     /// fields (not counting keys and the protocol's framing).
     pub bytes: u64,
+    /// Commands tried a second time because the connection had dropped.
+    pub retries: u64,
 }
 
 #[derive(Default)]
@@ -210,6 +212,7 @@ struct Counters {
     appends: AtomicU64,
     snapshots: AtomicU64,
     bytes: AtomicU64,
+    retries: AtomicU64,
 }
 
 /// Sessions in Redis: they survive a restart of the app, and several
@@ -255,6 +258,10 @@ struct Inner {
     /// This instance's name once [`RedisStore::cluster`] made a cluster:
     /// appends then check the owner and publish their frames.
     me: std::sync::OnceLock<String>,
+    /// Nonces of writes ([`RedisStore::run`]): random per store, then
+    /// counted.
+    nonce_base: u64,
+    writes: AtomicU64,
 }
 
 impl fmt::Debug for RedisStore {
@@ -325,6 +332,13 @@ impl RedisStore {
                 delete: Script::new(scripts::DELETE),
                 stats: Counters::default(),
                 me: std::sync::OnceLock::new(),
+                nonce_base: {
+                    let mut b = [0u8; 8];
+                    getrandom::fill(&mut b)
+                        .map_err(|e| Error::store("redis: no randomness for nonces", e))?;
+                    u64::from_le_bytes(b)
+                },
+                writes: AtomicU64::new(0),
             }),
         })
     }
@@ -357,6 +371,7 @@ impl RedisStore {
             appends: c.appends.load(Ordering::Relaxed),
             snapshots: c.snapshots.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
         }
     }
 
@@ -381,6 +396,34 @@ impl RedisStore {
             })
             .await?;
         Ok(c.clone())
+    }
+
+    /// Runs `f` on the connection, and once more when the connection had
+    /// dropped (Redis restarted, or a proxy or the network closed it; the
+    /// manager reconnects for the second try), so a blip costs no write.
+    /// A write may have run the first time although its answer was lost:
+    /// the writes that are not idempotent (`create`, `append`) carry a
+    /// nonce, and their second try recognizes its own first. A timeout is
+    /// not tried again (its first try may still be on its way).
+    pub(super) async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
+        match f(self.conn().await?).await {
+            Err(e) if e.is_connection_dropped() && !e.is_timeout() => {
+                tracing::debug!(store = %self.inner.shown, what, error = %e, "redis: the connection dropped; once more");
+                self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
+                f(self.conn().await?).await.map_err(|e| self.err(what, e))
+            }
+            r => r.map_err(|e| self.err(what, e)),
+        }
+    }
+
+    /// A value no other write of any instance carries (see [`Self::run`]).
+    fn nonce(&self) -> String {
+        let n = self.inner.writes.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}.{n:x}", self.inner.nonce_base)
     }
 
     fn err(&self, what: &str, e: ::redis::RedisError) -> Error {
@@ -445,31 +488,35 @@ impl RedisStore {
             .arg(data)
             .arg(self.deadline(r.expires_ms))
             .arg(self.me())
-            .arg(cluster::OWNER_TTL_MS);
-        let mut c = self.conn().await?;
-        inv.invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err("writing a session", e))
+            .arg(cluster::OWNER_TTL_MS)
+            .arg(self.nonce());
+        let inv = &inv;
+        self.run("writing a session", move |mut c| async move {
+            inv.invoke_async(&mut c).await
+        })
+        .await
     }
 
     /// The record's small fields and its log, read in one `MULTI`.
     async fn read(&self, id: &SessionId) -> Result<Option<(HashMap<String, String>, SessionLog)>> {
         let [hash, snap, log, _, _] = self.keys(id);
-        let mut c = self.conn().await?;
+        let (hash, snap, log) = (&hash, &snap, &log);
         let (fields, snapshot, entries): (HashMap<String, String>, Option<String>, Vec<String>) =
-            ::redis::pipe()
-                .atomic()
-                .cmd("HGETALL")
-                .arg(&hash)
-                .cmd("GET")
-                .arg(&snap)
-                .cmd("LRANGE")
-                .arg(&log)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut c)
-                .await
-                .map_err(|e| self.err("reading a session", e))?;
+            self.run("reading a session", move |mut c| async move {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("HGETALL")
+                    .arg(hash)
+                    .cmd("GET")
+                    .arg(snap)
+                    .cmd("LRANGE")
+                    .arg(log)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -559,6 +606,7 @@ impl SessionStore for RedisStore {
             serde_json::to_string(&r.applied).map_err(|e| Error::store("redis: applied", e))?;
         let frame = change.frame();
         let o = &self.inner.opts;
+        let nonce = self.nonce();
         self.add_bytes(delta.len() + applied.len() + frame.map_or(0, str::len) + 100);
         let mut inv = self.inner.append.prepare_invoke();
         let keys = self.keys(&r.id);
@@ -584,12 +632,14 @@ impl SessionStore for RedisStore {
             .arg(o.snapshot_deltas)
             .arg(self.me())
             .arg(self.frames_channel(&r.id))
-            .arg(cluster::OWNER_TTL_MS);
-        let mut c = self.conn().await?;
-        let answer: String = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err("appending", e))?;
+            .arg(cluster::OWNER_TTL_MS)
+            .arg(&nonce);
+        let inv = &inv;
+        let answer: String = self
+            .run("appending", move |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
         match answer.as_str() {
             "ok" => {}
             "ok snapshot" => {
@@ -607,13 +657,19 @@ impl SessionStore for RedisStore {
                 )));
             }
             other => {
-                let stored = other
-                    .strip_prefix("conflict ")
-                    .and_then(|v| v.parse::<u64>().ok());
-                change.check(stored)?;
-                return Err(Error::conflict(format!(
-                    "append refused: unexpected answer {other:?}"
-                )));
+                // `conflict <stored version> <its writer's nonce>`.
+                let mut said = other.strip_prefix("conflict ").unwrap_or("").split(' ');
+                let stored = said.next().and_then(|v| v.parse::<u64>().ok());
+                if stored == Some(r.version) && said.next() == Some(nonce.as_str()) {
+                    // The first try ran; its answer was lost with the
+                    // connection (see `run`).
+                    tracing::debug!(sid = %r.id.short(), "redis: an append found its own first try");
+                } else {
+                    change.check(stored)?;
+                    return Err(Error::conflict(format!(
+                        "append refused: unexpected answer {other:?}"
+                    )));
+                }
             }
         }
         self.inner.stats.appends.fetch_add(1, Ordering::Relaxed);
@@ -665,11 +721,12 @@ impl SessionStore for RedisStore {
             .arg(expires_ms)
             .arg(self.deadline(expires_ms));
         self.add_bytes(60);
-        let mut c = self.conn().await?;
-        let n: i64 = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err("touching a session", e))?;
+        let inv = &inv;
+        let n: i64 = self
+            .run("touching a session", move |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
         Ok(n == 1)
     }
 
@@ -680,11 +737,12 @@ impl SessionStore for RedisStore {
         }
         inv.key(self.owner_key(id)).key(self.groups_key(id));
         inv.arg(id.to_string());
-        let mut c = self.conn().await?;
-        let n: i64 = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err("deleting a session", e))?;
+        let inv = &inv;
+        let n: i64 = self
+            .run("deleting a session", move |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
         Ok(n > 0)
     }
 
@@ -693,17 +751,20 @@ impl SessionStore for RedisStore {
             return Ok(Vec::new());
         }
         let [.., expiry] = self.keys(&SessionId::from_bytes([0; 16]));
-        let mut c = self.conn().await?;
-        let members: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
-            .arg(&expiry)
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit.min(i64::MAX as usize))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err("listing expired sessions", e))?;
+        let key = &expiry;
+        let members: Vec<String> = self
+            .run("listing expired sessions", move |mut c| async move {
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(key)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.min(i64::MAX as usize))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         Ok(members
             .iter()
             .filter_map(|m| match m.parse::<SessionId>() {
@@ -718,24 +779,26 @@ impl SessionStore for RedisStore {
 
     async fn count(&self) -> Result<usize> {
         let [.., expiry] = self.keys(&SessionId::from_bytes([0; 16]));
-        let mut c = self.conn().await?;
-        ::redis::cmd("ZCARD")
-            .arg(&expiry)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err("counting sessions", e))
+        let key = &expiry;
+        self.run("counting sessions", move |mut c| async move {
+            ::redis::cmd("ZCARD").arg(key).query_async(&mut c).await
+        })
+        .await
     }
 
     async fn frames(&self, id: &SessionId, after_seq: u64) -> Result<Vec<(u64, String)>> {
         let [.., frames, _] = self.keys(id);
-        let mut c = self.conn().await?;
-        let kept: Vec<String> = ::redis::cmd("LRANGE")
-            .arg(&frames)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err("reading frames", e))?;
+        let key = &frames;
+        let kept: Vec<String> = self
+            .run("reading frames", move |mut c| async move {
+                ::redis::cmd("LRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
         let mut out = Vec::new();
         for entry in kept {
             let (seq, frame) = entry
@@ -765,11 +828,12 @@ impl RedisStore {
             .key(&keys[2])
             .arg(r.version)
             .arg(data);
-        let mut c = self.conn().await?;
-        let n: i64 = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err("writing a snapshot", e))?;
+        let inv = &inv;
+        let n: i64 = self
+            .run("writing a snapshot", move |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
         if n == 1 {
             self.inner.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         }

@@ -18,14 +18,15 @@ local function expire_all(at)
 end
 -- ARGV: 1 id, 2 template, 3 version, 4 seq, 5 generation, 6 epoch,
 -- 7 created_ms, 8 last_access_ms, 9 expires_ms, 10 applied (JSON),
--- 11 data (JSON), 12 the keys' deadline (unix ms)
+-- 11 data (JSON), 12 the keys' deadline (unix ms), 15 the write's nonce
 local function put()
   redis.call('DEL', KEYS[1], KEYS[3])
   redis.call('HSET', KEYS[1],
     'template', ARGV[2], 'version', ARGV[3], 'seq', ARGV[4],
     'generation', ARGV[5], 'epoch', ARGV[6], 'created_ms', ARGV[7],
     'last_access_ms', ARGV[8], 'expires_ms', ARGV[9], 'applied', ARGV[10],
-    'snap_version', ARGV[3], 'snap_bytes', string.len(ARGV[11]), 'log_bytes', 0)
+    'snap_version', ARGV[3], 'snap_bytes', string.len(ARGV[11]), 'log_bytes', 0,
+    'writer', ARGV[15])
   redis.call('SET', KEYS[2], ARGV[11])
   -- Frames above the record's seq are not this record's history.
   local seq = tonumber(ARGV[4])
@@ -42,13 +43,17 @@ end
 "#;
 
 /// Creates a record unless one exists: returns 1, or 0 when the id is
-/// taken. Leftover frames of an id whose keys expired are dropped. In a
+/// taken (1 when this very write took it: its nonce, ARGV 15, is the
+/// record's, a second try after a lost answer). Leftover frames of an id whose keys expired are dropped. In a
 /// cluster (ARGV 13 this instance's name, 14 the owner key's expiry), the
 /// creating instance owns the session (`KEYS[6]`).
 pub(super) fn create() -> String {
     format!(
         "{PUT}
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'writer') == ARGV[15] then return 1 end
+  return 0
+end
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 put()
 if ARGV[13] ~= '' then redis.call('SET', KEYS[6], ARGV[13], 'PX', ARGV[14]) end
@@ -83,18 +88,22 @@ return 1
 /// is a frame, 13 frames kept, 14 the keys' deadline, 15 snapshot byte
 /// limit (0: the snapshot's size, at least 4096), 16 snapshot delta limit
 /// (0: none), 17 this instance's name in a cluster (empty: no cluster),
-/// 18 the channel the frame is published on. `KEYS[6]` is the owner key:
+/// 18 the channel the frame is published on, 19 the owner key's expiry,
+/// 20 the write's nonce (kept as `writer`). `KEYS[6]` is the owner key:
 /// in a cluster, an append from an instance that does not own the session
 /// is refused (`owner <NAME>`), and the frame is published with the write.
 ///
-/// Returns `none` (no record), `conflict <stored version>`, `owner <NAME>`,
+/// Returns `none` (no record), `conflict <stored version> <its writer>`
+/// (the nonce of the write that made it), `owner <NAME>`,
 /// `ok` or
 /// `ok snapshot` (the log reached the limit: the caller writes a snapshot
 /// of the new version with [`snapshot`]).
 pub(super) const APPEND: &str = r#"
 local stored = redis.call('HGET', KEYS[1], 'version')
 if not stored then return 'none' end
-if stored ~= ARGV[2] then return 'conflict ' .. stored end
+if stored ~= ARGV[2] then
+  return 'conflict ' .. stored .. ' ' .. (redis.call('HGET', KEYS[1], 'writer') or '')
+end
 if ARGV[17] ~= '' then
   local o = redis.call('GET', KEYS[6])
   if o and o ~= ARGV[17] then return 'owner ' .. o end
@@ -103,7 +112,8 @@ if ARGV[17] ~= '' then
 end
 redis.call('HSET', KEYS[1],
   'version', ARGV[3], 'seq', ARGV[4], 'generation', ARGV[5], 'epoch', ARGV[6],
-  'last_access_ms', ARGV[7], 'expires_ms', ARGV[8], 'applied', ARGV[9])
+  'last_access_ms', ARGV[7], 'expires_ms', ARGV[8], 'applied', ARGV[9],
+  'writer', ARGV[20])
 local log_bytes = redis.call('HINCRBY', KEYS[1], 'log_bytes', string.len(ARGV[10]))
 local deltas = redis.call('RPUSH', KEYS[3], ARGV[3] .. ' ' .. ARGV[10])
 local kept = tonumber(ARGV[13])
