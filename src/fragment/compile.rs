@@ -87,6 +87,23 @@ pub(crate) struct Synth {
     /// Where the piece itself starts in the synthetic source (after the
     /// prelude of macros and imports, if one was prepended).
     pub piece_at: u32,
+    /// For a leaf that prints a variable or an attribute path of one
+    /// (`{{ count }}`, `{{ r.name }}`), without a prelude: the path, which
+    /// `eval::Formats` reads and formats without running the piece.
+    pub path: Option<Box<[Box<str>]>>,
+}
+
+/// The variable path an expression is (`a`, `a.b.c`), if it is one.
+fn path_of(e: &ast::Expr<'_>) -> Option<Vec<Box<str>>> {
+    match e {
+        ast::Expr::Var(v) => Some(vec![v.id.into()]),
+        ast::Expr::GetAttr(g) => {
+            let mut p = path_of(&g.expr)?;
+            p.push(g.name.into());
+            Some(p)
+        }
+        _ => None,
+    }
 }
 
 #[derive(Debug)]
@@ -795,6 +812,7 @@ impl<'e> Compiler<'e> {
             line: line as u32,
             escape: self.escape.clone(),
             piece_at: 0,
+            path: None,
         }
     }
 
@@ -981,7 +999,10 @@ impl<'e> Compiler<'e> {
                         let text = format!("{{{{ {piece} }}}}");
                         let vars = self.vars_of(&text)?;
                         let deps = self.classify(&vars, src);
-                        let synth = self.synth_for(src, text, &vars, e.span().start_line);
+                        let mut synth = self.synth_for(src, text, &vars, e.span().start_line);
+                        if synth.piece_at == 0 {
+                            synth.path = path_of(&e.expr).map(Vec::into_boxed_slice);
+                        }
                         slot_counter = self.counter_of(&e.expr);
                         (
                             Op::Leaf { synth, deps },

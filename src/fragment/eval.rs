@@ -184,6 +184,81 @@ fn run<'env, R>(
     Ok(then(&state))
 }
 
+/// Formats the leaves that print a variable path (`{{ count }}`,
+/// `{{ r.name }}`, [`Synth::path`]) without running their piece: the path
+/// is looked up as minijinja's `Lookup` and `GetAttr` would, and the value
+/// goes through [`State::format`], which is what the piece's `Emit` does
+/// (the environment's formatter, undefined behaviour and the leaf's
+/// escaping). Anything else (a name that is not in the scope, so maybe a
+/// global; an undefined step; an invalid value) runs the piece as before.
+/// One state per escaping serves a whole walk: the states of the pieces
+/// (building one is most of a piece's cost) are not made.
+pub(crate) struct Formats<'a> {
+    env: &'a Environment<'static>,
+    states: Vec<State<'a, 'a>>,
+}
+
+/// The empty program the formatting states run.
+static BLANK: std::sync::LazyLock<(
+    machinery::Instructions<'static>,
+    std::collections::BTreeMap<&'static str, machinery::Instructions<'static>>,
+)> = std::sync::LazyLock::new(|| {
+    (
+        machinery::Instructions::new("", ""),
+        std::collections::BTreeMap::new(),
+    )
+});
+
+impl<'a> Formats<'a> {
+    pub(crate) fn new(env: &'a Environment<'static>) -> Formats<'a> {
+        Formats {
+            env,
+            states: Vec::new(),
+        }
+    }
+
+    /// The leaf's text, or `None` when it must run as a piece.
+    pub(crate) fn leaf(&mut self, synth: &Synth, scope: &Scope) -> Option<Result<String>> {
+        let path = synth.path.as_deref()?;
+        let (head, rest) = path.split_first()?;
+        let mut v = scope.lookup(head)?;
+        for attr in rest {
+            if v.is_undefined() {
+                return None;
+            }
+            v = v.get_attr(attr).ok()?;
+        }
+        if v.is_undefined() || v.kind() == minijinja::value::ValueKind::Invalid {
+            return None;
+        }
+        let state = match self
+            .states
+            .iter()
+            .position(|s| *s.auto_escape() == synth.escape)
+        {
+            Some(i) => &mut self.states[i],
+            None => {
+                let env: &'a Environment<'a> = self.env;
+                let (code, blocks) = &*BLANK;
+                let mut out = String::new();
+                let mut output = machinery::make_string_output(&mut out);
+                let (_, state) = machinery::eval(
+                    env,
+                    code,
+                    Value::UNDEFINED,
+                    blocks,
+                    &mut output,
+                    synth.escape.clone(),
+                )
+                .ok()?;
+                self.states.push(state);
+                self.states.last_mut()?
+            }
+        };
+        Some(state.format(v).map_err(|e| locate(e, synth)))
+    }
+}
+
 /// Renders a leaf to its output text.
 pub(crate) fn render_leaf(
     env: &Environment<'static>,

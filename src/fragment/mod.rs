@@ -35,7 +35,7 @@ pub(crate) use compile::counter;
 use compile::{Body, Compiler, Counters, Op, Program};
 pub use delta::{Delta, DeltaOp};
 pub use edit::{At, Edit};
-use eval::{Scope, eval_names, eval_value, render_leaf};
+use eval::{Formats, Scope, eval_names, eval_value, render_leaf};
 use lists::{encode_key, item_keys, key_attr};
 pub use stream::{StreamAt, StreamOps};
 use tree::{BodyOut, ListOut, SlotOut, Text, WireWriter};
@@ -194,6 +194,7 @@ fn render_fresh(env: &Environment<'static>, body: &Body, data: &Value) -> Result
     let all = [String::new()];
     let mut w = Walk {
         env,
+        fmt: Formats::new(env),
         changed: &all,
         force: true,
         ops: Vec::new(),
@@ -542,6 +543,7 @@ impl LivePage {
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
             env: &env,
+            fmt: Formats::new(&env),
             changed: &changed,
             force: false,
             ops: Vec::new(),
@@ -877,6 +879,8 @@ enum Change {
 
 struct Walk<'a> {
     env: &'a Environment<'static>,
+    /// Formats the leaves that print a variable path.
+    fmt: Formats<'a>,
     changed: &'a [String],
     /// Re-render everything (while still comparing with the old tree).
     force: bool,
@@ -974,7 +978,11 @@ impl Walk<'_> {
                         return Ok((p.clone(), Change::None));
                     }
                 }
-                let text: Text = render_leaf(self.env, synth, scope)?.into();
+                let text: Text = match self.fmt.leaf(synth, scope) {
+                    Some(text) => text?,
+                    None => render_leaf(self.env, synth, scope)?,
+                }
+                .into();
                 let change = match prev {
                     Some(SlotOut::Text(t)) if *t == text => Change::None,
                     None => Change::None,

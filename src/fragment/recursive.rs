@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use minijinja::value::Value;
 
 use super::compile::{Deps, RecLoop, Synth};
-use super::eval::{DeepLoop, LoopObj, Scope, eval_value};
+use super::eval::{DeepLoop, Formats, LoopObj, Scope, eval_value};
 use super::tree::{ItemOut, ListOut, SlotOut};
 use super::{Change, Walk, bind_target, diff, item_keys};
 use crate::error::{Error, Result};
@@ -194,6 +194,7 @@ impl Walk<'_> {
             }
             let mut w = Walk {
                 env: self.env,
+                fmt: Formats::new(self.env),
                 changed: &changed,
                 force: self.force || prev.is_none(),
                 ops: Vec::new(),

@@ -26,7 +26,7 @@ use minijinja::value::{Object, Value};
 use serde::Serialize;
 
 use super::compile::{Body, ForNode, Op, Origin};
-use super::eval::Scope;
+use super::eval::{Formats, Scope};
 use super::ingest;
 use super::tree::{self, BodyOut, SlotOut, WireWriter};
 use super::{Change, Delta, LivePage, Patch, PatchOp, Walk, encode_key, key_attr};
@@ -481,6 +481,7 @@ impl LivePage {
         let env = self.engine.inner.env.read().expect("lock");
         let mut w = Walk {
             env: &env,
+            fmt: Formats::new(&env),
             changed: &changed,
             force: false,
             ops: Vec::new(),
