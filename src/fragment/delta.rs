@@ -127,7 +127,7 @@ impl Delta {
             let mut dotted = String::new();
             let mut cur = Some(old.clone());
             let mut whole = true;
-            for step in path {
+            for (n, step) in path.iter().enumerate() {
                 let Some(c) = cur.take() else { break };
                 if c.kind() != ValueKind::Map {
                     break;
@@ -137,7 +137,10 @@ impl Delta {
                     dotted.push('.');
                 }
                 push_step(&mut dotted, step);
-                cur = c.get_item(step).ok().filter(|v| !v.is_undefined());
+                // The value at the last step is not looked at.
+                if n + 1 < path.len() {
+                    cur = c.get_item(step).ok().filter(|v| !v.is_undefined());
+                }
             }
             if whole && !path.is_empty() && old.kind() != ValueKind::Map {
                 dotted.clear();
@@ -223,6 +226,12 @@ impl Delta {
                     dotted.push('.');
                 }
                 push_step(&mut dotted, step);
+                // Only an insert or a remove looks at what the last step
+                // leads to (a list, or not).
+                let last = n + 1 == path.len();
+                if last && matches!(op, DeltaOp::Set { .. } | DeltaOp::Unset { .. }) {
+                    break;
+                }
                 match cur.get_item(step).ok().filter(|v| !v.is_undefined()) {
                     Some(v) => cur = v,
                     None => {
