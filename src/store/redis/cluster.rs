@@ -552,31 +552,38 @@ impl Link for RedisLink {
             .arg(&self.shared.me)
             .arg(self.instance_key(""))
             .arg(OWNER_TTL_MS);
-        let mut c = self.store.conn().await?;
-        let answer: String = inv
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| self.err("claiming a session", e))?;
+        // Claims and releases are idempotent, and so are reads: tried again
+        // after a dropped connection (`RedisStore::run`).
+        let inv = &inv;
+        let answer: String = self
+            .store
+            .run("claiming a session", move |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
         Ok(answer.strip_prefix("owner ").map(str::to_owned))
     }
 
     async fn release(&self, id: &SessionId) -> Result<()> {
         let mut inv = self.release.prepare_invoke();
         inv.key(self.store.owner_key(id)).arg(&self.shared.me);
-        let mut c = self.store.conn().await?;
-        inv.invoke_async::<i64>(&mut c)
-            .await
-            .map_err(|e| self.err("releasing a session", e))?;
+        let inv = &inv;
+        self.store
+            .run("releasing a session", move |mut c| async move {
+                inv.invoke_async::<i64>(&mut c).await
+            })
+            .await?;
         Ok(())
     }
 
     async fn owner(&self, id: &SessionId) -> Result<Option<String>> {
-        let mut c = self.store.conn().await?;
-        let o: Option<String> = ::redis::cmd("GET")
-            .arg(self.store.owner_key(id))
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err("reading an owner", e))?;
+        let key = &self.store.owner_key(id);
+        let o: Option<String> = self
+            .store
+            .run("reading an owner", move |mut c| async move {
+                ::redis::cmd("GET").arg(key).query_async(&mut c).await
+            })
+            .await?;
         match o {
             Some(o) if self.alive(&o).await => Ok(Some(o)),
             _ => Ok(None),
@@ -587,13 +594,14 @@ impl Link for RedisLink {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut c = self.store.conn().await?;
         let keys: Vec<String> = ids.iter().map(|id| self.store.owner_key(id)).collect();
-        let owners: Vec<Option<String>> = ::redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut c)
-            .await
-            .map_err(|e| self.err("reading owners", e))?;
+        let keys = &keys;
+        let owners: Vec<Option<String>> = self
+            .store
+            .run("reading owners", move |mut c| async move {
+                ::redis::cmd("MGET").arg(keys).query_async(&mut c).await
+            })
+            .await?;
         Ok(owners
             .iter()
             .map(|o| o.as_deref() == Some(self.shared.me.as_str()))
