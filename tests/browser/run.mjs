@@ -603,6 +603,7 @@ const examples = {
     assert(cancelled, `uploads: the browser sent every slow upload whole before the cancel (${through} of 3)`);
     if (through) console.log(`note uploads: ${through} throttled upload(s) went through whole before the cancel; retried`);
     await flash('cancelled');
+    await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'uploads-cancelled.png') });
     await page.waitForTimeout(500);
     assert(kept() === k0 + 2 + through && partial().length === 0, `uploads: after the refusals and the cancel: kept ${kept()} (${k0} + 2 + ${through} sent whole), partial ${partial()}`);
     assert((await page.evaluate(() => document.querySelectorAll('#files li').length)) === 2 + through, 'uploads: nothing else listed');
