@@ -51,14 +51,7 @@ fn steps() -> Vec<Json> {
 
 fn check(env: Environment<'static>) {
     let engine = FragmentEngine::new(env);
-    let bare = |d: &Json| {
-        engine.with_env(|e| {
-            e.get_template(common::MAIN)
-                .unwrap()
-                .render(minijinja::value::Serde(d))
-                .map_err(|e| e.to_string())
-        })
-    };
+    let bare = common::bare_main(&engine);
     common::run_against(&engine, &bare, &steps()).unwrap_or_else(|e| panic!("{e}"));
 }
 

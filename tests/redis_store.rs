@@ -422,16 +422,20 @@ async fn relay(inbound: tokio::net::TcpStream, out: tokio::net::TcpStream, ctl: 
     }
 }
 
-/// Redis drops the store's connection (a restart, a proxy, a network blip)
-/// while it is up: the next write is not lost. A write whose answer was
-/// lost (it ran, the connection closed before the answer came back) is
-/// not written twice, and not reported as failed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_connection_loses_no_write_and_doubles_none() {
-    let relay = Relay::start(0).await;
-    let p = prefix("dropped");
+/// An engine on a store through the relay at `port` (its own prefix,
+/// returned), a session on it, rendered once after its start.
+async fn relayed_session(
+    port: u16,
+    name: &str,
+) -> (
+    String,
+    StateTemplate,
+    statetemplate::InitialRender,
+    statetemplate::Session,
+) {
+    let p = prefix(name);
     let s = RedisStore::open_with(
-        &format!("redis://127.0.0.1:{}", relay.port),
+        &format!("redis://127.0.0.1:{port}"),
         RedisOptions::default().prefix(p.clone()),
     )
     .unwrap();
@@ -442,6 +446,17 @@ async fn a_dropped_connection_loses_no_write_and_doubles_none() {
         .await
         .unwrap();
     sess.render(&data("t1", 3)).await.unwrap();
+    (p, e, initial, sess)
+}
+
+/// Redis drops the store's connection (a restart, a proxy, a network blip)
+/// while it is up: the next write is not lost. A write whose answer was
+/// lost (it ran, the connection closed before the answer came back) is
+/// not written twice, and not reported as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_loses_no_write_and_doubles_none() {
+    let relay = Relay::start(0).await;
+    let (p, e, initial, sess) = relayed_session(relay.port, "dropped").await;
 
     relay.drop_connections();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -476,34 +491,32 @@ async fn a_dropped_connection_loses_no_write_and_doubles_none() {
     let direct = RedisStore::open_with(&url(), RedisOptions::default().prefix(p.clone())).unwrap();
     let rec = direct.load(&initial.session_id).await.unwrap().unwrap();
     assert_eq!(serde_json::to_value(&rec.data).unwrap(), data("next", 4));
-    // Each version once in the log, one after the other.
+    // Each version once in the log, one after the other, and no frame
+    // twice: the first word of each entry of a session's list.
     let mut c = raw().await;
-    let log: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{p}{}:log", initial.session_id))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
+    let mut heads = async |list: &str| -> Vec<String> {
+        let entries: Vec<String> = redis::cmd("LRANGE")
+            .arg(format!("{p}{}:{list}", initial.session_id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        entries
+            .iter()
+            .map(|e| e.split(' ').next().unwrap().to_owned())
+            .collect()
+    };
+    let versions: Vec<u64> = heads("log")
         .await
-        .unwrap();
-    let versions: Vec<u64> = log
         .iter()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .map(|v| v.parse().unwrap())
         .collect();
     assert!(
         versions.windows(2).all(|w| w[1] == w[0] + 1) && versions.len() == 4,
         "versions in the log: {versions:?}"
     );
-    let frames: Vec<String> = redis::cmd("LRANGE")
-        .arg(format!("{p}{}:frames", initial.session_id))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let seqs: Vec<&str> = frames
-        .iter()
-        .map(|f| f.split(' ').next().unwrap())
-        .collect();
+    let seqs = heads("frames").await;
     let mut uniq = seqs.clone();
     uniq.dedup();
     assert_eq!(seqs, uniq, "no frame twice");
@@ -517,19 +530,7 @@ async fn a_dropped_connection_loses_no_write_and_doubles_none() {
 async fn a_render_while_redis_is_down_fails_cleanly_and_the_session_goes_on() {
     let mut relay = Relay::start(0).await;
     let port = relay.port;
-    let p = prefix("down");
-    let s = RedisStore::open_with(
-        &format!("redis://127.0.0.1:{port}"),
-        RedisOptions::default().prefix(p.clone()),
-    )
-    .unwrap();
-    let e = engine(s, &KeyRing::generate().unwrap());
-    let initial = e.new_session("page.html", &data("t0", 3)).await.unwrap();
-    let sess = e
-        .get_session(&initial.session_id.to_string(), &initial.token)
-        .await
-        .unwrap();
-    sess.render(&data("t1", 3)).await.unwrap();
+    let (p, e, initial, sess) = relayed_session(port, "down").await;
     let (seq, html) = (sess.seq().await, sess.html().await);
 
     relay.cut().await;

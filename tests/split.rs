@@ -42,14 +42,7 @@ struct Step {
 fn steps(src: &str, steps: &[Json]) -> Vec<Step> {
     let (env, calls) = env_of(src);
     let engine = FragmentEngine::new(env);
-    let bare = |d: &Json| {
-        engine.with_env(|e| {
-            e.get_template(common::MAIN)
-                .unwrap()
-                .render(minijinja::value::Serde(d))
-                .map_err(|e| e.to_string())
-        })
-    };
+    let bare = common::bare_main(&engine);
     common::run_against(&engine, &bare, steps).unwrap_or_else(|e| panic!("{e}"));
     let mut page = engine.render(common::MAIN, &steps[0]).unwrap();
     page.join_frame();

@@ -68,6 +68,20 @@ pub fn run(engine: &FragmentEngine, case: &Case, steps: &[Json]) -> Result<Strin
     run_against(engine, &|d| bare_render(case, d), steps)
 }
 
+/// Plain minijinja's render of the main template of `engine`'s own
+/// environment: the oracle of [`run_against`] for an environment a test
+/// set up itself.
+pub fn bare_main(engine: &FragmentEngine) -> impl Fn(&Json) -> Result<String, String> + '_ {
+    move |d: &Json| {
+        engine.with_env(|e| {
+            e.get_template(MAIN)
+                .unwrap()
+                .render(minijinja::value::Serde(d))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// [`run`] with another plain-minijinja oracle: `bare` renders the main
 /// template of the same environment without the engine.
 pub fn run_against(

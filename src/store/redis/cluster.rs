@@ -554,24 +554,15 @@ impl Link for RedisLink {
             .arg(OWNER_TTL_MS);
         // Claims and releases are idempotent, and so are reads: tried again
         // after a dropped connection (`RedisStore::run`).
-        let inv = &inv;
-        let answer: String = self
-            .store
-            .run("claiming a session", move |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let answer: String = self.store.invoke("claiming a session", &inv).await?;
         Ok(answer.strip_prefix("owner ").map(str::to_owned))
     }
 
     async fn release(&self, id: &SessionId) -> Result<()> {
         let mut inv = self.release.prepare_invoke();
         inv.key(self.store.owner_key(id)).arg(&self.shared.me);
-        let inv = &inv;
         self.store
-            .run("releasing a session", move |mut c| async move {
-                inv.invoke_async::<i64>(&mut c).await
-            })
+            .invoke::<i64>("releasing a session", &inv)
             .await?;
         Ok(())
     }

@@ -420,6 +420,19 @@ impl RedisStore {
         }
     }
 
+    /// Runs a script invocation through [`Self::run`].
+    pub(super) async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        what: &str,
+        inv: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T> {
+        self.run(
+            what,
+            move |mut c| async move { inv.invoke_async(&mut c).await },
+        )
+        .await
+    }
+
     /// A value no other write of any instance carries (see [`Self::run`]).
     fn nonce(&self) -> String {
         let n = self.inner.writes.fetch_add(1, Ordering::Relaxed);
@@ -490,11 +503,7 @@ impl RedisStore {
             .arg(self.me())
             .arg(cluster::OWNER_TTL_MS)
             .arg(self.nonce());
-        let inv = &inv;
-        self.run("writing a session", move |mut c| async move {
-            inv.invoke_async(&mut c).await
-        })
-        .await
+        self.invoke("writing a session", &inv).await
     }
 
     /// The record's small fields and its log, read in one `MULTI`.
@@ -634,12 +643,7 @@ impl SessionStore for RedisStore {
             .arg(self.frames_channel(&r.id))
             .arg(cluster::OWNER_TTL_MS)
             .arg(&nonce);
-        let inv = &inv;
-        let answer: String = self
-            .run("appending", move |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let answer: String = self.invoke("appending", &inv).await?;
         match answer.as_str() {
             "ok" => {}
             "ok snapshot" => {
@@ -721,12 +725,7 @@ impl SessionStore for RedisStore {
             .arg(expires_ms)
             .arg(self.deadline(expires_ms));
         self.add_bytes(60);
-        let inv = &inv;
-        let n: i64 = self
-            .run("touching a session", move |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let n: i64 = self.invoke("touching a session", &inv).await?;
         Ok(n == 1)
     }
 
@@ -737,12 +736,7 @@ impl SessionStore for RedisStore {
         }
         inv.key(self.owner_key(id)).key(self.groups_key(id));
         inv.arg(id.to_string());
-        let inv = &inv;
-        let n: i64 = self
-            .run("deleting a session", move |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let n: i64 = self.invoke("deleting a session", &inv).await?;
         Ok(n > 0)
     }
 
@@ -828,12 +822,7 @@ impl RedisStore {
             .key(&keys[2])
             .arg(r.version)
             .arg(data);
-        let inv = &inv;
-        let n: i64 = self
-            .run("writing a snapshot", move |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
-            .await?;
+        let n: i64 = self.invoke("writing a snapshot", &inv).await?;
         if n == 1 {
             self.inner.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         }
