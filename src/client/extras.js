@@ -133,10 +133,11 @@
    * st-upload=NAME> goes to {prefix}/upload/NAME over HTTP, one at a time,
    * with the session's token. A <progress st-upload-progress=NAME> shows
    * its progress (and goes back to what the server rendered after), an
-   * element with st-upload-cancel=NAME aborts it (until it is sent whole)
-   * and then asks the server what became of it (stopped before its handler,
-   * or the handler's answer: "cancelled" is never said of a file the
-   * server kept), and the input fires
+   * element with st-upload-cancel=NAME aborts it (until it is sent whole).
+   * After an abort or a failed request the client asks the server what
+   * became of the file (stopped before its handler, or the handler's
+   * answer: "cancelled" or "failed" is never said of a file the server
+   * kept), and the input fires
    * st:upload events ({name, file, loaded, total, done, error}). A refusal
    * shows in the page's [st-flash] element. */
   var sending = {};
@@ -167,7 +168,7 @@
     var answer = function (status, text) {
       var r = {};
       try { r = JSON.parse(text); } catch (e) { /* not JSON */ }
-      end(status === 200 && !r.cancelled ? null : r.cancelled ? 'The upload was cancelled.' : r.error || 'The upload failed.');
+      end(status === 200 && !r.cancelled ? null : r.cancelled && x.cancel ? 'The upload was cancelled.' : r.error || 'The upload failed.');
     };
     x.open('POST', at(''));
     x.setRequestHeader('Content-Type', f.type || 'application/octet-stream');
@@ -178,8 +179,9 @@
       tell({ loaded: p.loaded, total: p.total });
     };
     x.onload = function () { answer(x.status, x.responseText); };
-    x.onerror = function () { end('The upload failed.'); };
-    x.onabort = function () {
+    /* A failed request (the connection went away) may still have brought
+     * the whole file: it asks, as a cancel does. */
+    x.onerror = x.onabort = function () {
       var y = new XMLHttpRequest();
       y.open('POST', at('/cancel'));
       y.setRequestHeader('X-St-Upload-Id', id);
@@ -198,6 +200,6 @@
   document.addEventListener('click', function (e) {
     var b = e.target.closest && e.target.closest('[st-upload-cancel]');
     var x = b && sending[b.getAttribute('st-upload-cancel')];
-    if (x && !x.sent) { e.preventDefault(); x.abort(); }
+    if (x && !x.sent) { e.preventDefault(); x.cancel = 1; x.abort(); }
   });
 })();

@@ -604,9 +604,25 @@ const examples = {
     if (through) console.log(`note uploads: ${through} throttled upload(s) went through whole before the cancel; retried`);
     await flash('cancelled');
     await page.screenshot({ caret: 'initial', path: path.join(SHOTS, 'uploads-cancelled.png') });
+    // The connection fails after the server got the whole file (the
+    // request goes through, the browser sees a reset): the page asks and
+    // says "done", and lists the file. Then one that fails before it
+    // reaches the server: "failed", nothing kept.
+    const isUpload = (u) => new URL(u).pathname.endsWith('/upload/photo');
+    await page.route(isUpload, async (route) => { await route.fetch(); await route.abort('connectionreset'); }, { times: 1 });
+    await page.setInputFiles('#photo', [{ name: 'lost-answer.png', mimeType: 'image/png', buffer: png(3000) }]);
+    await until(page, (n) => window.__up.some((d) => d.file === n && (d.done || d.error)), 'lost-answer.png');
+    const lost = await page.evaluate(() => window.__up.filter((d) => d.file === 'lost-answer.png' && (d.done || d.error)).map((d) => d.error || 'done'));
+    assert(lost.length === 1 && lost[0] === 'done', `uploads: an upload whose answer was lost ended with ${lost}`);
+    await until(page, () => [...document.querySelectorAll('#files li')].some((l) => l.textContent.startsWith('lost-answer.png')), 'lost-answer.png listed');
+    await page.route(isUpload, (route) => route.abort('connectionreset'), { times: 1 });
+    await page.setInputFiles('#photo', [{ name: 'never-sent.png', mimeType: 'image/png', buffer: png(3000) }]);
+    await until(page, (n) => window.__up.some((d) => d.file === n && (d.done || d.error)), 'never-sent.png');
+    const never = await page.evaluate(() => window.__up.filter((d) => d.file === 'never-sent.png' && (d.done || d.error)).map((d) => d.error || 'done'));
+    assert(never.length === 1 && never[0] === 'The upload failed.', `uploads: an upload that never arrived ended with ${never}`);
     await page.waitForTimeout(500);
-    assert(kept() === k0 + 2 + through && partial().length === 0, `uploads: after the refusals and the cancel: kept ${kept()} (${k0} + 2 + ${through} sent whole), partial ${partial()}`);
-    assert((await page.evaluate(() => document.querySelectorAll('#files li').length)) === 2 + through, 'uploads: nothing else listed');
+    assert(kept() === k0 + 3 + through && partial().length === 0, `uploads: after the refusals, the cancel and the failed requests: kept ${kept()} (${k0} + 3 + ${through} sent whole), partial ${partial()}`);
+    assert((await page.evaluate(() => document.querySelectorAll('#files li').length)) === 3 + through, 'uploads: nothing else listed');
     await checkFresh(page, base, 'uploads: after refusals');
     return page;
   },
