@@ -14,9 +14,11 @@ use super::tungstenite_server::read_error;
 use super::{ConnectParams, Live, ReadError, WsMessage, client, parse_query};
 
 impl Live {
-    /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`) and
-    /// `GET {prefix}/client.js` (and `{prefix}/extras.js`). Merge into the app's router:
-    /// `app.merge(live.router())`.
+    /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`),
+    /// `GET {prefix}/client.js` (and `{prefix}/extras.js`), and for
+    /// uploads `POST {prefix}/upload/NAME` and `POST
+    /// {prefix}/upload/NAME/cancel` (see [`Live::on_upload`]). Merge into
+    /// the app's router: `app.merge(live.router())`.
     pub fn router<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         // In a cluster, events other instances forward run with these
         // handlers.
