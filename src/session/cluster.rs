@@ -355,8 +355,9 @@ impl StateTemplate {
     /// from the last entry it saw, so one whose connection drops gets them
     /// when it is back. Not kept for instances started later, nor past
     /// about the last 10,000. A render a broadcast asks for can still fail
-    /// (the store unreachable): [`Session::update`] says so, and it is the
-    /// app's to retry.
+    /// when the store stays unreachable (a dropped connection alone is
+    /// tried again): [`Session::update`] says so, and it is the app's to
+    /// retry.
     pub async fn broadcast<M: Serialize + ?Sized>(&self, topic: &str, message: &M) -> Result<()> {
         let b = Broadcast {
             topic: topic.to_owned(),

@@ -13,6 +13,16 @@ use futures_util::{SinkExt, StreamExt, future};
 use super::tungstenite_server::read_error;
 use super::{ConnectParams, Live, ReadError, WsMessage, client, parse_query};
 
+/// An upload route's answer: its status and JSON body.
+fn json_answer((status, json): (u16, String)) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
+}
+
 impl Live {
     /// The routes: `GET {prefix}/ws` (the WebSocket, mounted with `any`),
     /// `GET {prefix}/client.js` (and `{prefix}/extras.js`), and for
@@ -140,15 +150,10 @@ impl Live {
             file_name: h(header::HeaderName::from_static("x-st-file")),
             id: h(header::HeaderName::from_static("x-st-upload-id")),
         };
-        let (status, json) = self
-            .upload(name, &params, head, body.into_data_stream())
-            .await;
-        (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            [(header::CONTENT_TYPE, "application/json")],
-            json,
+        json_answer(
+            self.upload(name, &params, head, body.into_data_stream())
+                .await,
         )
-            .into_response()
     }
 
     /// `POST {prefix}/upload/NAME/cancel?sid=…&token=…` with the
@@ -166,13 +171,7 @@ impl Live {
         }
         let params = parse_query(query.unwrap_or(""));
         let id = h(header::HeaderName::from_static("x-st-upload-id"));
-        let (status, json) = self.upload_cancel(name, &params, id).await;
-        (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            [(header::CONTENT_TYPE, "application/json")],
-            json,
-        )
-            .into_response()
+        json_answer(self.upload_cancel(name, &params, id).await)
     }
 
     async fn debug_fresh(&self, query: &str) -> Response {

@@ -81,7 +81,7 @@ impl Live {
     {
         match self.upload_inner(name, params, head, body).await {
             Ok(answer) => answer,
-            Err(r) => (r.status, serde_json::to_string(&r).unwrap_or_default()),
+            Err(r) => r.answer(),
         }
     }
 
@@ -95,15 +95,14 @@ impl Live {
         params: &super::ConnectParams,
         id: Option<&str>,
     ) -> (u16, String) {
-        let refuse = |r: Refusal| (r.status, serde_json::to_string(&r).unwrap_or_default());
         let Some(entry) = self.uploads.get(name).cloned() else {
-            return refuse(Refusal::new(404, "No such upload."));
+            return Refusal::new(404, "No such upload.").answer();
         };
         let Ok(session) = self.engine.get_session(&params.sid, &params.token).await else {
-            return refuse(Refusal::new(401, "The page has expired; reload it."));
+            return Refusal::new(401, "The page has expired; reload it.").answer();
         };
         let Some(id) = id.filter(|id| super::upload_cancel::valid_id(id)) else {
-            return refuse(Refusal::new(400, "A bad upload id."));
+            return Refusal::new(400, "A bad upload id.").answer();
         };
         let wait = session.reserve_event(self.config.rate_per_sec, self.config.rate_burst);
         if !wait.is_zero() {
@@ -213,7 +212,7 @@ async fn run_handler(
     use futures_util::FutureExt;
     let reply = ctx.reply_slot();
     let run = std::panic::AssertUnwindSafe((entry.handler)(ctx, up)).catch_unwind();
-    let refused = match run.await {
+    match run.await {
         Ok(Ok(())) => {
             let mut j = serde_json::json!({"ok": true});
             if let Some(r) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -231,11 +230,8 @@ async fn run_handler(
             tracing::error!(upload = name, "upload handler panicked");
             Refusal::new(500, super::handlers::HANDLER_FAILED)
         }
-    };
-    (
-        refused.status,
-        serde_json::to_string(&refused).unwrap_or_default(),
-    )
+    }
+    .answer()
 }
 
 /// What an upload request says of its file.
@@ -411,6 +407,11 @@ impl Refusal {
             status,
             error: error.into(),
         }
+    }
+
+    /// The refusal as an answer: its status and its JSON body.
+    pub(crate) fn answer(&self) -> (u16, String) {
+        (self.status, serde_json::to_string(self).unwrap_or_default())
     }
 }
 
